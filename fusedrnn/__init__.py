@@ -1,0 +1,13 @@
+"""fusedrnn: fused Triton kernels for recurrent layers, drop-in for torch.nn.LSTM."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from fusedrnn import functional
+from fusedrnn.modules import LSTM
+
+try:
+    __version__ = version("fusedrnn")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = ["LSTM", "functional", "__version__"]

@@ -1,0 +1,62 @@
+"""Error measures shared by the tests and ``python -m fusedrnn check``."""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ErrorStats:
+    mean_abs: float  # mean |actual - expected|
+    max_abs: float  # max |actual - expected|
+    rel: float  # RMS-relative: ||actual - expected|| / ||expected||
+    worst_index: tuple  # where max_abs occurs
+    nan_mismatch: int  # elements NaN in one tensor and not in the other
+
+
+def error_stats(actual: torch.Tensor, expected: torch.Tensor) -> ErrorStats:
+    """Compare in float64. NaN where both are NaN counts as equal; anywhere else it counts
+    in ``nan_mismatch`` and makes every other measure infinite."""
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape mismatch: {tuple(actual.shape)} vs {tuple(expected.shape)}")
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    nan_a, nan_e = torch.isnan(a), torch.isnan(e)
+    nan_mismatch = int((nan_a != nan_e).sum())
+    if nan_mismatch:
+        where = tuple(torch.nonzero(nan_a != nan_e)[0].tolist())
+        return ErrorStats(float("inf"), float("inf"), float("inf"), where, nan_mismatch)
+    both = nan_a & nan_e
+    a, e = a.masked_fill(both, 0.0), e.masked_fill(both, 0.0)
+    # Equal infinities are equal; inf - inf would be NaN.
+    diff = torch.where(a == e, torch.zeros_like(a), (a - e).abs())
+    if diff.numel() == 0:
+        return ErrorStats(0.0, 0.0, 0.0, (), 0)
+    flat_worst = int(torch.argmax(torch.nan_to_num(diff, nan=float("inf"))))
+    worst = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat_worst), diff.shape))
+    denom = float(torch.linalg.vector_norm(e.masked_fill(~torch.isfinite(e), 0.0)))
+    num = float(torch.linalg.vector_norm(diff))
+    rel = num / denom if denom > 0 else (0.0 if num == 0 else float("inf"))
+    return ErrorStats(float(diff.mean()), float(diff.max()), rel, worst, 0)
+
+
+def assert_close(actual, expected, *, rel, name="tensor"):
+    """Assert RMS-relative error <= rel and the same NaN pattern; the message locates the worst element."""
+    s = error_stats(actual, expected)
+    if s.nan_mismatch:
+        raise AssertionError(f"{name}: {s.nan_mismatch} NaN mismatches, first at {s.worst_index}")
+    if not s.rel <= rel:
+        a = actual.detach().flatten()[_flat_index(s.worst_index, actual.shape)]
+        e = expected.detach().flatten()[_flat_index(s.worst_index, expected.shape)]
+        raise AssertionError(
+            f"{name}: relative error {s.rel:.3e} > {rel:.1e} "
+            f"(mean abs {s.mean_abs:.3e}, max abs {s.max_abs:.3e} at {s.worst_index}: {float(a)} vs {float(e)})"
+        )
+    return s
+
+
+def _flat_index(index, shape):
+    flat = 0
+    for i, n in zip(index, shape):
+        flat = flat * n + i
+    return flat

@@ -1,0 +1,10 @@
+"""Kernels of fusedrnn, installed as ``fusedrnn.kernels``.
+
+- ``fusedrnn.kernels.reference``: the recurrences written in plain PyTorch ops. It is the CPU
+  path of the modules and the oracle of the tests; it needs no Triton.
+- ``fusedrnn.kernels.lstm``: the fused Triton LSTM kernels and their host launchers.
+
+This package deliberately imports nothing at import time, so that the reference path works
+on machines without Triton and so that ``TRITON_INTERPRET`` can still be set before the
+Triton kernels are defined.
+"""
