@@ -1,0 +1,122 @@
+"""Triton LSTM kernels (through their autograd Function) against the reference path.
+
+Without CUDA these run under the Triton interpreter on CPU; with CUDA, natively. Every
+kernel output starts as NaN (conftest), and both launch strategies are exercised.
+"""
+
+import pytest
+import torch
+from conftest import DEVICE
+from helpers import backward_all, cast, grads, random_cotangents, random_problem
+
+from fusedrnn import functional as F
+from fusedrnn.kernels import _helpers
+from fusedrnn.testing import assert_close, error_stats
+
+# Odd sizes on purpose: B=1, T=1, H and I not multiples of any block, B spanning two blocks.
+CASES = [(5, 3, 7, 20), (1, 1, 5, 37), (4, 17, 5, 37), (3, 2, 1, 1), (6, 4, 16, 16)]
+CASE_PARAMS = [pytest.param(c, id="T{}-B{}-I{}-H{}".format(*c)) for c in CASES]
+
+
+def run(tensors, backend, batch_first=False):
+    params = [tensors[n] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if n in tensors]
+    hx = (tensors["h0"], tensors["c0"]) if "h0" in tensors else None
+    output, (h_n, c_n) = F.lstm(tensors["input"], hx, *params, batch_first=batch_first, backend=backend)
+    return output, h_n, c_n
+
+
+def kernels_and_oracle(case, dtype, strategy, *, bias=True, batch_first=False, hx=True):
+    """Run the kernels in `dtype` and the reference in float64 on the same problem, backpropagate
+    the same random cotangents through output, h_n and c_n, and return both results."""
+    oracle = random_problem(*case, bias=bias, batch_first=batch_first)
+    if not hx:
+        del oracle["h0"], oracle["c0"]
+    ours = cast(oracle, dtype=dtype, device=DEVICE)
+    expected = run(oracle, "reference", batch_first)
+    actual = run(ours, "triton", batch_first)
+    cotangents = random_cotangents(*expected)
+    backward_all(expected, cotangents)
+    backward_all(actual, cotangents)
+    return (actual, grads(ours)), (expected, grads(oracle))
+
+
+def assert_all_close(actual, expected, rel):
+    (outs, grads_a), (outs_e, grads_e) = actual, expected
+    for name, a, e in zip(("output", "h_n", "c_n"), outs, outs_e):
+        assert a.dtype == grads_a["input"].dtype
+        assert_close(a, e, rel=rel, name=name)
+    assert grads_a.keys() == grads_e.keys()
+    for name in grads_e:
+        assert_close(grads_a[name], grads_e[name], rel=rel, name=f"grad {name}")
+
+
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_fp32_matches_reference(case, strategy):
+    assert_all_close(*kernels_and_oracle(case, torch.float32, strategy), rel=1e-5)
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("hx", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_fp32_layouts_and_options(bias, hx, batch_first, strategy):
+    assert_all_close(
+        *kernels_and_oracle((4, 5, 3, 20), torch.float32, strategy, bias=bias, batch_first=batch_first, hx=hx),
+        rel=1e-5,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_close_to_reference_in_same_dtype(dtype, strategy):
+    """16-bit storage with fp32 state, judged three ways against float64.
+
+    The reference path in the same dtype rounds only gx and h_t; the kernels also store the
+    gates and dG in 16 bits (half the memory), so their gradients may carry a few more
+    roundings: outputs within 2x the reference's error, gradients within 4x, plus one unit
+    roundoff, and all under an absolute cap so that a broken reference cannot excuse a wrong
+    gate (which is off by O(1)). On CUDA the same kernels are judged against cuDNN.
+    """
+    case = (6, 3, 7, 20)
+    (outs, grads_k), (outs_e, grads_e) = kernels_and_oracle(case, dtype, strategy)
+    same_dtype = cast(random_problem(*case), dtype=dtype)
+    outs_r = run(same_dtype, "reference")
+    backward_all(outs_r, random_cotangents(*outs_e))
+    grads_r = grads(same_dtype)
+    unit_roundoff = torch.finfo(dtype).eps / 2
+    cap = 4 * torch.finfo(dtype).eps  # bf16: 3.1e-2, fp16: 3.9e-3
+    checks = [(name, 2, a, r, e) for name, a, r, e in zip(("output", "h_n", "c_n"), outs, outs_r, outs_e)]
+    checks += [(f"grad {n}", 4, grads_k[n], grads_r[n], grads_e[n]) for n in grads_e]
+    for name, factor, ours, ref, exact in checks:
+        assert ours.dtype == dtype, name
+        err_ours, err_ref = error_stats(ours, exact).rel, error_stats(ref, exact).rel
+        bound = min(factor * err_ref + unit_roundoff, cap)
+        assert err_ours <= bound, f"{name}: {err_ours:.2e} > {bound:.2e} (reference in {dtype}: {err_ref:.2e})"
+
+
+def test_nan_and_inf_in_input_propagate_like_reference(strategy):
+    oracle = random_problem(5, 3, 4, 20)
+    with torch.no_grad():
+        oracle["input"][2, 1, 0] = float("nan")
+        oracle["input"][3, 0, 1] = float("inf")
+    ours = cast(oracle, dtype=torch.float32, device=DEVICE)
+    for name, a, e in zip(("output", "h_n", "c_n"), run(ours, "triton"), run(oracle, "reference")):
+        assert_close(a, e, rel=1e-5, name=name)  # also compares the NaN pattern
+
+
+def test_gradients_are_bitwise_reproducible(strategy):
+    first, second = (kernels_and_oracle((5, 3, 7, 20), torch.float32, strategy)[0] for _ in range(2))
+    for name in first[1]:
+        assert torch.equal(first[1][name], second[1][name]), name
+
+
+def test_poisoning_is_active():
+    """The NaN poisoning this file relies on is really on."""
+    assert torch.isnan(_helpers.empty_output(3, dtype=torch.float32, device=DEVICE)).all()
+
+
+def test_backward_twice_with_retain_graph():
+    tensors = cast(random_problem(3, 2, 4, 20), dtype=torch.float32, device=DEVICE)
+    output, h_n, c_n = run(tensors, "triton")
+    output.sum().backward(retain_graph=True)
+    first = tensors["weight_hh"].grad.clone()
+    output.sum().backward()
+    assert_close(tensors["weight_hh"].grad, 2 * first, rel=1e-6, name="accumulated grad")
