@@ -41,7 +41,7 @@ MIN_DOT = 16  # tl.dot needs every dimension >= 16 on the GPU (the interpreter d
 
 @triton.jit(do_not_specialize=["t_start", "t_end", "B", "H"])
 def _lstm_fwd_kernel(
-    p_gates,  # (T, B, 4H) view: Gx on entry, post-activation gates (i, f, g, o) on exit
+    p_gates,  # (T, B, 4H) view: Gx on entry, pre-activation gates (i, f, g, o) on exit
     p_w_hh,  # (4H, H)
     p_h0,  # (B, H)
     p_c0,  # (B, H)
@@ -122,12 +122,14 @@ def _lstm_fwd_kernel(
         c = gate_f * c + gate_i * gate_g
         h = gate_o * tanh(c)
 
-        # Each program overwrites only its own Gx tile, which it has already read.
+        # Save the pre-activations for the backward, over the program's own Gx tile (already
+        # read). Not the activations: in 16 bits, f = 0.99 leaves 1 - f with two bits, while
+        # sigmoid(-x) recomputed in fp32 from a 16-bit x is accurate.
         gates_ty = p_gates.dtype.element_ty
-        tl.store(p_g, gate_i.to(gates_ty), mask=mask_bh)
-        tl.store(p_g + H, gate_f.to(gates_ty), mask=mask_bh)
-        tl.store(p_g + 2 * H, gate_g.to(gates_ty), mask=mask_bh)
-        tl.store(p_g + 3 * H, gate_o.to(gates_ty), mask=mask_bh)
+        tl.store(p_g, acc_i.to(gates_ty), mask=mask_bh)
+        tl.store(p_g + H, acc_f.to(gates_ty), mask=mask_bh)
+        tl.store(p_g + 2 * H, acc_g.to(gates_ty), mask=mask_bh)
+        tl.store(p_g + 3 * H, acc_o.to(gates_ty), mask=mask_bh)
         tl.store(p_c + t64 * stride_ct + offs_c, c, mask=mask_bh)
         p_h = p_out + t64 * stride_ot + rows_b[:, None] * stride_ob + offs_h[None, :]
         tl.store(p_h, h.to(p_out.dtype.element_ty), mask=mask_bh)
@@ -137,7 +139,7 @@ def _lstm_fwd_kernel(
 
 @triton.jit(do_not_specialize=["t_start", "t_end", "T", "B", "H"])
 def _lstm_bwd_kernel(
-    p_gates,  # (T, B, 4H) view: post-activation gates (i, f, g, o) from the forward
+    p_gates,  # (T, B, 4H) view: pre-activation gates (i, f, g, o) from the forward
     p_c,  # (T, B, H) fp32, contiguous: c_t from the forward
     p_c0,  # (B, H)
     p_w_hh,  # (4H, H)
@@ -205,10 +207,10 @@ def _lstm_bwd_kernel(
                     dh += tl.dot(b_dg, b_w, input_precision=INPUT_PRECISION)
 
         p_g = p_gates + t64 * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
-        gate_i = tl.load(p_g, mask=mask_bh, other=0.0).to(tl.float32)
-        gate_f = tl.load(p_g + H, mask=mask_bh, other=0.0).to(tl.float32)
-        gate_g = tl.load(p_g + 2 * H, mask=mask_bh, other=0.0).to(tl.float32)
-        gate_o = tl.load(p_g + 3 * H, mask=mask_bh, other=0.0).to(tl.float32)
+        gate_i = sigmoid(tl.load(p_g, mask=mask_bh, other=0.0).to(tl.float32))
+        gate_f = sigmoid(tl.load(p_g + H, mask=mask_bh, other=0.0).to(tl.float32))
+        gate_g = tanh(tl.load(p_g + 2 * H, mask=mask_bh, other=0.0).to(tl.float32))
+        gate_o = sigmoid(tl.load(p_g + 3 * H, mask=mask_bh, other=0.0).to(tl.float32))
         c = tl.load(p_c + t64 * stride_ct + offs_c, mask=mask_bh, other=0.0)
         if t64 == 0:
             p_cprev = p_c0 + rows_b[:, None] * stride_c0b + offs_h[None, :]
@@ -281,7 +283,7 @@ def lstm_fwd(gates, w_hh, h0, c0):
     """Run the forward recurrence.
 
     gates: (T, B, 4H) time-major view holding Gx = x W_ih^T + b; overwritten in place with
-        the post-activation gates (i, f, g, o), which the backward needs.
+        the pre-activation gates (i, f, g, o), which the backward needs.
     w_hh: (4H, H). h0, c0: (B, H), any float dtype (zeros when the caller has none).
     Returns ``out`` (T, B, H) in the gates' dtype and layout, and ``c`` (T, B, H) fp32.
     """

@@ -1,0 +1,127 @@
+"""``python -m fusedrnn check``: fusedrnn against torch.nn.LSTM, tensor by tensor.
+
+Runs fusedrnn.LSTM and torch.nn.LSTM (cuDNN on CUDA) on the same weights, input, initial
+state and output cotangents, and prints for the output, h_n, c_n and the gradient of the
+input, h0, c0 and every parameter: the mean and max absolute difference and the relative
+error ||ours - torch|| / ||torch||, plus both errors against a float64 CPU run of
+torch.nn.LSTM. Exits 1 when a tensor is out of tolerance:
+
+- float32: relative error against torch.nn.LSTM <= --tol (default 1e-5; TF32 is off);
+- float16/bfloat16: err(ours vs float64) <= 2 * err(torch vs float64) + one unit roundoff.
+"""
+
+import os
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def add_arguments(parser):
+    parser.add_argument("--seq-len", "-T", type=int, default=16)
+    parser.add_argument("--batch", "-B", type=int, default=8)
+    parser.add_argument("--input-size", "-I", type=int, default=32)
+    parser.add_argument("--hidden-size", "-H", type=int, default=48)
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--backend",
+        choices=["all", "auto", "triton", "reference"],
+        default="all",
+        help="'all': the reference path and the Triton kernels (interpreted on CPU)",
+    )
+    parser.add_argument("--batch-first", action="store_true")
+    parser.add_argument("--no-bias", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tol", type=float, default=1e-5, help="float32 relative tolerance")
+
+
+def _run(module, x, hx, cotangents):
+    x = x.detach().clone().requires_grad_()
+    hx = tuple(t.detach().clone().requires_grad_() for t in hx)
+    y, (h_n, c_n) = module(x, hx)
+    loss = sum((o * d.to(o.device, o.dtype)).sum() for o, d in zip((y, h_n, c_n), cotangents))
+    loss.backward()
+    tensors = {"output": y, "h_n": h_n, "c_n": c_n, "grad input": x.grad, "grad h0": hx[0].grad, "grad c0": hx[1].grad}
+    tensors.update({f"grad {n}": p.grad for n, p in module.named_parameters()})
+    return tensors
+
+
+def check_backend(args, backend):
+    """Print the table for one backend; return True when every tensor is within tolerance."""
+    import fusedrnn
+    from fusedrnn.testing import error_stats
+
+    dtype, device = DTYPES[args.dtype], torch.device(args.device)
+    T, B, I, H = args.seq_len, args.batch, args.input_size, args.hidden_size
+    torch.manual_seed(args.seed)
+    kwargs = {"bias": not args.no_bias, "batch_first": args.batch_first}
+    exact = torch.nn.LSTM(I, H, dtype=torch.float64, **kwargs)
+    theirs = torch.nn.LSTM(I, H, **kwargs).to(device, dtype)
+    ours = fusedrnn.LSTM(I, H, backend=backend, **kwargs).to(device, dtype)
+    theirs.load_state_dict(exact.state_dict())
+    ours.load_state_dict(exact.state_dict())
+
+    x = torch.randn((B, T, I) if args.batch_first else (T, B, I), dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    with torch.no_grad():
+        y, (h_n, c_n) = exact(x, hx)
+    cotangents = [torch.randn_like(t) for t in (y, h_n, c_n)]
+
+    def on_device(t):
+        return t.to(device, dtype)
+
+    want = _run(exact, x, hx, cotangents)
+    got_torch = _run(theirs, on_device(x), tuple(map(on_device, hx)), cotangents)
+    got_ours = _run(ours, on_device(x), tuple(map(on_device, hx)), cotangents)
+
+    torch_name = "cuDNN" if device.type == "cuda" else "torch.nn.LSTM"
+    print(f"\nbackend={backend}  vs {torch_name}  ({args.dtype}, {device}, T={T} B={B} I={I} H={H})")
+    header = f"{'tensor':<22}{'mean |diff|':>13}{'max |diff|':>13}{'rel err':>11}{'ours/fp64':>11}{'torch/fp64':>11}  ok"
+    print(header)
+    print("-" * len(header))
+    all_ok = True
+    unit_roundoff = torch.finfo(dtype).eps / 2
+    for name in want:
+        vs_torch = error_stats(got_ours[name], got_torch[name])
+        ours_err = error_stats(got_ours[name], want[name]).rel
+        torch_err = error_stats(got_torch[name], want[name]).rel
+        if dtype == torch.float32:
+            ok = vs_torch.rel <= args.tol
+        else:
+            ok = ours_err <= 2 * torch_err + unit_roundoff
+        all_ok &= ok
+        print(
+            f"{name:<22}{vs_torch.mean_abs:>13.3e}{vs_torch.max_abs:>13.3e}{vs_torch.rel:>11.2e}"
+            f"{ours_err:>11.2e}{torch_err:>11.2e}  {'yes' if ok else 'NO'}"
+        )
+    return all_ok
+
+
+def main(args):
+    if args.device == "cpu" and args.backend in ("all", "triton"):
+        # The kernels run on CPU tensors only in the interpreter, which must be switched on
+        # before the kernel module is imported.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    # cuDNN's fp32 LSTM uses TF32 by default, and fusedrnn follows the same switch; the
+    # fp32 tolerance is meant for true fp32 on both sides.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    backends = ["reference", "triton"] if args.backend == "all" else [args.backend]
+    import fusedrnn
+
+    print(f"fusedrnn {fusedrnn.__version__}, torch {torch.__version__}", end="")
+    try:
+        import triton
+
+        print(f", triton {triton.__version__}", end="")
+    except ImportError:
+        pass
+    if args.device.startswith("cuda"):
+        print(f", {torch.cuda.get_device_name(torch.device(args.device))}", end="")
+    print()
+    results = [check_backend(args, b) for b in backends]
+    ok = all(results)
+    print("\nall tensors within tolerance" if ok else "\nMISMATCH: some tensors are out of tolerance")
+    return 0 if ok else 1
+

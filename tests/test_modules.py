@@ -1,0 +1,145 @@
+"""fusedrnn.LSTM against torch.nn.LSTM with a shared state_dict.
+
+On CPU: the reference backend and the Triton kernels under the interpreter, compared with
+torch's CPU LSTM. With CUDA: the kernels compared with cuDNN, both judged against a float64
+reference (err(ours) <= 2 * err(cuDNN) + atol).
+"""
+
+import pytest
+import torch
+from conftest import DEVICE, NEEDS_CUDA
+from helpers import random_cotangents
+
+import fusedrnn
+from fusedrnn.testing import assert_close, error_stats
+
+BACKENDS = ["reference", "triton"]
+
+
+def make_pair(I, H, *, backend, dtype=torch.float32, device="cpu", seed=0, **kwargs):
+    torch.manual_seed(seed)
+    theirs = torch.nn.LSTM(I, H, dtype=torch.float64, **kwargs)
+    ours = fusedrnn.LSTM(I, H, backend=backend, dtype=torch.float64, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    return ours.to(device, dtype), theirs
+
+
+def forward_backward(module, x, hx, cotangents):
+    """Run the module, backpropagate cotangents through output, h_n and c_n; return
+    {name: tensor} for the outputs and for the gradients of input, h0, c0 and every parameter."""
+    x = x.detach().clone().requires_grad_()
+    hx = tuple(t.detach().clone().requires_grad_() for t in hx) if hx is not None else None
+    module.zero_grad()
+    y, (h_n, c_n) = module(x, hx)
+    loss = sum((o * d.to(o.device, o.dtype)).sum() for o, d in zip((y, h_n, c_n), cotangents))
+    loss.backward()
+    result = {"output": y, "h_n": h_n, "c_n": c_n, "grad input": x.grad}
+    if hx is not None:
+        result.update({"grad h0": hx[0].grad, "grad c0": hx[1].grad})
+    result.update({f"grad {n}": p.grad for n, p in module.named_parameters()})
+    return result
+
+
+def compare_with_torch(ours, theirs, x, hx, *, rel, device="cpu", dtype=torch.float32):
+    """Both modules on the same input and cotangents; every tensor compared by name."""
+    with torch.no_grad():
+        y, (h_n, c_n) = theirs(x, hx)
+    cotangents = random_cotangents(y, h_n, c_n)
+    expected = forward_backward(theirs, x, hx, cotangents)
+    cast = lambda t: t.to(device, dtype)  # noqa: E731
+    actual = forward_backward(ours, cast(x), tuple(map(cast, hx)) if hx else None, cotangents)
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert actual[name].shape == expected[name].shape, name
+        assert_close(actual[name], expected[name], rel=rel, name=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("hx", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_matches_torch_lstm_fp32(backend, batch_first, hx, bias):
+    T, B, I, H = 6, 5, 9, 23  # sizes the kernel tests do not use
+    ours, theirs = make_pair(I, H, backend=backend, device=DEVICE, batch_first=batch_first, bias=bias)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=torch.float64)
+    state = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64)) if hx else None
+    compare_with_torch(ours, theirs, x, state, rel=1e-5, device=DEVICE)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+def test_unbatched_input(backend, batch_first):
+    T, I, H = 4, 3, 11
+    ours, theirs = make_pair(I, H, backend=backend, device=DEVICE, batch_first=batch_first)
+    x = torch.randn(T, I, dtype=torch.float64)
+    state = (torch.randn(1, H, dtype=torch.float64), torch.randn(1, H, dtype=torch.float64))
+    compare_with_torch(ours, theirs, x, state, rel=1e-5, device=DEVICE)
+    compare_with_torch(ours, theirs, x, None, rel=1e-5, device=DEVICE)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_in_eval_mode(backend):
+    """cuDNN refuses RNN backward in eval mode; fusedrnn does not."""
+    ours, theirs = make_pair(4, 8, backend=backend, device=DEVICE)
+    ours.eval()
+    theirs.eval()
+    compare_with_torch(ours, theirs, torch.randn(3, 2, 4, dtype=torch.float64), None, rel=1e-5, device=DEVICE)
+
+
+def test_float64_module_on_auto_backend_matches_torch():
+    ours, theirs = make_pair(4, 8, backend="auto", dtype=torch.float64)
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    compare_with_torch(ours, theirs, x, None, rel=1e-12, dtype=torch.float64)
+
+
+def test_state_dict_and_parameters_are_torch_s():
+    theirs = torch.nn.LSTM(5, 7, bias=False)
+    ours = fusedrnn.LSTM(5, 7, bias=False)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    ours.load_state_dict(theirs.state_dict())
+    theirs2 = torch.nn.LSTM(5, 7, bias=False)
+    theirs2.load_state_dict(ours.state_dict())
+    for (n, a), (_, b) in zip(theirs.named_parameters(), theirs2.named_parameters()):
+        assert torch.equal(a, b), n
+    # torch's init: U(-1/sqrt(H), 1/sqrt(H))
+    assert all(p.abs().max() <= 7**-0.5 for p in fusedrnn.LSTM(5, 7).parameters())
+    assert repr(fusedrnn.LSTM(5, 7, batch_first=True)) == "LSTM(5, 7, batch_first=True)"
+    assert "backend='reference'" in repr(fusedrnn.LSTM(5, 7, backend="reference"))
+
+
+def test_auto_backend_picks_the_reference_on_cpu():
+    lstm = fusedrnn.LSTM(3, 4)
+    y, _ = lstm(torch.randn(2, 1, 3, requires_grad=True))
+    assert "LSTMFunction" not in type(y.grad_fn).__name__
+
+
+# ----------------------------------------------------------------------------------------
+# CUDA: kernels against cuDNN, both judged against float64.
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize(
+    "dtype, tf32",
+    [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)],
+    ids=["fp32", "fp32-tf32", "bf16", "fp16"],
+)
+@pytest.mark.parametrize("shape", [(16, 8, 32, 64), (33, 5, 20, 300)], ids=["T16-B8-I32-H64", "T33-B5-I20-H300"])
+def test_kernels_no_worse_than_cudnn(dtype, tf32, shape):
+    T, B, I, H = shape
+    torch.backends.cudnn.allow_tf32 = tf32  # restored by the ieee_fp32 fixture
+    ours, reference = make_pair(I, H, backend="triton", dtype=dtype, device="cuda")
+    cudnn = torch.nn.LSTM(I, H).to("cuda", dtype)
+    cudnn.load_state_dict(reference.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    with torch.no_grad():
+        cotangents = random_cotangents(*(lambda y, s: (y, *s))(*reference(x, hx)))
+    cast = lambda t: t.to("cuda", dtype)  # noqa: E731
+    exact = forward_backward(reference, x, hx, cotangents)
+    got_ours = forward_backward(ours, cast(x), tuple(map(cast, hx)), cotangents)
+    got_cudnn = forward_backward(cudnn, cast(x), tuple(map(cast, hx)), cotangents)
+    atol = 1e-6 if dtype == torch.float32 and not tf32 else torch.finfo(dtype).eps / 2
+    for name in exact:
+        ours_err = error_stats(got_ours[name], exact[name]).rel
+        cudnn_err = error_stats(got_cudnn[name], exact[name]).rel
+        assert ours_err <= 2 * cudnn_err + atol, f"{name}: ours {ours_err:.2e}, cuDNN {cudnn_err:.2e}"
