@@ -1,0 +1,30 @@
+"""python -m fusedrnn check: prints the table, passes on the real thing, fails on a mismatch."""
+
+import torch
+
+from fusedrnn import functional
+from fusedrnn.__main__ import main
+from fusedrnn.kernels.reference import lstm_reference
+
+SMALL = ["check", "-T", "4", "-B", "3", "-I", "5", "-H", "7"]
+
+
+def test_check_passes_and_prints_every_tensor(capsys):
+    assert main(SMALL) == 0
+    out = capsys.readouterr().out
+    for name in ["output", "h_n", "c_n", "grad input", "grad h0", "grad c0", "grad weight_ih_l0",
+                 "grad weight_hh_l0", "grad bias_ih_l0", "grad bias_hh_l0"]:
+        assert out.count(name + " ") == 2, name  # one row per backend: reference and triton
+    assert "all tensors within tolerance" in out
+
+
+def test_check_fails_on_a_wrong_forget_gate(capsys, monkeypatch):
+    def forget_gate_bias_off(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
+        H = w_hh.shape[1]
+        shift = torch.zeros_like(b_ih)
+        shift[H : 2 * H] = 1e-3  # a small error in one gate only
+        return lstm_reference(x, h0, c0, w_ih, w_hh, b_ih + shift, b_hh)
+
+    monkeypatch.setattr(functional, "lstm_reference", forget_gate_bias_off)
+    assert main(SMALL + ["--backend", "reference"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
