@@ -13,10 +13,6 @@ import pytest  # noqa: E402
 
 from fusedrnn.kernels import _helpers  # noqa: E402
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if HAS_CUDA else "cpu"
-NEEDS_CUDA = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (cuDNN comparison)")
-
 
 @pytest.fixture(autouse=True)
 def poison_kernel_outputs(monkeypatch):

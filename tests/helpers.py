@@ -1,6 +1,11 @@
 """Builders shared by the test files: random LSTM problems and the backward through all outputs."""
 
+import pytest
 import torch
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"  # where the kernels run: natively, or interpreted on CPU
+NEEDS_CUDA = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (cuDNN comparison)")
 
 
 def random_problem(T, B, I, H, *, dtype=torch.float64, device="cpu", bias=True, batch_first=False, seed=0):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import DEVICE
+from helpers import DEVICE
 
 import fusedrnn
 from fusedrnn import functional as F

@@ -7,8 +7,7 @@ reference (err(ours) <= 2 * err(cuDNN) + atol).
 
 import pytest
 import torch
-from conftest import DEVICE, NEEDS_CUDA
-from helpers import random_cotangents
+from helpers import DEVICE, NEEDS_CUDA, random_cotangents
 
 import fusedrnn
 from fusedrnn.testing import assert_close, error_stats

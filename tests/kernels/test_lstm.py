@@ -6,8 +6,7 @@ kernel output starts as NaN (conftest), and both launch strategies are exercised
 
 import pytest
 import torch
-from conftest import DEVICE
-from helpers import backward_all, cast, grads, random_cotangents, random_problem
+from helpers import DEVICE, backward_all, cast, grads, random_cotangents, random_problem
 
 from fusedrnn import functional as F
 from fusedrnn.kernels import _helpers
