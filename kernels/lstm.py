@@ -36,6 +36,7 @@ import torch
 ONE_LAUNCH_MAX_H = 128
 PER_STEP_BLOCK_H = 64
 BLOCK_B = 16
+MAX_BLOCK_K = 64  # the recurrent product runs over K = H in chunks of at most this
 MIN_DOT = 16  # tl.dot needs every dimension >= 16 on the GPU (the interpreter does not check)
 
 
@@ -145,7 +146,7 @@ def _lstm_bwd_kernel(
     p_w_hh,  # (4H, H)
     p_dy,  # (T, B, H) view, any strides (may be expanded): gradient of the output
     p_dhn,  # (B, H): gradient of h_n
-    p_dgates,  # (T, B, 4H) view with the strides of p_gates: gradient of the pre-activations
+    p_dgates,  # (T, B, 4H) view: gradient of the pre-activations
     p_dc,  # (B, H) fp32: dc carried into the launch (dc_n or the last launch's), and out of it
     t_start,
     t_end,
@@ -154,6 +155,8 @@ def _lstm_bwd_kernel(
     H,
     stride_gt,
     stride_gb,
+    stride_dgt,
+    stride_dgb,
     stride_dyt,
     stride_dyb,
     stride_dyh,
@@ -192,7 +195,7 @@ def _lstm_bwd_kernel(
             dh += tl.load(p_dhn_tile, mask=mask_bh, other=0.0).to(tl.float32)
         else:
             # dh_t += dG_{t+1} @ W_hh[:, own units], chunked over K = 4H, one gate at a time.
-            p_dg_next = p_dgates + (t64 + 1) * stride_gt + rows_b * stride_gb
+            p_dg_next = p_dgates + (t64 + 1) * stride_dgt + rows_b * stride_dgb
             for gate in tl.static_range(4):
                 for k0 in range(0, H, BLOCK_K):
                     offs_kk = k0 + offs_k
@@ -226,7 +229,7 @@ def _lstm_bwd_kernel(
         d_o = dh * tanh_c * gate_o * (1.0 - gate_o)
         dc = dc * gate_f
 
-        p_dg = p_dgates + t64 * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
+        p_dg = p_dgates + t64 * stride_dgt + rows_b[:, None] * stride_dgb + offs_h[None, :]
         dgates_ty = p_dgates.dtype.element_ty
         tl.store(p_dg, d_i.to(dgates_ty), mask=mask_bh)
         tl.store(p_dg + H, d_f.to(dgates_ty), mask=mask_bh)
@@ -246,7 +249,7 @@ def _blocks(H):
     """Block sizes, and whether one launch may run every step (one program spans all H)."""
     padded_h = max(MIN_DOT, triton.next_power_of_2(H))
     block_h = padded_h if padded_h <= ONE_LAUNCH_MAX_H else PER_STEP_BLOCK_H
-    block_k = min(64, padded_h)
+    block_k = min(MAX_BLOCK_K, padded_h)
     for value in (BLOCK_B, block_h, block_k):
         assert value >= MIN_DOT and value & (value - 1) == 0, "blocks: powers of two >= 16"
     return BLOCK_B, block_h, block_k, block_h >= H
@@ -323,7 +326,6 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn):
     T, B, H = _check_common(gates, w_hh)
     w_hh, c0, d_hn = w_hh.contiguous(), c0.contiguous(), d_hn.contiguous()
     d_gates = _time_major_like(gates, 4 * H, gates.dtype)
-    assert d_gates.stride() == gates.stride()
     d_c = d_cn.to(torch.float32, copy=True).contiguous()  # carried dc, updated in place
     block_b, block_h, block_k, one_launch = _blocks(H)
     dot_dtype, precision = _dot_config(gates.dtype, is_interpreted(_lstm_bwd_kernel))
@@ -332,7 +334,7 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn):
     def launch(t_start, t_end):
         _lstm_bwd_kernel[grid](
             gates, c, c0, w_hh, d_out, d_hn, d_gates, d_c, t_start, t_end, T, B, H,
-            gates.stride(0), gates.stride(1),
+            gates.stride(0), gates.stride(1), d_gates.stride(0), d_gates.stride(1),
             d_out.stride(0), d_out.stride(1), d_out.stride(2),
             d_hn.stride(0), c0.stride(0), w_hh.stride(0),
             BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,

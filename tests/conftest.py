@@ -32,10 +32,11 @@ def ieee_fp32():
 @pytest.fixture(params=["one-launch", "per-step"])
 def strategy(request, monkeypatch):
     """Both launch strategies of the kernels. 'per-step' shrinks the blocks so that small test
-    shapes split H over several programs and run one launch per timestep."""
+    shapes split H over several programs, run one launch per timestep, and chunk K."""
     if request.param == "per-step":
         from fusedrnn.kernels import lstm as lstm_kernels
 
         monkeypatch.setattr(lstm_kernels, "ONE_LAUNCH_MAX_H", 0)
         monkeypatch.setattr(lstm_kernels, "PER_STEP_BLOCK_H", 16)
+        monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)
     return request.param

@@ -12,8 +12,9 @@ from fusedrnn import functional as F
 from fusedrnn.kernels import _helpers
 from fusedrnn.testing import assert_close, error_stats
 
-# Odd sizes on purpose: B=1, T=1, H and I not multiples of any block, B spanning two blocks.
-CASES = [(5, 3, 7, 20), (1, 1, 5, 37), (4, 17, 5, 37), (3, 2, 1, 1), (6, 4, 16, 16)]
+# Odd sizes on purpose: B=1, T=1, H and I not multiples of any block, B spanning two blocks,
+# H=100 chunking K in the default blocks too.
+CASES = [(5, 3, 7, 20), (1, 1, 5, 37), (4, 17, 5, 37), (3, 2, 1, 1), (6, 4, 16, 16), (3, 2, 5, 100)]
 CASE_PARAMS = [pytest.param(c, id="T{}-B{}-I{}-H{}".format(*c)) for c in CASES]
 
 
@@ -62,6 +63,13 @@ def test_fp32_layouts_and_options(bias, hx, batch_first, strategy):
         *kernels_and_oracle((4, 5, 3, 20), torch.float32, strategy, bias=bias, batch_first=batch_first, hx=hx),
         rel=1e-5,
     )
+
+
+# T=1 or B=1 makes the strides of a size-1 dimension ambiguous (batch_first or not).
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("case", [(1, 3, 4, 20), (4, 1, 4, 20)], ids=["T1", "B1"])
+def test_fp32_degenerate_layouts(case, batch_first, strategy):
+    assert_all_close(*kernels_and_oracle(case, torch.float32, strategy, batch_first=batch_first), rel=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
