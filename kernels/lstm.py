@@ -215,11 +215,13 @@ def _lstm_bwd_kernel(
         gate_g = tanh(tl.load(p_g + 2 * H, mask=mask_bh, other=0.0).to(tl.float32))
         gate_o = sigmoid(tl.load(p_g + 3 * H, mask=mask_bh, other=0.0).to(tl.float32))
         c = tl.load(p_c + t64 * stride_ct + offs_c, mask=mask_bh, other=0.0)
+        # Load in each branch: c0 has the input dtype, p_c is fp32, and the two branches of a
+        # compiled `if` must yield one type.
         if t64 == 0:
-            p_cprev = p_c0 + rows_b[:, None] * stride_c0b + offs_h[None, :]
+            c_prev = tl.load(p_c0 + rows_b[:, None] * stride_c0b + offs_h[None, :], mask=mask_bh, other=0.0)
+            c_prev = c_prev.to(tl.float32)
         else:
-            p_cprev = p_c + (t64 - 1) * stride_ct + offs_c
-        c_prev = tl.load(p_cprev, mask=mask_bh, other=0.0).to(tl.float32)
+            c_prev = tl.load(p_c + (t64 - 1) * stride_ct + offs_c, mask=mask_bh, other=0.0)
 
         tanh_c = tanh(c)
         dc += dh * gate_o * (1.0 - tanh_c * tanh_c)
@@ -245,24 +247,34 @@ def _lstm_bwd_kernel(
 # Host launchers: check, allocate, pick blocks and grid, launch. No autograd here.
 
 
-def _blocks(H):
-    """Block sizes, and whether one launch may run every step (one program spans all H)."""
-    padded_h = max(MIN_DOT, triton.next_power_of_2(H))
-    block_h = padded_h if padded_h <= ONE_LAUNCH_MAX_H else PER_STEP_BLOCK_H
-    block_k = min(MAX_BLOCK_K, padded_h)
-    for value in (BLOCK_B, block_h, block_k):
-        assert value >= MIN_DOT and value & (value - 1) == 0, "blocks: powers of two >= 16"
-    return BLOCK_B, block_h, block_k, block_h >= H
-
-
-def _dot_config(dtype, interpreted):
+def kernel_config(H, dtype, interpreted=False):
+    """Constexprs and launch options of both kernels for hidden size H and input dtype, and
+    whether one launch may run every step (one program spans all H units)."""
     if dtype not in TRITON_DTYPES:
         raise TypeError(f"fusedrnn's Triton kernels support float32, float16 and bfloat16, got {dtype}")
+    padded_h = max(MIN_DOT, triton.next_power_of_2(H))
+    block_h = padded_h if padded_h <= ONE_LAUNCH_MAX_H else PER_STEP_BLOCK_H
+    # fp32 tiles take twice the bytes: halve K so that the pipelined W tiles fit in shared
+    # memory (fp32, BLOCK_H=128, BLOCK_K=64, 3 stages needs 264 KiB; sm_90 has 227 KiB).
+    max_block_k = MAX_BLOCK_K if dtype.itemsize == 2 else max(MIN_DOT, MAX_BLOCK_K // 2)
+    block_k = min(max_block_k, padded_h)
+    for value in (BLOCK_B, block_h, block_k):
+        assert value >= MIN_DOT and value & (value - 1) == 0, "blocks: powers of two >= 16"
     # The interpreter computes 16-bit dots wrongly (bf16 is stored as uint16): dot in fp32 there.
     dot_dtype = tl.float32 if interpreted else TRITON_DTYPES[dtype]
-    # fp32 recurrent dots follow cuDNN's switch, as torch.nn.LSTM on CUDA does.
-    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreted
-    return dot_dtype, "tf32" if tf32 else "ieee"
+    # fp32 recurrent dots follow cuDNN's switch, as torch.nn.LSTM on CUDA does. For 16-bit
+    # operands the precision setting has no effect: pass Triton's default.
+    ieee = dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
+    config = dict(
+        BLOCK_B=BLOCK_B,
+        BLOCK_H=block_h,
+        BLOCK_K=block_k,
+        DOT_DTYPE=dot_dtype,
+        INPUT_PRECISION="ieee" if ieee else "tf32",
+        num_warps=4,
+        num_stages=2,
+    )
+    return config, block_h >= H
 
 
 def _time_major_like(ref, last_dim, dtype):
@@ -294,17 +306,15 @@ def lstm_fwd(gates, w_hh, h0, c0):
     w_hh, h0, c0 = w_hh.contiguous(), h0.contiguous(), c0.contiguous()
     out = _time_major_like(gates, H, gates.dtype)
     c = empty_output(T, B, H, dtype=torch.float32, device=gates.device)
-    block_b, block_h, block_k, one_launch = _blocks(H)
-    dot_dtype, precision = _dot_config(gates.dtype, is_interpreted(_lstm_fwd_kernel))
-    grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
+    config, one_launch = kernel_config(H, gates.dtype, is_interpreted(_lstm_fwd_kernel))
+    grid = (triton.cdiv(B, config["BLOCK_B"]), triton.cdiv(H, config["BLOCK_H"]))
 
     def launch(t_start, t_end):
         _lstm_fwd_kernel[grid](
             gates, w_hh, h0, c0, out, c, t_start, t_end, B, H,
             gates.stride(0), gates.stride(1), out.stride(0), out.stride(1),
             w_hh.stride(0), h0.stride(0), c0.stride(0),
-            BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,
-            DOT_DTYPE=dot_dtype, INPUT_PRECISION=precision,
+            **config,
         )  # fmt: skip
 
     if one_launch:
@@ -327,9 +337,8 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn):
     w_hh, c0, d_hn = w_hh.contiguous(), c0.contiguous(), d_hn.contiguous()
     d_gates = _time_major_like(gates, 4 * H, gates.dtype)
     d_c = d_cn.to(torch.float32, copy=True).contiguous()  # carried dc, updated in place
-    block_b, block_h, block_k, one_launch = _blocks(H)
-    dot_dtype, precision = _dot_config(gates.dtype, is_interpreted(_lstm_bwd_kernel))
-    grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
+    config, one_launch = kernel_config(H, gates.dtype, is_interpreted(_lstm_bwd_kernel))
+    grid = (triton.cdiv(B, config["BLOCK_B"]), triton.cdiv(H, config["BLOCK_H"]))
 
     def launch(t_start, t_end):
         _lstm_bwd_kernel[grid](
@@ -337,8 +346,7 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn):
             gates.stride(0), gates.stride(1), d_gates.stride(0), d_gates.stride(1),
             d_out.stride(0), d_out.stride(1), d_out.stride(2),
             d_hn.stride(0), c0.stride(0), w_hh.stride(0),
-            BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k,
-            DOT_DTYPE=dot_dtype, INPUT_PRECISION=precision,
+            **config,
         )  # fmt: skip
 
     if one_launch:
