@@ -186,7 +186,7 @@ def _lstm_bwd_kernel(
     for s in range(t_start, t_end):
         t64 = tl.cast(t_end - 1 - (s - t_start), tl.int64)
         dh = tl.load(
-            p_dy + t64 * stride_dyt + rows_b[:, None] * stride_dyb + offs_h[None, :] * stride_dyh,
+            p_dy + t64 * stride_dyt + rows_b[:, None] * stride_dyb + offs_h[None, :].to(tl.int64) * stride_dyh,
             mask=mask_bh,
             other=0.0,
         ).to(tl.float32)
