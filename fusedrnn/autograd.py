@@ -39,7 +39,7 @@ class LSTMFunction(torch.autograd.Function):
         ctx.batch_first = batch_first
         ctx.has_bias = b_ih is not None
         h_n = out[T - 1].clone()
-        c_n = c[T - 1].to(x.dtype)
+        c_n = c[T - 1].to(x.dtype, copy=True)  # not a view that would pin all of c
         return (out.transpose(0, 1) if batch_first else out), h_n, c_n
 
     @staticmethod
@@ -67,4 +67,6 @@ class LSTMFunction(torch.autograd.Function):
                 dw_hh += _flat(d_gates[1:]).t() @ _flat(out[:-1])
         if ctx.has_bias and (need[5] or need[6]):
             db = _flat(d_gates).sum(0, dtype=torch.float32).to(w_ih.dtype)
-        return dx, dh0, dc0, dw_ih, dw_hh, db if need[5] else None, db if need[6] else None, None
+        db_ih = db if need[5] else None
+        db_hh = (db.clone() if need[5] else db) if need[6] else None  # two tensors, never one aliased
+        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, None

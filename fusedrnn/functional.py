@@ -37,6 +37,11 @@ def lstm(
         ``h_n`` and ``c_n`` ``(B, H)``. Every input that requires grad gets a gradient, in
         training and in eval mode alike.
     """
+    if autocast_enabled(input.device.type):
+        raise NotImplementedError(
+            "fusedrnn does not support autocast yet; run it outside autocast "
+            "with input and weights of one dtype"
+        )
     h0, c0 = hx if hx is not None else (None, None)
     _check_args(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, batch_first, backend)
     batch_size = input.shape[0 if batch_first else 1]
@@ -55,6 +60,10 @@ def lstm(
     x = input.transpose(0, 1) if batch_first else input
     output, (h_n, c_n) = lstm_reference(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
     return (output.transpose(0, 1) if batch_first else output), (h_n, c_n)
+
+
+def autocast_enabled(device_type):
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def _check_kernels_can_run(input):

@@ -52,11 +52,6 @@ class LSTM(nn.RNNBase):
     def forward(self, input, hx=None):
         if isinstance(input, PackedSequence):
             raise NotImplementedError("fusedrnn.LSTM does not support PackedSequence input yet")
-        if torch.is_autocast_enabled(input.device.type):
-            raise NotImplementedError(
-                "fusedrnn.LSTM does not support autocast yet; run it outside autocast "
-                "with input and weights of one dtype"
-            )
         self._update_flat_weights()
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -68,7 +63,9 @@ class LSTM(nn.RNNBase):
             self.check_input(input, None)
             state = None
         else:
-            h0, c0 = hx
+            if not isinstance(hx, torch.Tensor) and len(hx) != 2:
+                raise RuntimeError("lstm expects two hidden states")
+            h0, c0 = hx[0], hx[1]  # a single tensor fails here with IndexError, as in torch
             want = 3 if is_batched else 2
             if h0.dim() != want or c0.dim() != want:
                 kind = "batched 3-D" if is_batched else "unbatched 2-D"
@@ -90,4 +87,5 @@ class LSTM(nn.RNNBase):
         )
         if not is_batched:
             return output.squeeze(batch_dim), (h_n, c_n)
-        return output, (h_n.unsqueeze(0), c_n.unsqueeze(0))
+        # Fresh (1, B, H) tensors, not views: torch's can be detached or modified in place.
+        return output, (h_n.unsqueeze(0).clone(), c_n.unsqueeze(0).clone())

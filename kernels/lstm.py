@@ -23,12 +23,13 @@ the same batch rows. The kernels therefore take a runtime range ``[t_start, t_en
 A persistent variant with a grid barrier reuses the same step loop.
 """
 
+from contextlib import nullcontext
+
+import torch
 import triton
 import triton.language as tl
 
 from ._helpers import TRITON_DTYPES, empty_output, is_interpreted, sigmoid, tanh
-
-import torch
 
 # Up to this padded hidden size one program holds all units of its batch rows and one launch
 # runs every step; above it the launchers use blocks of PER_STEP_BLOCK_H units, one launch
@@ -106,7 +107,7 @@ def _lstm_fwd_kernel(
             # W tile transposed to (BLOCK_K, BLOCK_H): element [k, u] = W_hh[gate*H + u, k].
             p_w = p_w_hh + offs_h[None, :].to(tl.int64) * stride_w + offs_kk[:, None]
             mask_w = mask_k[:, None] & mask_h[None, :]
-            gate_rows = H * stride_w
+            gate_rows = H.to(tl.int64) * stride_w
             b_w = tl.load(p_w, mask=mask_w, other=0.0).to(DOT_DTYPE)
             acc_i += tl.dot(b_h, b_w, input_precision=INPUT_PRECISION)
             b_w = tl.load(p_w + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
@@ -285,13 +286,23 @@ def _time_major_like(ref, last_dim, dtype):
     return empty_output(T, B, last_dim, dtype=dtype, device=ref.device)
 
 
-def _check_common(gates, w_hh):
+def _check_common(gates, w_hh, *states):
     if gates.dim() != 3 or gates.stride(2) != 1:
         raise ValueError("gates must be a (T, B, 4H) view with a contiguous last dimension")
     H = w_hh.shape[1]
     if w_hh.shape != (4 * H, H) or gates.shape[2] != 4 * H:
         raise ValueError(f"expected W_hh (4H, H) and gates (T, B, 4H), got {tuple(w_hh.shape)}, {tuple(gates.shape)}")
+    # The kernels read h0/c0 and W_hh with the gates' element type (a compiled `if` picks
+    # between pointers to h0 and to the output, which must have one type).
+    for t in (w_hh, *states):
+        if t.dtype != gates.dtype or t.device != gates.device:
+            raise ValueError(f"expected {gates.dtype} on {gates.device}, got {t.dtype} on {t.device}")
     return gates.shape[0], gates.shape[1], H
+
+
+def _on_device(t):
+    """Triton launches on the current CUDA device and stream: make that the tensors' device."""
+    return torch.cuda.device(t.device) if t.is_cuda else nullcontext()
 
 
 def lstm_fwd(gates, w_hh, h0, c0):
@@ -302,7 +313,7 @@ def lstm_fwd(gates, w_hh, h0, c0):
     w_hh: (4H, H). h0, c0: (B, H), any float dtype (zeros when the caller has none).
     Returns ``out`` (T, B, H) in the gates' dtype and layout, and ``c`` (T, B, H) fp32.
     """
-    T, B, H = _check_common(gates, w_hh)
+    T, B, H = _check_common(gates, w_hh, h0, c0)
     w_hh, h0, c0 = w_hh.contiguous(), h0.contiguous(), c0.contiguous()
     out = _time_major_like(gates, H, gates.dtype)
     c = empty_output(T, B, H, dtype=torch.float32, device=gates.device)
@@ -317,11 +328,12 @@ def lstm_fwd(gates, w_hh, h0, c0):
             **config,
         )  # fmt: skip
 
-    if one_launch:
-        launch(0, T)
-    else:
-        for t in range(T):
-            launch(t, t + 1)
+    with _on_device(gates):
+        if one_launch:
+            launch(0, T)
+        else:
+            for t in range(T):
+                launch(t, t + 1)
     return out, c
 
 
@@ -333,7 +345,7 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn):
     Returns ``d_gates`` (T, B, 4H), the gradient of the pre-activations in the gates' dtype
     and layout, and ``d_c0`` (B, H) fp32. Everything else is a GEMM of ``d_gates``.
     """
-    T, B, H = _check_common(gates, w_hh)
+    T, B, H = _check_common(gates, w_hh, c0)
     w_hh, c0, d_hn = w_hh.contiguous(), c0.contiguous(), d_hn.contiguous()
     d_gates = _time_major_like(gates, 4 * H, gates.dtype)
     d_c = d_cn.to(torch.float32, copy=True).contiguous()  # carried dc, updated in place
@@ -349,9 +361,10 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn):
             **config,
         )  # fmt: skip
 
-    if one_launch:
-        launch(0, T)
-    else:
-        for t in reversed(range(T)):
-            launch(t, t + 1)
+    with _on_device(gates):
+        if one_launch:
+            launch(0, T)
+        else:
+            for t in reversed(range(T)):
+                launch(t, t + 1)
     return d_gates, d_c

@@ -19,33 +19,40 @@ def x3(*shape, **kw):
     return torch.randn(*shape, **kw)
 
 
-# Each case: a name and a function (module) -> forward call that must fail.
+# Each case: a function (module) -> forward call that must fail, and what our message says.
 BAD_INPUTS = {
-    "input 4-D": lambda m: m(x3(T, B, I, 1)),
-    "input 1-D": lambda m: m(x3(I)),
-    "wrong input size": lambda m: m(x3(T, B, I + 1)),
-    "wrong h0 shape": lambda m: m(x3(T, B, I), (x3(1, B + 1, H), x3(1, B, H))),
-    "wrong c0 shape": lambda m: m(x3(T, B, I), (x3(1, B, H), x3(1, B, H + 1))),
-    "2-D hx with batched input": lambda m: m(x3(T, B, I), (x3(B, H), x3(B, H))),
-    "3-D hx with unbatched input": lambda m: m(x3(T, I), (x3(1, 1, H), x3(1, 1, H))),
-    "input dtype differs from weights": lambda m: m(x3(T, B, I, dtype=torch.float64)),
-    "h0 dtype differs": lambda m: m(x3(T, B, I), (x3(1, B, H, dtype=torch.float64), x3(1, B, H))),
-    "c0 dtype differs": lambda m: m(x3(T, B, I), (x3(1, B, H), x3(1, B, H, dtype=torch.float64))),
-    "hidden on another device": lambda m: m(x3(T, B, I), (x3(1, B, H, device="meta"), x3(1, B, H))),
-    "input on another device": lambda m: m(x3(T, B, I, device="meta")),
-    "empty sequence": lambda m: m(x3(0, B, I)),
+    "input 4-D": (lambda m: m(x3(T, B, I, 1)), "2D or 3D"),
+    "input 1-D": (lambda m: m(x3(I)), "2D or 3D"),
+    "wrong input size": (lambda m: m(x3(T, B, I + 1)), "input_size"),
+    "wrong h0 shape": (lambda m: m(x3(T, B, I), (x3(1, B + 1, H), x3(1, B, H))), r"hidden\[0\] size"),
+    "wrong c0 shape": (lambda m: m(x3(T, B, I), (x3(1, B, H), x3(1, B, H + 1))), r"hidden\[1\] size"),
+    "2-D hx with batched input": (lambda m: m(x3(T, B, I), (x3(B, H), x3(B, H))), "3-D"),
+    "3-D hx with unbatched input": (lambda m: m(x3(T, I), (x3(1, 1, H), x3(1, 1, H))), "2-D"),
+    "three hidden states": (lambda m: m(x3(T, B, I), (x3(1, B, H),) * 3), "two hidden states"),
+    "hx a single tensor": (lambda m: m(x3(T, B, I), x3(1, B, H)), "index"),
+    "input dtype differs from weights": (lambda m: m(x3(T, B, I, dtype=torch.float64)), "dtype"),
+    "h0 dtype differs": (lambda m: m(x3(T, B, I), (x3(1, B, H, dtype=torch.float64), x3(1, B, H))), r"hidden\[0\] dtype"),
+    "c0 dtype differs": (lambda m: m(x3(T, B, I), (x3(1, B, H), x3(1, B, H, dtype=torch.float64))), r"hidden\[1\] dtype"),
+    "hidden on another device": (
+        lambda m: m(x3(T, B, I), (x3(1, B, H, device="meta"), x3(1, B, H))),
+        "Input and hidden tensors are not at the same device",
+    ),
+    "input on another device": (
+        lambda m: m(x3(T, B, I, device="meta")),
+        "Input and parameter tensors are not at the same device",
+    ),
+    "empty sequence": (lambda m: m(x3(0, B, I)), "sequence length"),
 }
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_raises_like_torch(case, backend):
-    call = BAD_INPUTS[case]
+    call, message = BAD_INPUTS[case]
     with pytest.raises(Exception) as theirs:
         call(torch.nn.LSTM(I, H))
-    with pytest.raises(type(theirs.value)) as ours:
+    with pytest.raises(type(theirs.value), match=message):
         call(fusedrnn.LSTM(I, H, backend=backend))
-    assert str(ours.value), "the error must say what is wrong"
 
 
 @pytest.mark.parametrize(
@@ -66,6 +73,14 @@ def test_packed_sequence_is_not_supported_yet():
 def test_autocast_is_not_supported_yet():
     with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(NotImplementedError, match="autocast"):
         fusedrnn.LSTM(I, H)(x3(T, B, I))
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(NotImplementedError, match="autocast"):
+        F.lstm(x3(T, B, I), None, *torch.nn.LSTM(I, H).parameters(), backend="triton")
+
+
+def test_meta_device_gives_shapes_like_torch():
+    ours = fusedrnn.LSTM(I, H, device="meta")(x3(T, B, I, device="meta"))
+    theirs = torch.nn.LSTM(I, H, device="meta")(x3(T, B, I, device="meta"))
+    assert [ours[0].shape, ours[1][0].shape, ours[1][1].shape] == [theirs[0].shape, theirs[1][0].shape, theirs[1][1].shape]
 
 
 def test_unknown_backend():

@@ -106,6 +106,26 @@ def test_state_dict_and_parameters_are_torch_s():
     assert "backend='reference'" in repr(fusedrnn.LSTM(5, 7, backend="reference"))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_states_are_fresh_tensors_and_bias_grads_distinct(backend):
+    """As with torch.nn.LSTM: h_n and c_n can be detached and reset in place, and the kernels'
+    two bias gradients are two tensors (on the reference path autograd decides: b_ih + b_hh
+    hands both the same gradient)."""
+    lstm = fusedrnn.LSTM(4, 8, backend=backend, device=DEVICE)
+    x = torch.randn(3, 2, 4, device=DEVICE)
+    y, (h_n, c_n) = lstm(x)
+    h_n.detach_()
+    c_n.mul_(0.5)
+    grad_ih, grad_hh = torch.autograd.grad(y.sum(), [lstm.bias_ih_l0, lstm.bias_hh_l0])
+    assert torch.equal(grad_ih, grad_hh)
+    if backend == "triton":
+        assert grad_ih is not grad_hh
+    y, (h_n, c_n) = lstm(x)
+    with torch.no_grad():
+        c_n[:, 0] = 0
+    y.sum().backward()  # the saved tensors were not touched
+
+
 def test_auto_backend_picks_the_reference_on_cpu():
     lstm = fusedrnn.LSTM(3, 4)
     y, _ = lstm(torch.randn(2, 1, 3, requires_grad=True))
