@@ -41,6 +41,19 @@ MAX_BLOCK_K = 64  # the recurrent product runs over K = H in chunks of at most t
 MIN_DOT = 16  # tl.dot needs every dimension >= 16 on the GPU (the interpreter does not check)
 
 
+@triton.jit
+def _program_tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """This program's batch rows and hidden units, their masks, and the offsets of its
+    (rows, units) tile in a contiguous (B, H) plane."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_b = offs_b < B
+    mask_h = offs_h < H
+    rows_b = offs_b.to(tl.int64)
+    offs_c = rows_b[:, None] * H + offs_h[None, :]
+    return offs_h, tl.arange(0, BLOCK_K), mask_b, mask_h, mask_b[:, None] & mask_h[None, :], rows_b, offs_c
+
+
 @triton.jit(do_not_specialize=["t_start", "t_end", "B", "H"])
 def _lstm_fwd_kernel(
     p_gates,  # (T, B, 4H) view: Gx on entry, pre-activation gates (i, f, g, o) on exit
@@ -66,18 +79,8 @@ def _lstm_fwd_kernel(
     DOT_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_b = offs_b < B
-    mask_h = offs_h < H
-    mask_bh = mask_b[:, None] & mask_h[None, :]
-    rows_b = offs_b.to(tl.int64)
-    stride_ct = B.to(tl.int64) * H
-    # Offsets of this program's (batch, unit) tile in a (B, H) plane of p_c.
-    offs_c = rows_b[:, None] * H + offs_h[None, :]
+    offs_h, offs_k, mask_b, mask_h, mask_bh, rows_b, offs_c = _program_tile(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
+    stride_ct = B.to(tl.int64) * H  # one (B, H) plane of p_c
 
     # The cell state of the program's own units stays in registers across its steps.
     if t_start == 0:
@@ -170,17 +173,8 @@ def _lstm_bwd_kernel(
     DOT_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_b = offs_b < B
-    mask_h = offs_h < H
-    mask_bh = mask_b[:, None] & mask_h[None, :]
-    rows_b = offs_b.to(tl.int64)
-    stride_ct = B.to(tl.int64) * H
-    offs_c = rows_b[:, None] * H + offs_h[None, :]
+    offs_h, offs_k, mask_b, mask_h, mask_bh, rows_b, offs_c = _program_tile(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
+    stride_ct = B.to(tl.int64) * H  # one (B, H) plane of p_c
 
     dc = tl.load(p_dc + offs_c, mask=mask_bh, other=0.0)
     # Steps run backwards: t = t_end - 1, ..., t_start.
@@ -300,9 +294,15 @@ def _check_common(gates, w_hh, *states):
     return gates.shape[0], gates.shape[1], H
 
 
-def _on_device(t):
-    """Triton launches on the current CUDA device and stream: make that the tensors' device."""
-    return torch.cuda.device(t.device) if t.is_cuda else nullcontext()
+def _run_steps(launch, T, one_launch, like, reverse=False):
+    """All T steps in one launch, or one launch per step (in reverse for the backward). Triton
+    launches on the current CUDA device and stream: make that the tensors' device."""
+    with torch.cuda.device(like.device) if like.is_cuda else nullcontext():
+        if one_launch:
+            launch(0, T)
+        else:
+            for t in reversed(range(T)) if reverse else range(T):
+                launch(t, t + 1)
 
 
 def lstm_fwd(gates, w_hh, h0, c0):
@@ -328,12 +328,7 @@ def lstm_fwd(gates, w_hh, h0, c0):
             **config,
         )  # fmt: skip
 
-    with _on_device(gates):
-        if one_launch:
-            launch(0, T)
-        else:
-            for t in range(T):
-                launch(t, t + 1)
+    _run_steps(launch, T, one_launch, gates)
     return out, c
 
 
@@ -361,10 +356,5 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn):
             **config,
         )  # fmt: skip
 
-    with _on_device(gates):
-        if one_launch:
-            launch(0, T)
-        else:
-            for t in reversed(range(T)):
-                launch(t, t + 1)
+    _run_steps(launch, T, one_launch, gates, reverse=True)
     return d_gates, d_c
