@@ -62,11 +62,17 @@ class LSTMFunction(torch.autograd.Function):
             dw_ih = _flat(d_gates_x).t() @ _flat(x)
         if need[4]:
             # sum_t dG_t^T h_{t-1}, with h_{-1} = h0 (zeros if none was given).
-            dw_hh = d_gates[0].t() @ h0
-            if gates.shape[0] > 1:
-                dw_hh += _flat(d_gates[1:]).t() @ _flat(out[:-1])
+            if ctx.batch_first:
+                # Shift h by one step in the (B, T, H) layout: an H-sized copy, so that
+                # d_gates (4H wide) stays a flat view.
+                h_prev = torch.cat((h0[:, None], out.transpose(0, 1)[:, :-1]), dim=1)
+                dw_hh = _flat(d_gates_x).t() @ _flat(h_prev)
+            else:
+                dw_hh = d_gates[0].t() @ h0
+                if gates.shape[0] > 1:
+                    dw_hh += _flat(d_gates[1:]).t() @ _flat(out[:-1])
         if ctx.has_bias and (need[5] or need[6]):
-            db = _flat(d_gates).sum(0, dtype=torch.float32).to(w_ih.dtype)
+            db = _flat(d_gates_x).sum(0, dtype=torch.float32).to(w_ih.dtype)
         db_ih = db if need[5] else None
         db_hh = (db.clone() if need[5] else db) if need[6] else None  # two tensors, never one aliased
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, None

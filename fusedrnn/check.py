@@ -36,21 +36,10 @@ def add_arguments(parser):
     parser.add_argument("--tol", type=float, default=1e-5, help="float32 relative tolerance")
 
 
-def _run(module, x, hx, cotangents):
-    x = x.detach().clone().requires_grad_()
-    hx = tuple(t.detach().clone().requires_grad_() for t in hx)
-    y, (h_n, c_n) = module(x, hx)
-    loss = sum((o * d.to(o.device, o.dtype)).sum() for o, d in zip((y, h_n, c_n), cotangents))
-    loss.backward()
-    tensors = {"output": y, "h_n": h_n, "c_n": c_n, "grad input": x.grad, "grad h0": hx[0].grad, "grad c0": hx[1].grad}
-    tensors.update({f"grad {n}": p.grad for n, p in module.named_parameters()})
-    return tensors
-
-
 def check_backend(args, backend):
     """Print the table for one backend; return True when every tensor is within tolerance."""
     import fusedrnn
-    from fusedrnn.testing import error_stats
+    from fusedrnn.testing import error_stats, module_forward_backward
 
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
     T, B, I, H = args.seq_len, args.batch, args.input_size, args.hidden_size
@@ -71,9 +60,9 @@ def check_backend(args, backend):
     def on_device(t):
         return t.to(device, dtype)
 
-    want = _run(exact, x, hx, cotangents)
-    got_torch = _run(theirs, on_device(x), tuple(map(on_device, hx)), cotangents)
-    got_ours = _run(ours, on_device(x), tuple(map(on_device, hx)), cotangents)
+    want = module_forward_backward(exact, x, hx, cotangents)
+    got_torch = module_forward_backward(theirs, on_device(x), tuple(map(on_device, hx)), cotangents)
+    got_ours = module_forward_backward(ours, on_device(x), tuple(map(on_device, hx)), cotangents)
 
     torch_name = "cuDNN" if device.type == "cuda" else "torch.nn.LSTM"
     print(f"\nbackend={backend}  vs {torch_name}  ({args.dtype}, {device}, T={T} B={B} I={I} H={H})")

@@ -40,6 +40,23 @@ def error_stats(actual: torch.Tensor, expected: torch.Tensor) -> ErrorStats:
     return ErrorStats(float(diff.mean()), float(diff.max()), rel, worst, 0)
 
 
+def module_forward_backward(module, x, hx, cotangents):
+    """Run an LSTM module on leaf copies of x and hx (or None), backpropagate the cotangents of
+    output, h_n and c_n, and return {name: tensor}: the three outputs and the gradients of the
+    input, h0, c0 (when given) and every parameter, by parameter name."""
+    x = x.detach().clone().requires_grad_()
+    hx = tuple(t.detach().clone().requires_grad_() for t in hx) if hx is not None else None
+    module.zero_grad()
+    y, (h_n, c_n) = module(x, hx)
+    loss = sum((o * d.to(o.device, o.dtype)).sum() for o, d in zip((y, h_n, c_n), cotangents))
+    loss.backward()
+    result = {"output": y, "h_n": h_n, "c_n": c_n, "grad input": x.grad}
+    if hx is not None:
+        result.update({"grad h0": hx[0].grad, "grad c0": hx[1].grad})
+    result.update({f"grad {n}": p.grad for n, p in module.named_parameters()})
+    return result
+
+
 def assert_close(actual, expected, *, rel, name="tensor"):
     """Assert RMS-relative error <= rel and the same NaN pattern; the message locates the worst element."""
     s = error_stats(actual, expected)

@@ -10,7 +10,7 @@ import torch
 from helpers import DEVICE, NEEDS_CUDA, random_cotangents
 
 import fusedrnn
-from fusedrnn.testing import assert_close, error_stats
+from fusedrnn.testing import assert_close, error_stats, module_forward_backward
 
 BACKENDS = ["reference", "triton"]
 
@@ -23,30 +23,14 @@ def make_pair(I, H, *, backend, dtype=torch.float32, device="cpu", seed=0, **kwa
     return ours.to(device, dtype), theirs
 
 
-def forward_backward(module, x, hx, cotangents):
-    """Run the module, backpropagate cotangents through output, h_n and c_n; return
-    {name: tensor} for the outputs and for the gradients of input, h0, c0 and every parameter."""
-    x = x.detach().clone().requires_grad_()
-    hx = tuple(t.detach().clone().requires_grad_() for t in hx) if hx is not None else None
-    module.zero_grad()
-    y, (h_n, c_n) = module(x, hx)
-    loss = sum((o * d.to(o.device, o.dtype)).sum() for o, d in zip((y, h_n, c_n), cotangents))
-    loss.backward()
-    result = {"output": y, "h_n": h_n, "c_n": c_n, "grad input": x.grad}
-    if hx is not None:
-        result.update({"grad h0": hx[0].grad, "grad c0": hx[1].grad})
-    result.update({f"grad {n}": p.grad for n, p in module.named_parameters()})
-    return result
-
-
 def compare_with_torch(ours, theirs, x, hx, *, rel, device="cpu", dtype=torch.float32):
     """Both modules on the same input and cotangents; every tensor compared by name."""
     with torch.no_grad():
         y, (h_n, c_n) = theirs(x, hx)
     cotangents = random_cotangents(y, h_n, c_n)
-    expected = forward_backward(theirs, x, hx, cotangents)
+    expected = module_forward_backward(theirs, x, hx, cotangents)
     cast = lambda t: t.to(device, dtype)  # noqa: E731
-    actual = forward_backward(ours, cast(x), tuple(map(cast, hx)) if hx else None, cotangents)
+    actual = module_forward_backward(ours, cast(x), tuple(map(cast, hx)) if hx else None, cotangents)
     assert actual.keys() == expected.keys()
     for name in expected:
         assert actual[name].shape == expected[name].shape, name
@@ -154,9 +138,9 @@ def test_kernels_no_worse_than_cudnn(dtype, tf32, shape):
     with torch.no_grad():
         cotangents = random_cotangents(*(lambda y, s: (y, *s))(*reference(x, hx)))
     cast = lambda t: t.to("cuda", dtype)  # noqa: E731
-    exact = forward_backward(reference, x, hx, cotangents)
-    got_ours = forward_backward(ours, cast(x), tuple(map(cast, hx)), cotangents)
-    got_cudnn = forward_backward(cudnn, cast(x), tuple(map(cast, hx)), cotangents)
+    exact = module_forward_backward(reference, x, hx, cotangents)
+    got_ours = module_forward_backward(ours, cast(x), tuple(map(cast, hx)), cotangents)
+    got_cudnn = module_forward_backward(cudnn, cast(x), tuple(map(cast, hx)), cotangents)
     atol = 1e-6 if dtype == torch.float32 and not tf32 else torch.finfo(dtype).eps / 2
     for name in exact:
         ours_err = error_stats(got_ours[name], exact[name]).rel
