@@ -16,35 +16,49 @@ def lstm(
     weight_hh,
     bias_ih=None,
     bias_hh=None,
+    weight_hr=None,
     *,
     batch_first=False,
+    reverse=False,
+    lengths=None,
     backend="auto",
 ):
     """One LSTM layer, one direction, as ``torch.nn.LSTM`` computes it (gate order i, f, g, o).
 
     Args:
         input: ``(T, B, I)``, or ``(B, T, I)`` if ``batch_first``.
-        hx: ``(h0, c0)``, each ``(B, H)``, or ``None`` for zeros.
-        weight_ih: ``(4H, I)``. weight_hh: ``(4H, H)``.
+        hx: ``(h0, c0)``, ``h0 (B, P)`` and ``c0 (B, H)``, or ``None`` for zeros.
+        weight_ih: ``(4H, I)``. weight_hh: ``(4H, P)``.
         bias_ih, bias_hh: ``(4H,)`` each, or both ``None``.
+        weight_hr: ``(P, H)``: an LSTMP layer, ``h_t = W_hr (o_t * tanh(c_t))``; or ``None``,
+            and then ``P = H``.
         batch_first: layout of ``input`` and ``output``.
+        reverse: run the sequence backwards (the second direction of a bidirectional layer).
+        lengths: ``(B,)`` integer tensor (or list) of sequence lengths in ``[1, T]``, or
+            ``None``. Row ``b`` stops after its own ``lengths[b]`` steps (reverse: starts at
+            its step ``lengths[b] - 1``): its ``h_n, c_n`` are its own last step's, its
+            output is zero past its length, and the kernels do no work that leaks there.
         backend: ``"auto"`` (Triton kernels for CUDA tensors of float32/float16/bfloat16, the
             reference otherwise), ``"triton"`` (always the kernels; CPU tensors only under
             ``TRITON_INTERPRET=1``) or ``"reference"`` (plain PyTorch ops).
 
     Returns:
-        ``output, (h_n, c_n)``: output ``(T, B, H)`` (``(B, T, H)`` if ``batch_first``),
-        ``h_n`` and ``c_n`` ``(B, H)``. Every input that requires grad gets a gradient, in
+        ``output, (h_n, c_n)``: output ``(T, B, P)`` (``(B, T, P)`` if ``batch_first``),
+        ``h_n (B, P)`` and ``c_n (B, H)``. Every input that requires grad gets a gradient, in
         training and in eval mode alike.
+
+    Under ``torch.autocast`` float32 tensors are cast to the autocast dtype first, and the
+    results come out in it, as ``torch.nn.LSTM`` does.
     """
     if autocast_enabled(input.device.type):
-        raise NotImplementedError(
-            "fusedrnn does not support autocast yet; run it outside autocast "
-            "with input and weights of one dtype"
-        )
+        return _without_autocast(
+            lstm, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+            batch_first=batch_first, reverse=reverse, lengths=lengths, backend=backend,
+        )  # fmt: skip
     h0, c0 = hx if hx is not None else (None, None)
-    _check_args(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, batch_first, backend)
-    batch_size = input.shape[0 if batch_first else 1]
+    _check_args(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_first, backend)
+    T, batch_size = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
+    lengths = check_lengths(lengths, T, batch_size, input.device)
     use_kernels = backend == "triton" or (
         backend == "auto" and input.is_cuda and input.dtype in KERNEL_DTYPES
     )
@@ -53,13 +67,104 @@ def lstm(
         from fusedrnn.autograd import LSTMFunction
 
         output, h_n, c_n = LSTMFunction.apply(
-            input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, batch_first
+            input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, batch_first, reverse
         )
         return output, (h_n, c_n)
 
     x = input.transpose(0, 1) if batch_first else input
-    output, (h_n, c_n) = lstm_reference(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
+    output, (h_n, c_n) = lstm_reference(
+        x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, reverse=reverse, lengths=lengths
+    )
     return (output.transpose(0, 1) if batch_first else output), (h_n, c_n)
+
+
+def lstm_layers(
+    input,
+    hx,
+    weights,
+    *,
+    num_layers=1,
+    bidirectional=False,
+    dropout=0.0,
+    training=False,
+    batch_first=False,
+    lengths=None,
+    backend="auto",
+):
+    """A stack of LSTM layers, as ``torch.nn.LSTM``'s forward.
+
+    Args:
+        input: ``(T, B, I)``, or ``(B, T, I)`` if ``batch_first``.
+        hx: ``(h0, c0)``, ``h0 (L*D, B, P)`` and ``c0 (L*D, B, H)`` with ``D = 2`` if
+            bidirectional else 1, or ``None`` for zeros.
+        weights: per layer and direction (the reverse one second), ``[w_ih, w_hh]``, then
+            ``[b_ih, b_hh]`` if there are biases, then ``[w_hr]`` for a projection: the order
+            of ``torch.nn.LSTM._flat_weights``.
+        dropout: probability of zeroing the output of each layer but the last, in training.
+        lengths: as in :func:`lstm`, for every layer.
+
+    Returns:
+        ``output, (h_n, c_n)``: output ``(T, B, D*P)``, ``h_n (L*D, B, P)``,
+        ``c_n (L*D, B, H)``, where ``h_n[l*D + d]`` is layer l, direction d.
+    """
+    directions = 2 if bidirectional else 1
+    if len(weights) % (num_layers * directions):
+        raise ValueError(f"expected a multiple of {num_layers * directions} weights, got {len(weights)}")
+    per_layer = len(weights) // (num_layers * directions)
+    has_bias = per_layer in (4, 5)
+    h_n, c_n = [], []
+    layer_input = input
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            index = layer * directions + direction
+            w = weights[index * per_layer : (index + 1) * per_layer]
+            w_ih, w_hh = w[0], w[1]
+            b_ih, b_hh = (w[2], w[3]) if has_bias else (None, None)
+            w_hr = w[-1] if per_layer in (3, 5) else None
+            state = (hx[0][index], hx[1][index]) if hx is not None else None
+            output, (h, c) = lstm(
+                layer_input, state, w_ih, w_hh, b_ih, b_hh, w_hr,
+                batch_first=batch_first, reverse=direction == 1, lengths=lengths, backend=backend,
+            )  # fmt: skip
+            outputs.append(output)
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = torch.nn.functional.dropout(layer_input, p=dropout, training=True)
+    return layer_input, (torch.stack(h_n), torch.stack(c_n))
+
+
+def check_lengths(lengths, T, B, device):
+    """lengths as a (B,) int64 tensor on ``device`` (or None), every value in [1, T]."""
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths)
+    if lengths.shape != (B,) or lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be {B} integers, one per sequence, got {lengths.dtype} of shape {tuple(lengths.shape)}")
+    if lengths.device.type == "cpu" and lengths.numel():  # (no device sync for CUDA lengths)
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1 or high > T:
+            raise ValueError(f"lengths must lie in [1, {T}] (the sequence length), got values in [{low}, {high}]")
+    return lengths.to(device=device, dtype=torch.long)
+
+
+def _without_autocast(fn, *args, **kwargs):
+    """Call fn with autocast off and float32 tensor arguments cast to the autocast dtype, as
+    autocast treats torch.nn.LSTM (its results come out in the autocast dtype)."""
+    device_type = args[0].device.type
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(value):
+        if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
+            return value.to(dtype)
+        if isinstance(value, (tuple, list)):
+            return type(value)(cast(v) for v in value)
+        return value
+
+    with torch.autocast(device_type, enabled=False):
+        return fn(*cast(args), **kwargs)
 
 
 def autocast_enabled(device_type):
@@ -85,7 +190,7 @@ def _check_kernels_can_run(input):
         )
 
 
-def _check_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_first, backend):
+def _check_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first, backend):
     """Reject what torch.nn.LSTM rejects, with the same exception types."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -94,9 +199,13 @@ def _check_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_first, backend):
             f"fusedrnn.functional.lstm: expected a 3-D input, got {input.dim()}-D "
             "(the module fusedrnn.LSTM also takes unbatched 2-D input)"
         )
-    if w_hh.dim() != 2 or w_hh.shape[0] != 4 * w_hh.shape[1]:
-        raise RuntimeError(f"weight_hh must have shape (4*hidden_size, hidden_size), got {list(w_hh.shape)}")
-    H = w_hh.shape[1]
+    if w_hh.dim() != 2 or w_hh.shape[0] % 4:
+        raise RuntimeError(f"weight_hh must have shape (4*hidden_size, proj_size or hidden_size), got {list(w_hh.shape)}")
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    if w_hr is None and P != H:
+        raise RuntimeError(f"weight_hh of shape {list(w_hh.shape)} needs weight_hr ({P}, {H}); without it P must equal H")
+    if w_hr is not None and (w_hr.dim() != 2 or tuple(w_hr.shape) != (P, H) or P >= H):
+        raise RuntimeError(f"weight_hr must have shape (proj_size, hidden_size) = ({P}, {H}) with proj_size < hidden_size, got {list(w_hr.shape)}")
     if w_ih.dim() != 2 or w_ih.shape[0] != 4 * H:
         raise RuntimeError(f"weight_ih must have shape (4*hidden_size, input_size) = (4*{H}, I), got {list(w_ih.shape)}")
     if (b_ih is None) != (b_hh is None):
@@ -112,7 +221,7 @@ def _check_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_first, backend):
     if T == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-    params = [p for p in (w_ih, w_hh, b_ih, b_hh) if p is not None]
+    params = [p for p in (w_ih, w_hh, b_ih, b_hh, w_hr) if p is not None]
     for p in params:
         if p.device != input.device:
             raise RuntimeError(
@@ -132,8 +241,8 @@ def _check_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_first, backend):
     for i, state in enumerate((h0, c0)):
         if state is None:
             continue
-        if state.shape != (B, H):
-            raise RuntimeError(f"Expected hidden[{i}] size {(B, H)}, got {list(state.shape)}")
+        if state.shape != (B, (P, H)[i]):
+            raise RuntimeError(f"Expected hidden[{i}] size {(B, (P, H)[i])}, got {list(state.shape)}")
         if state.device != input.device:
             raise RuntimeError(
                 "Input and hidden tensors are not at the same device, found input tensor at "

@@ -2,7 +2,7 @@
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fusedrnn import functional as F
 
@@ -22,46 +22,48 @@ class LSTM(nn.RNNBase):
     It derives from ``nn.RNNBase`` as ``nn.LSTM`` does, not from ``nn.LSTM`` itself: Dynamo
     refuses to trace any ``nn.LSTM`` instance.
 
-    Supported so far: one layer, one direction, no projection, batched ``(T, B, I)`` (or
-    ``batch_first``) and unbatched ``(T, I)`` input, optional ``(h0, c0)``. Other
-    configurations raise ``NotImplementedError``.
+    Every configuration of ``torch.nn.LSTM`` (``num_layers``, ``dropout``, ``bidirectional``,
+    ``proj_size``, ``bias``, ``batch_first``) and every input form it takes: batched,
+    unbatched, with or without ``(h0, c0)``, and ``PackedSequence`` (variable lengths are
+    masked inside the kernels). ``forward`` also takes ``lengths=`` with padded input: the
+    same results as packing, without the packing.
     """
 
-    # torch.nn.LSTM's own argument checks, so errors read exactly as torch's.
+    # torch.nn.LSTM's own argument checks and hidden-state permutation, so errors and packed
+    # sequences behave exactly as torch's.
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
     check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
 
     def __init__(self, *args, backend="auto", **kwargs):
         super().__init__("LSTM", *args, **kwargs)
         if backend not in F.BACKENDS:
             raise ValueError(f"backend must be one of {F.BACKENDS}, got {backend!r}")
         self.backend = backend
-        unsupported = {
-            "num_layers > 1": self.num_layers != 1,
-            "bidirectional=True": self.bidirectional,
-            "proj_size > 0": self.proj_size > 0,
-        }
-        for feature, requested in unsupported.items():
-            if requested:
-                raise NotImplementedError(f"fusedrnn.LSTM does not support {feature} yet")
 
     def extra_repr(self):
         s = super().extra_repr()
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
-    def forward(self, input, hx=None):
-        if isinstance(input, PackedSequence):
-            raise NotImplementedError("fusedrnn.LSTM does not support PackedSequence input yet")
+    def forward(self, input, hx=None, *, lengths=None):
+        """As ``torch.nn.LSTM.forward``. ``lengths``: ``(B,)`` sequence lengths of a padded
+        batched input (not with a PackedSequence); the output is zero past each length and
+        ``h_n, c_n`` are each sequence's own last step."""
         self._update_flat_weights()
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError("lengths= is for padded input; a PackedSequence carries its own")
+            return self._forward_packed(input, hx)
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
         is_batched = input.dim() == 3
+        if lengths is not None and not is_batched:
+            raise ValueError("lengths= needs batched 3-D input")
         batch_dim = 0 if self.batch_first else 1
         if not is_batched:
             input = input.unsqueeze(batch_dim)
         if hx is None:
             self.check_input(input, None)
-            state = None
         else:
             if not isinstance(hx, torch.Tensor) and len(hx) != 2:
                 raise RuntimeError("lstm expects two hidden states")
@@ -73,19 +75,41 @@ class LSTM(nn.RNNBase):
                     f"For {kind} input, hx and cx should also be {want}-D "
                     f"but got ({h0.dim()}-D, {c0.dim()}-D) tensors"
                 )
-            if not is_batched:
-                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-            self.check_forward_args(input, (h0, c0), None)
-            state = (h0[0], c0[0])  # the one layer's (B, H) states
+            hx = (h0, c0) if is_batched else (h0.unsqueeze(1), c0.unsqueeze(1))
+            self.check_forward_args(input, hx, None)
 
-        output, (h_n, c_n) = F.lstm(
+        output, (h_n, c_n) = self._layers(input, hx, lengths, self.batch_first)
+        if not is_batched:
+            return output.squeeze(batch_dim), (h_n.squeeze(1), c_n.squeeze(1))
+        return output, (h_n, c_n)
+
+    def _forward_packed(self, packed, hx):
+        """Unpack to a padded batch in the packed (sorted) order, run it with its lengths
+        (masked in the kernels), pack the output again; hx permuted as torch does."""
+        data, batch_sizes, sorted_indices, unsorted_indices = packed
+        if hx is not None:
+            hx = self.permute_hidden(hx, sorted_indices)
+            self.check_forward_args(data, hx, batch_sizes)
+        else:
+            self.check_input(data, batch_sizes)
+        padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+        output, (h_n, c_n) = self._layers(padded, hx, lengths, batch_first=False)
+        output = pack_padded_sequence(output, lengths).data
+        return (
+            PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+            self.permute_hidden((h_n, c_n), unsorted_indices),
+        )
+
+    def _layers(self, input, hx, lengths, batch_first):
+        return F.lstm_layers(
             input,
-            state,
-            *self._flat_weights,
-            batch_first=self.batch_first,
+            hx,
+            self._flat_weights,
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            dropout=self.dropout,
+            training=self.training,
+            batch_first=batch_first,
+            lengths=lengths,
             backend=self.backend,
         )
-        if not is_batched:
-            return output.squeeze(batch_dim), (h_n, c_n)
-        # Fresh (1, B, H) tensors, not views: torch's can be detached or modified in place.
-        return output, (h_n.unsqueeze(0).clone(), c_n.unsqueeze(0).clone())

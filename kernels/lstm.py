@@ -6,19 +6,34 @@ to cuBLAS in the autograd Function (``fusedrnn.autograd``): the input projection
 gradients as batched GEMMs after it.
 
 Layout and naming. Gate order is PyTorch's (i, f, g, o): rows ``g*H : (g+1)*H`` of
-``W_hh (4H, H)`` belong to gate ``g``. Sequence tensors are time-major views ``(T, B, *)``
-with arbitrary strides along T and B (so ``batch_first`` costs no copy); their last
-dimension is contiguous. ``c`` is kept in fp32 whatever the input dtype, as are all
-accumulators.
+``W_hh (4H, P)`` belong to gate ``g``. ``P`` is the size of ``h``: ``H``, or ``proj_size``
+for an LSTMP layer (``h_t = W_hr m_t`` with ``m_t = o_t * tanh(c_t)``, ``W_hr (P, H)``).
+Sequence tensors are time-major views ``(T, B, *)`` with arbitrary strides along T and B (so
+``batch_first`` costs no copy); their last dimension is contiguous. ``c`` is kept in fp32
+whatever the input dtype, as are all accumulators.
 
-Work split. Program ``(pid_b, pid_h)`` owns batch rows ``BLOCK_B`` and hidden units
-``BLOCK_H`` and computes all four gates of those units, so the cell update needs nothing
-from other programs. Step ``t`` does need all of ``h_{t-1}``, written by every program with
-the same batch rows. The kernels therefore take a runtime range ``[t_start, t_end)``:
+Steps and time. Step ``s`` runs time ``t = s``, or ``t = T-1-s`` for the reverse direction
+(``REVERSE``). With per-row ``lengths`` (``VARLEN``) row ``b`` takes part in the steps with
+``t < lengths[b]`` only: elsewhere its state passes through unchanged, its output and its
+gate gradients are zero. That is packed-sequence semantics in either direction, with no
+sorting and no work moved to Python.
 
-- one program owns all H units (``BLOCK_H >= H``): one launch runs every step, a CTA-wide
-  barrier between steps makes ``h_t`` visible to the program's own threads;
-- otherwise: one launch per step (the kernel boundary is the grid-wide barrier).
+Work split. A step has up to two phases, each split over programs ``(pid_b, pid_u)`` that own
+``BLOCK_B`` batch rows and a block of units:
+
+- forward ``cell``: all four gates of ``BLOCK_H`` cell units and their cell update; it needs
+  all of ``h_{t-1}``. Without a projection it writes ``h_t``; with one it writes ``m_t``.
+- forward ``proj`` (LSTMP only): ``h_t`` for ``BLOCK_P`` units, from all of ``m_t``.
+- backward ``dh``: ``dh_t`` for ``BLOCK_P`` units, from all of ``dG_{t+1}``.
+- backward ``cell``: the gate gradients of ``BLOCK_H`` units, from all of ``dh_t`` (LSTMP:
+  through ``W_hr``; otherwise the phase runs fused with ``dh`` on the same units).
+
+A phase needs what other programs wrote in the one before. The kernels take a runtime step
+range ``[s_start, s_end)`` and the phases to run (constexprs), so the launchers can:
+
+- one program per batch block owns every unit (H and P fit one block): one launch runs all
+  steps and all phases, a CTA-wide barrier between phases makes each visible;
+- otherwise: one launch per step and phase (the kernel boundary is the grid-wide barrier).
 
 A persistent variant with a grid barrier reuses the same step loop.
 """
@@ -31,132 +46,219 @@ import triton.language as tl
 
 from ._helpers import TRITON_DTYPES, empty_output, is_interpreted, sigmoid, tanh
 
-# Up to this padded hidden size one program holds all units of its batch rows and one launch
-# runs every step; above it the launchers use blocks of PER_STEP_BLOCK_H units, one launch
-# per step. Tests lower both to exercise the per-step path on small shapes.
+# Up to this padded hidden (and projection) size one program holds all units of its batch
+# rows and one launch runs every step; above it the launchers use blocks of
+# PER_STEP_BLOCK_H units, one launch per step. Tests lower both to exercise the per-step path
+# on small shapes.
 ONE_LAUNCH_MAX_H = 128
 PER_STEP_BLOCK_H = 64
 BLOCK_B = 16
-MAX_BLOCK_K = 64  # the recurrent product runs over K = H in chunks of at most this
+MAX_BLOCK_K = 64  # the recurrent products run over K in chunks of at most this
 MIN_DOT = 16  # tl.dot needs every dimension >= 16 on the GPU (the interpreter does not check)
 
 
 @triton.jit
-def _program_tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """This program's batch rows and hidden units, their masks, and the offsets of its
-    (rows, units) tile in a contiguous (B, H) plane."""
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask_b = offs_b < B
-    mask_h = offs_h < H
-    rows_b = offs_b.to(tl.int64)
-    offs_c = rows_b[:, None] * H + offs_h[None, :]
-    return offs_h, tl.arange(0, BLOCK_K), mask_b, mask_h, mask_b[:, None] & mask_h[None, :], rows_b, offs_c
+def _units(BLOCK: tl.constexpr, N):
+    """This program's block of units along a dimension of size N, and its mask."""
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < N
 
 
-@triton.jit(do_not_specialize=["t_start", "t_end", "B", "H"])
+@triton.jit
+def _step_time(s, T, REVERSE: tl.constexpr):
+    """Time index of step s (int64), and of the step before it in the recurrence."""
+    s64 = tl.cast(s, tl.int64)
+    if REVERSE:
+        return T - 1 - s64, T - s64
+    return s64, s64 - 1
+
+
+@triton.jit
+def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K: tl.constexpr,
+                DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """acc += A @ B over k < K in chunks of BLOCK_K. A's rows and B's columns are given as
+    pointer vectors p_a (rows) and p_b (columns) with masks; element k of a row/column lies
+    k * stride away."""
+    offs_k = tl.arange(0, BLOCK_K)
+    for k0 in range(0, K, BLOCK_K):
+        offs_kk = k0 + offs_k
+        mask_k = offs_kk < K
+        b_a = tl.load(p_a[:, None] + offs_kk[None, :].to(tl.int64) * stride_ak,
+                      mask=mask_a[:, None] & mask_k[None, :], other=0.0)
+        b_b = tl.load(p_b[None, :] + offs_kk[:, None].to(tl.int64) * stride_bk,
+                      mask=mask_k[:, None] & mask_b[None, :], other=0.0)
+        acc += tl.dot(b_a.to(DOT_DTYPE), b_b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
+    return acc
+
+
+@triton.jit
+def _gates_matmul(acc_i, acc_f, acc_g, acc_o, p_a, mask_a, p_w, stride_w, mask_u, H, K,
+                  BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """acc_gate += A @ W[gate*H + units, :]^T for the four gates, over k < K. A's row chunk is
+    loaded once for the four; p_w points at W's rows of the units of gate i."""
+    offs_k = tl.arange(0, BLOCK_K)
+    gate_rows = H.to(tl.int64) * stride_w
+    for k0 in range(0, K, BLOCK_K):
+        offs_kk = k0 + offs_k
+        mask_k = offs_kk < K
+        b_a = tl.load(p_a[:, None] + offs_kk[None, :], mask=mask_a[:, None] & mask_k[None, :], other=0.0)
+        b_a = b_a.to(DOT_DTYPE)
+        # W tile transposed to (BLOCK_K, units): element [k, u] = W[gate*H + u, k].
+        p_wk = p_w[None, :] + offs_kk[:, None]
+        mask_w = mask_k[:, None] & mask_u[None, :]
+        b_w = tl.load(p_wk, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        acc_i += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
+        b_w = tl.load(p_wk + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        acc_f += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
+        b_w = tl.load(p_wk + 2 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        acc_g += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
+        b_w = tl.load(p_wk + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        acc_o += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
+    return acc_i, acc_f, acc_g, acc_o
+
+
+@triton.jit(do_not_specialize=["s_start", "s_end", "T", "B", "H", "P"])
 def _lstm_fwd_kernel(
     p_gates,  # (T, B, 4H) view: Gx on entry, pre-activation gates (i, f, g, o) on exit
-    p_w_hh,  # (4H, H)
-    p_h0,  # (B, H)
+    p_w_hh,  # (4H, P)
+    p_w_hr,  # (P, H) projection (HAS_PROJ)
+    p_h0,  # (B, P)
     p_c0,  # (B, H)
-    p_out,  # (T, B, H) view: h_t
+    p_lengths,  # (B,) int (VARLEN)
+    p_out,  # (T, B, P) view: h_t
+    p_m,  # (T, B, H) contiguous: m_t = o_t * tanh(c_t) (HAS_PROJ), saved for the backward
     p_c,  # (T, B, H) fp32, contiguous: c_t, saved for the backward
-    t_start,
-    t_end,
+    s_start,
+    s_end,
+    T,
     B,
     H,
+    P,
     stride_gt,
     stride_gb,
     stride_ot,
     stride_ob,
     stride_w,
+    stride_hr,
     stride_h0b,
     stride_c0b,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    DO_CELL: tl.constexpr,
+    DO_PROJ: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    REVERSE: tl.constexpr,
+    VARLEN: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    offs_h, offs_k, mask_b, mask_h, mask_bh, rows_b, offs_c = _program_tile(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
-    stride_ct = B.to(tl.int64) * H  # one (B, H) plane of p_c
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = offs_b < B
+    rows_b = offs_b.to(tl.int64)
+    offs_h, mask_h = _units(BLOCK_H, H)
+    offs_p, mask_p = _units(BLOCK_P, P)
+    mask_bh = mask_b[:, None] & mask_h[None, :]
+    offs_c = rows_b[:, None] * H + offs_h[None, :]  # the (rows, units) tile of a (B, H) plane
+    stride_ct = B.to(tl.int64) * H
+    if VARLEN:
+        length = tl.load(p_lengths + offs_b, mask=mask_b, other=0)
 
-    # The cell state of the program's own units stays in registers across its steps.
-    if t_start == 0:
-        c = tl.load(p_c0 + rows_b[:, None] * stride_c0b + offs_h[None, :], mask=mask_bh, other=0.0)
-        c = c.to(tl.float32)
-    else:
-        c = tl.load(p_c + (t_start - 1) * stride_ct + offs_c, mask=mask_bh, other=0.0)
-
-    for t in range(t_start, t_end):
-        t64 = tl.cast(t, tl.int64)
-        p_g = p_gates + t64 * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
-        acc_i = tl.load(p_g, mask=mask_bh, other=0.0).to(tl.float32)
-        acc_f = tl.load(p_g + H, mask=mask_bh, other=0.0).to(tl.float32)
-        acc_g = tl.load(p_g + 2 * H, mask=mask_bh, other=0.0).to(tl.float32)
-        acc_o = tl.load(p_g + 3 * H, mask=mask_bh, other=0.0).to(tl.float32)
-
-        if t == 0:
-            p_hprev = p_h0 + rows_b * stride_h0b
+    if DO_CELL:
+        # The cell state of the program's own units stays in registers across its steps.
+        # Every step stores c (carried through a row's inactive steps), so a launch that
+        # starts later reads the step before it.
+        if s_start == 0:
+            c = tl.load(p_c0 + rows_b[:, None] * stride_c0b + offs_h[None, :], mask=mask_bh, other=0.0)
+            c = c.to(tl.float32)
         else:
-            p_hprev = p_out + (t64 - 1) * stride_ot + rows_b * stride_ob
-        # gates += h_{t-1} @ W_hh[gate rows of the own units]^T, chunked over K = H.
-        for k0 in range(0, H, BLOCK_K):
-            offs_kk = k0 + offs_k
-            mask_k = offs_kk < H
-            b_h = tl.load(p_hprev[:, None] + offs_kk[None, :], mask=mask_b[:, None] & mask_k[None, :], other=0.0)
-            b_h = b_h.to(DOT_DTYPE)
-            # W tile transposed to (BLOCK_K, BLOCK_H): element [k, u] = W_hh[gate*H + u, k].
-            p_w = p_w_hh + offs_h[None, :].to(tl.int64) * stride_w + offs_kk[:, None]
-            mask_w = mask_k[:, None] & mask_h[None, :]
-            gate_rows = H.to(tl.int64) * stride_w
-            b_w = tl.load(p_w, mask=mask_w, other=0.0).to(DOT_DTYPE)
-            acc_i += tl.dot(b_h, b_w, input_precision=INPUT_PRECISION)
-            b_w = tl.load(p_w + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-            acc_f += tl.dot(b_h, b_w, input_precision=INPUT_PRECISION)
-            b_w = tl.load(p_w + 2 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-            acc_g += tl.dot(b_h, b_w, input_precision=INPUT_PRECISION)
-            b_w = tl.load(p_w + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-            acc_o += tl.dot(b_h, b_w, input_precision=INPUT_PRECISION)
+            _, t_prev = _step_time(s_start, T, REVERSE)
+            c = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
 
-        gate_i = sigmoid(acc_i)
-        gate_f = sigmoid(acc_f)
-        gate_g = tanh(acc_g)
-        gate_o = sigmoid(acc_o)
-        c = gate_f * c + gate_i * gate_g
-        h = gate_o * tanh(c)
+    for s in range(s_start, s_end):
+        t, t_prev = _step_time(s, T, REVERSE)
+        if VARLEN:
+            active = mask_b & (t < length)
+        else:
+            active = mask_b
+        if DO_CELL:
+            p_g = p_gates + t * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
+            acc_i = tl.load(p_g, mask=mask_bh, other=0.0).to(tl.float32)
+            acc_f = tl.load(p_g + H, mask=mask_bh, other=0.0).to(tl.float32)
+            acc_g = tl.load(p_g + 2 * H, mask=mask_bh, other=0.0).to(tl.float32)
+            acc_o = tl.load(p_g + 3 * H, mask=mask_bh, other=0.0).to(tl.float32)
+            # h_{t-1} is h0 at the first step, and (reverse, VARLEN) for a row whose previous
+            # step was inactive: its state is still h0 there, while its output reads zero.
+            from_h0 = s == 0
+            if VARLEN:
+                from_h0 = from_h0 | (t_prev >= length)
+            p_hprev = tl.where(from_h0, p_h0 + rows_b * stride_h0b, p_out + t_prev * stride_ot + rows_b * stride_ob)
+            acc_i, acc_f, acc_g, acc_o = _gates_matmul(
+                acc_i, acc_f, acc_g, acc_o, p_hprev, mask_b, p_w_hh + offs_h.to(tl.int64) * stride_w, stride_w,
+                mask_h, H, P, BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
+            )  # fmt: skip
 
-        # Save the pre-activations for the backward, over the program's own Gx tile (already
-        # read). Not the activations: in 16 bits, f = 0.99 leaves 1 - f with two bits, while
-        # sigmoid(-x) recomputed in fp32 from a 16-bit x is accurate.
-        gates_ty = p_gates.dtype.element_ty
-        tl.store(p_g, acc_i.to(gates_ty), mask=mask_bh)
-        tl.store(p_g + H, acc_f.to(gates_ty), mask=mask_bh)
-        tl.store(p_g + 2 * H, acc_g.to(gates_ty), mask=mask_bh)
-        tl.store(p_g + 3 * H, acc_o.to(gates_ty), mask=mask_bh)
-        tl.store(p_c + t64 * stride_ct + offs_c, c, mask=mask_bh)
-        p_h = p_out + t64 * stride_ot + rows_b[:, None] * stride_ob + offs_h[None, :]
-        tl.store(p_h, h.to(p_out.dtype.element_ty), mask=mask_bh)
+            gate_i = sigmoid(acc_i)
+            gate_f = sigmoid(acc_f)
+            gate_g = tanh(acc_g)
+            gate_o = sigmoid(acc_o)
+            c_new = gate_f * c + gate_i * gate_g
+            h = gate_o * tanh(c_new)
+            if VARLEN:
+                c = tl.where(active[:, None], c_new, c)
+                h = tl.where(active[:, None], h, 0.0)
+            else:
+                c = c_new
+
+            # Save the pre-activations for the backward, over the program's own Gx tile
+            # (already read). Not the activations: in 16 bits, f = 0.99 leaves 1 - f with two
+            # bits, while sigmoid(-x) recomputed in fp32 from a 16-bit x is accurate.
+            gates_ty = p_gates.dtype.element_ty
+            tl.store(p_g, acc_i.to(gates_ty), mask=mask_bh)
+            tl.store(p_g + H, acc_f.to(gates_ty), mask=mask_bh)
+            tl.store(p_g + 2 * H, acc_g.to(gates_ty), mask=mask_bh)
+            tl.store(p_g + 3 * H, acc_o.to(gates_ty), mask=mask_bh)
+            tl.store(p_c + t * stride_ct + offs_c, c, mask=mask_bh)
+            if HAS_PROJ:
+                tl.store(p_m + t * stride_ct + offs_c, h.to(p_m.dtype.element_ty), mask=mask_bh)
+            else:
+                p_h = p_out + t * stride_ot + rows_b[:, None] * stride_ob + offs_h[None, :]
+                tl.store(p_h, h.to(p_out.dtype.element_ty), mask=mask_bh)
+        if DO_CELL and DO_PROJ:
+            tl.debug_barrier()  # m_t of all units before the projection reads it
+        if DO_PROJ:
+            # h_t = m_t @ W_hr^T for the program's P units (zero where m is, i.e. inactive rows).
+            acc_h = tl.zeros((BLOCK_B, BLOCK_P), dtype=tl.float32)
+            acc_h = _matmul_acc(
+                acc_h, p_m + t * stride_ct + rows_b * H, 1, mask_b,
+                p_w_hr + offs_p.to(tl.int64) * stride_hr, 1, mask_p, H, BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
+            )  # fmt: skip
+            p_h = p_out + t * stride_ot + rows_b[:, None] * stride_ob + offs_p[None, :]
+            tl.store(p_h, acc_h.to(p_out.dtype.element_ty), mask=mask_b[:, None] & mask_p[None, :])
         # h_t must be visible to all threads of the program before step t+1 reads it.
         tl.debug_barrier()
 
 
-@triton.jit(do_not_specialize=["t_start", "t_end", "T", "B", "H"])
+@triton.jit(do_not_specialize=["s_start", "s_end", "T", "B", "H", "P"])
 def _lstm_bwd_kernel(
     p_gates,  # (T, B, 4H) view: pre-activation gates (i, f, g, o) from the forward
     p_c,  # (T, B, H) fp32, contiguous: c_t from the forward
     p_c0,  # (B, H)
-    p_w_hh,  # (4H, H)
-    p_dy,  # (T, B, H) view, any strides (may be expanded): gradient of the output
-    p_dhn,  # (B, H): gradient of h_n
+    p_w_hh,  # (4H, P)
+    p_w_hr,  # (P, H) (HAS_PROJ)
+    p_lengths,  # (B,) int (VARLEN)
+    p_dy,  # (T, B, P) view, any strides (may be expanded): gradient of the output
+    p_dhn,  # (B, P): gradient of h_n
+    p_dh,  # (T, B, P) contiguous (HAS_PROJ): dh_t, from the dh phase to the cell phase
     p_dgates,  # (T, B, 4H) view: gradient of the pre-activations
     p_dc,  # (B, H) fp32: dc carried into the launch (dc_n or the last launch's), and out of it
-    t_start,
-    t_end,
+    s_start,
+    s_end,
     T,
     B,
     H,
+    P,
     stride_gt,
     stride_gb,
     stride_dgt,
@@ -167,93 +269,142 @@ def _lstm_bwd_kernel(
     stride_dhnb,
     stride_c0b,
     stride_w,
+    stride_hr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    DO_DH: tl.constexpr,
+    DO_CELL: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    REVERSE: tl.constexpr,
+    VARLEN: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    offs_h, offs_k, mask_b, mask_h, mask_bh, rows_b, offs_c = _program_tile(B, H, BLOCK_B, BLOCK_H, BLOCK_K)
-    stride_ct = B.to(tl.int64) * H  # one (B, H) plane of p_c
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = offs_b < B
+    rows_b = offs_b.to(tl.int64)
+    offs_h, mask_h = _units(BLOCK_H, H)
+    offs_p, mask_p = _units(BLOCK_P, P)
+    mask_bh = mask_b[:, None] & mask_h[None, :]
+    mask_bp = mask_b[:, None] & mask_p[None, :]
+    offs_c = rows_b[:, None] * H + offs_h[None, :]
+    stride_ct = B.to(tl.int64) * H
+    if VARLEN:
+        length = tl.load(p_lengths + offs_b, mask=mask_b, other=0)
+    if DO_CELL:
+        dc = tl.load(p_dc + offs_c, mask=mask_bh, other=0.0)
 
-    dc = tl.load(p_dc + offs_c, mask=mask_bh, other=0.0)
-    # Steps run backwards: t = t_end - 1, ..., t_start.
-    for s in range(t_start, t_end):
-        t64 = tl.cast(t_end - 1 - (s - t_start), tl.int64)
-        dh = tl.load(
-            p_dy + t64 * stride_dyt + rows_b[:, None] * stride_dyb + offs_h[None, :].to(tl.int64) * stride_dyh,
-            mask=mask_bh,
-            other=0.0,
-        ).to(tl.float32)
-        if t64 == T - 1:
-            p_dhn_tile = p_dhn + rows_b[:, None] * stride_dhnb + offs_h[None, :]
-            dh += tl.load(p_dhn_tile, mask=mask_bh, other=0.0).to(tl.float32)
+    # Steps run backwards: s = s_end - 1, ..., s_start.
+    for s_up in range(s_start, s_end):
+        s = s_end - 1 - (s_up - s_start)
+        t, t_prev = _step_time(s, T, REVERSE)
+        t_next = 2 * t - t_prev  # time of step s + 1
+        if VARLEN:
+            active = mask_b & (t < length)
         else:
-            # dh_t += dG_{t+1} @ W_hh[:, own units], chunked over K = 4H, one gate at a time.
-            p_dg_next = p_dgates + (t64 + 1) * stride_dgt + rows_b * stride_dgb
-            for gate in tl.static_range(4):
-                for k0 in range(0, H, BLOCK_K):
-                    offs_kk = k0 + offs_k
-                    mask_k = offs_kk < H
-                    b_dg = tl.load(
-                        p_dg_next[:, None] + gate * H + offs_kk[None, :],
-                        mask=mask_b[:, None] & mask_k[None, :],
-                        other=0.0,
-                    ).to(DOT_DTYPE)
-                    p_w = p_w_hh + (gate * H + offs_kk[:, None]).to(tl.int64) * stride_w + offs_h[None, :]
-                    b_w = tl.load(p_w, mask=mask_k[:, None] & mask_h[None, :], other=0.0).to(DOT_DTYPE)
-                    dh += tl.dot(b_dg, b_w, input_precision=INPUT_PRECISION)
+            active = mask_b
+        if DO_DH:
+            # dh_t over the program's P units: dy_t (none where the row is inactive), dh_n
+            # at the row's last step, and dG_{t+1} @ W_hh over K = 4H otherwise.
+            p_dy_t = p_dy + t * stride_dyt + rows_b[:, None] * stride_dyb + offs_p[None, :].to(tl.int64) * stride_dyh
+            dh = tl.load(p_dy_t, mask=active[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
+            p_dhn_tile = p_dhn + rows_b[:, None] * stride_dhnb + offs_p[None, :]
+            if s == T - 1:
+                dh += tl.load(p_dhn_tile, mask=mask_bp, other=0.0).to(tl.float32)
+            else:
+                # Inactive rows of step s + 1 stored zero gradients: nothing flows from there.
+                dh = _matmul_acc(
+                    dh, p_dgates + t_next * stride_dgt + rows_b * stride_dgb, 1, mask_b,
+                    p_w_hh + offs_p, stride_w, mask_p, 4 * H, BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
+                )  # fmt: skip
+                if VARLEN and not REVERSE:
+                    last = active & (t == length - 1)
+                    dh += tl.load(p_dhn_tile, mask=last[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
+            if HAS_PROJ:
+                tl.store(p_dh + t * (B.to(tl.int64) * P) + rows_b[:, None] * P + offs_p[None, :], dh, mask=mask_bp)
+        if DO_DH and DO_CELL and HAS_PROJ:
+            tl.debug_barrier()  # dh_t of all P units before dm reads it
+        if DO_CELL:
+            if HAS_PROJ:
+                # dm_t = dh_t @ W_hr for the program's cell units.
+                dm = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+                dm = _matmul_acc(
+                    dm, p_dh + t * (B.to(tl.int64) * P) + rows_b * P, 1, mask_b,
+                    p_w_hr + offs_h, stride_hr, mask_h, P, BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
+                )  # fmt: skip
+            else:
+                dm = dh  # same units: BLOCK_P == BLOCK_H and P == H
 
-        p_g = p_gates + t64 * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
-        gate_i = sigmoid(tl.load(p_g, mask=mask_bh, other=0.0).to(tl.float32))
-        gate_f = sigmoid(tl.load(p_g + H, mask=mask_bh, other=0.0).to(tl.float32))
-        gate_g = tanh(tl.load(p_g + 2 * H, mask=mask_bh, other=0.0).to(tl.float32))
-        gate_o = sigmoid(tl.load(p_g + 3 * H, mask=mask_bh, other=0.0).to(tl.float32))
-        c = tl.load(p_c + t64 * stride_ct + offs_c, mask=mask_bh, other=0.0)
-        # Load in each branch: c0 has the input dtype, p_c is fp32, and the two branches of a
-        # compiled `if` must yield one type.
-        if t64 == 0:
-            c_prev = tl.load(p_c0 + rows_b[:, None] * stride_c0b + offs_h[None, :], mask=mask_bh, other=0.0)
-            c_prev = c_prev.to(tl.float32)
-        else:
-            c_prev = tl.load(p_c + (t64 - 1) * stride_ct + offs_c, mask=mask_bh, other=0.0)
+            p_g = p_gates + t * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
+            gate_i = sigmoid(tl.load(p_g, mask=mask_bh, other=0.0).to(tl.float32))
+            gate_f = sigmoid(tl.load(p_g + H, mask=mask_bh, other=0.0).to(tl.float32))
+            gate_g = tanh(tl.load(p_g + 2 * H, mask=mask_bh, other=0.0).to(tl.float32))
+            gate_o = sigmoid(tl.load(p_g + 3 * H, mask=mask_bh, other=0.0).to(tl.float32))
+            c = tl.load(p_c + t * stride_ct + offs_c, mask=mask_bh, other=0.0)
+            # c_{t-1}: c0 at the first step; the forward stored c at every step, carried
+            # through inactive ones, so elsewhere it is the stored c of the step before. Load
+            # in each branch: c0 has the input dtype, p_c is fp32, and the two branches of a
+            # compiled `if` must yield one type.
+            if s == 0:
+                c_prev = tl.load(p_c0 + rows_b[:, None] * stride_c0b + offs_h[None, :], mask=mask_bh, other=0.0)
+                c_prev = c_prev.to(tl.float32)
+            else:
+                c_prev = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
 
-        tanh_c = tanh(c)
-        dc += dh * gate_o * (1.0 - tanh_c * tanh_c)
-        d_i = dc * gate_g * gate_i * (1.0 - gate_i)
-        d_f = dc * c_prev * gate_f * (1.0 - gate_f)
-        d_g = dc * gate_i * (1.0 - gate_g * gate_g)
-        d_o = dh * tanh_c * gate_o * (1.0 - gate_o)
-        dc = dc * gate_f
+            tanh_c = tanh(c)
+            dc_t = dc + dm * gate_o * (1.0 - tanh_c * tanh_c)
+            d_i = dc_t * gate_g * gate_i * (1.0 - gate_i)
+            d_f = dc_t * c_prev * gate_f * (1.0 - gate_f)
+            d_g = dc_t * gate_i * (1.0 - gate_g * gate_g)
+            d_o = dm * tanh_c * gate_o * (1.0 - gate_o)
+            if VARLEN:
+                # An inactive step passes dc through and has no gate gradients.
+                keep = active[:, None]
+                dc = tl.where(keep, dc_t * gate_f, dc)
+                d_i = tl.where(keep, d_i, 0.0)
+                d_f = tl.where(keep, d_f, 0.0)
+                d_g = tl.where(keep, d_g, 0.0)
+                d_o = tl.where(keep, d_o, 0.0)
+            else:
+                dc = dc_t * gate_f
 
-        p_dg = p_dgates + t64 * stride_dgt + rows_b[:, None] * stride_dgb + offs_h[None, :]
-        dgates_ty = p_dgates.dtype.element_ty
-        tl.store(p_dg, d_i.to(dgates_ty), mask=mask_bh)
-        tl.store(p_dg + H, d_f.to(dgates_ty), mask=mask_bh)
-        tl.store(p_dg + 2 * H, d_g.to(dgates_ty), mask=mask_bh)
-        tl.store(p_dg + 3 * H, d_o.to(dgates_ty), mask=mask_bh)
+            p_dg = p_dgates + t * stride_dgt + rows_b[:, None] * stride_dgb + offs_h[None, :]
+            dgates_ty = p_dgates.dtype.element_ty
+            tl.store(p_dg, d_i.to(dgates_ty), mask=mask_bh)
+            tl.store(p_dg + H, d_f.to(dgates_ty), mask=mask_bh)
+            tl.store(p_dg + 2 * H, d_g.to(dgates_ty), mask=mask_bh)
+            tl.store(p_dg + 3 * H, d_o.to(dgates_ty), mask=mask_bh)
         # dG_t must be visible to all threads of the program before step t-1 reads it.
         tl.debug_barrier()
 
-    tl.store(p_dc + offs_c, dc, mask=mask_bh)
+    if DO_CELL:
+        tl.store(p_dc + offs_c, dc, mask=mask_bh)
 
 
 # ----------------------------------------------------------------------------------------
 # Host launchers: check, allocate, pick blocks and grid, launch. No autograd here.
 
 
-def kernel_config(H, dtype, interpreted=False):
-    """Constexprs and launch options of both kernels for hidden size H and input dtype, and
-    whether one launch may run every step (one program spans all H units)."""
+def kernel_config(H, dtype, interpreted=False, P=None):
+    """Constexprs and launch options of both kernels for hidden size H, projection size P
+    (None: no projection) and input dtype, and whether one launch may run every step (one
+    program spans all H and P units)."""
     if dtype not in TRITON_DTYPES:
         raise TypeError(f"fusedrnn's Triton kernels support float32, float16 and bfloat16, got {dtype}")
     padded_h = max(MIN_DOT, triton.next_power_of_2(H))
-    block_h = padded_h if padded_h <= ONE_LAUNCH_MAX_H else PER_STEP_BLOCK_H
+    padded_p = max(MIN_DOT, triton.next_power_of_2(P)) if P is not None else padded_h
+    one_launch = max(padded_h, padded_p) <= ONE_LAUNCH_MAX_H
+    block_h = padded_h if one_launch else min(padded_h, PER_STEP_BLOCK_H)
+    block_p = padded_p if one_launch else min(padded_p, PER_STEP_BLOCK_H)
+    if P is None:
+        block_p = block_h  # the backward's dh and cell phases then share their units
     # fp32 tiles take twice the bytes: halve K so that the pipelined W tiles fit in shared
     # memory (fp32, BLOCK_H=128, BLOCK_K=64, 3 stages needs 264 KiB; sm_90 has 227 KiB).
     max_block_k = MAX_BLOCK_K if dtype.itemsize == 2 else max(MIN_DOT, MAX_BLOCK_K // 2)
-    block_k = min(max_block_k, padded_h)
-    for value in (BLOCK_B, block_h, block_k):
+    block_k = min(max_block_k, max(padded_h, padded_p))
+    for value in (BLOCK_B, block_h, block_p, block_k):
         assert value >= MIN_DOT and value & (value - 1) == 0, "blocks: powers of two >= 16"
     # The interpreter computes 16-bit dots wrongly (bf16 is stored as uint16): dot in fp32 there.
     dot_dtype = tl.float32 if interpreted else TRITON_DTYPES[dtype]
@@ -263,13 +414,15 @@ def kernel_config(H, dtype, interpreted=False):
     config = dict(
         BLOCK_B=BLOCK_B,
         BLOCK_H=block_h,
+        BLOCK_P=block_p,
         BLOCK_K=block_k,
+        HAS_PROJ=P is not None,
         DOT_DTYPE=dot_dtype,
         INPUT_PRECISION="ieee" if ieee else "tf32",
         num_warps=4,
         num_stages=2,
     )
-    return config, block_h >= H
+    return config, one_launch
 
 
 def _time_major_like(ref, last_dim, dtype):
@@ -280,81 +433,143 @@ def _time_major_like(ref, last_dim, dtype):
     return empty_output(T, B, last_dim, dtype=dtype, device=ref.device)
 
 
-def _check_common(gates, w_hh, *states):
+def _check_common(gates, w_hh, w_hr, lengths, h_states, c_states):
+    """Shapes and dtypes the kernels rely on; returns T, B, H, P."""
     if gates.dim() != 3 or gates.stride(2) != 1:
         raise ValueError("gates must be a (T, B, 4H) view with a contiguous last dimension")
-    H = w_hh.shape[1]
-    if w_hh.shape != (4 * H, H) or gates.shape[2] != 4 * H:
-        raise ValueError(f"expected W_hh (4H, H) and gates (T, B, 4H), got {tuple(w_hh.shape)}, {tuple(gates.shape)}")
-    # The kernels read h0/c0 and W_hh with the gates' element type (a compiled `if` picks
-    # between pointers to h0 and to the output, which must have one type).
-    for t in (w_hh, *states):
+    T, B = gates.shape[:2]
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    if w_hh.dim() != 2 or w_hh.shape[0] != 4 * H or gates.shape[2] != 4 * H:
+        raise ValueError(f"expected W_hh (4H, P) and gates (T, B, 4H), got {tuple(w_hh.shape)}, {tuple(gates.shape)}")
+    if w_hr is None and P != H:
+        raise ValueError(f"W_hh of shape {tuple(w_hh.shape)} needs a projection W_hr ({P}, {H})")
+    if w_hr is not None and tuple(w_hr.shape) != (P, H):
+        raise ValueError(f"expected W_hr ({P}, {H}), got {tuple(w_hr.shape)}")
+    for t in h_states:
+        if tuple(t.shape) != (B, P):
+            raise ValueError(f"expected a ({B}, {P}) state, got {tuple(t.shape)}")
+    for t in c_states:
+        if tuple(t.shape) != (B, H):
+            raise ValueError(f"expected a ({B}, {H}) state, got {tuple(t.shape)}")
+    # The kernels read h0/c0 and the weights with the gates' element type (a compiled `if`
+    # picks between pointers to h0 and to the output, which must have one type).
+    for t in (w_hh, *([w_hr] if w_hr is not None else []), *h_states, *c_states):
         if t.dtype != gates.dtype or t.device != gates.device:
             raise ValueError(f"expected {gates.dtype} on {gates.device}, got {t.dtype} on {t.device}")
-    return gates.shape[0], gates.shape[1], H
+    if lengths is not None:
+        if lengths.shape != (B,) or lengths.dtype not in (torch.int32, torch.int64) or lengths.device != gates.device:
+            raise ValueError(f"lengths must be a ({B},) int32/int64 tensor on {gates.device}")
+    return T, B, H, P
 
 
-def _run_steps(launch, T, one_launch, like, reverse=False):
-    """All T steps in one launch, or one launch per step (in reverse for the backward). Triton
-    launches on the current CUDA device and stream: make that the tensors' device."""
-    with torch.cuda.device(like.device) if like.is_cuda else nullcontext():
+def _launch_context(like):
+    """Triton launches on the current CUDA device and stream: make that the tensors' device."""
+    return torch.cuda.device(like.device) if like.is_cuda else nullcontext()
+
+
+def kernel_phases(has_proj, backward):
+    """The phases of a step, in order, as the kernel's constexpr flags: one launch each on the
+    per-step path; the one-launch path runs them all (with barriers) in one."""
+    if backward:
+        if has_proj:  # dm_t needs dh_t of every projected unit: a phase of its own
+            return [dict(DO_DH=True, DO_CELL=False), dict(DO_DH=False, DO_CELL=True)]
+        return [dict(DO_DH=True, DO_CELL=True)]  # dh and the cell gradients share their units
+    if has_proj:  # the projection needs m_t of every cell unit: a phase of its own
+        return [dict(DO_CELL=True, DO_PROJ=False), dict(DO_CELL=False, DO_PROJ=True)]
+    return [dict(DO_CELL=True, DO_PROJ=False)]
+
+
+def one_launch_flags(phases):
+    return {name: any(flags[name] for flags in phases) for name in phases[0]}
+
+
+def _run_steps(launch, T, one_launch, phases, like, backward=False):
+    """Every step in the order of the recurrence (reversed for the backward): in one launch
+    running all phases, or one launch per step and entry of ``phases`` (a list of constexpr
+    flag dicts, each one phase's flags). ``launch(s_start, s_end, flags)``."""
+    with _launch_context(like):
         if one_launch:
-            launch(0, T)
-        else:
-            for t in reversed(range(T)) if reverse else range(T):
-                launch(t, t + 1)
+            launch(0, T, one_launch_flags(phases))
+            return
+        for s in reversed(range(T)) if backward else range(T):
+            for flags in phases:
+                launch(s, s + 1, flags)
 
 
-def lstm_fwd(gates, w_hh, h0, c0):
+def _unit_blocks(config, one_launch, H, P, cell_units):
+    """Programs along the units: one when one program owns them all; else blocks of the cell
+    units (H) or of the projected units (P)."""
+    if one_launch:
+        return 1
+    return triton.cdiv(H, config["BLOCK_H"]) if cell_units else triton.cdiv(P, config["BLOCK_P"])
+
+
+def lstm_fwd(gates, w_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False):
     """Run the forward recurrence.
 
     gates: (T, B, 4H) time-major view holding Gx = x W_ih^T + b; overwritten in place with
         the pre-activation gates (i, f, g, o), which the backward needs.
-    w_hh: (4H, H). h0, c0: (B, H), any float dtype (zeros when the caller has none).
-    Returns ``out`` (T, B, H) in the gates' dtype and layout, and ``c`` (T, B, H) fp32.
+    w_hh: (4H, P). h0: (B, P), c0: (B, H), in the gates' dtype (zeros when the caller has none).
+    w_hr: (P, H) projection, or None (then P = H). lengths: (B,) int tensor on the gates'
+        device, or None; every length in [1, T]. reverse: run t = T-1, ..., 0.
+    Returns ``out`` (T, B, P) in the gates' dtype and layout (zero at inactive steps), ``c``
+    (T, B, H) fp32 and ``m`` (T, B, H), ``o * tanh(c)`` in the gates' dtype, for a
+    projection (else None).
     """
-    T, B, H = _check_common(gates, w_hh, h0, c0)
+    T, B, H, P = _check_common(gates, w_hh, w_hr, lengths, [h0], [c0])
+    has_proj = w_hr is not None
     w_hh, h0, c0 = w_hh.contiguous(), h0.contiguous(), c0.contiguous()
-    out = _time_major_like(gates, H, gates.dtype)
+    w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
+    out = _time_major_like(gates, P, gates.dtype)
     c = empty_output(T, B, H, dtype=torch.float32, device=gates.device)
-    config, one_launch = kernel_config(H, gates.dtype, is_interpreted(_lstm_fwd_kernel))
-    grid = (triton.cdiv(B, config["BLOCK_B"]), triton.cdiv(H, config["BLOCK_H"]))
+    m = empty_output(T, B, H, dtype=gates.dtype, device=gates.device) if has_proj else None
+    config, one_launch = kernel_config(H, gates.dtype, is_interpreted(_lstm_fwd_kernel), P if has_proj else None)
+    n_b = triton.cdiv(B, config["BLOCK_B"])
 
-    def launch(t_start, t_end):
-        _lstm_fwd_kernel[grid](
-            gates, w_hh, h0, c0, out, c, t_start, t_end, B, H,
+    def launch(s_start, s_end, flags):
+        n_units = _unit_blocks(config, one_launch, H, P, cell_units=flags["DO_CELL"])
+        _lstm_fwd_kernel[(n_b, n_units)](
+            gates, w_hh, w_hr, h0, c0, lengths if lengths is not None else c, out,
+            m if has_proj else c, c, s_start, s_end, T, B, H, P,
             gates.stride(0), gates.stride(1), out.stride(0), out.stride(1),
-            w_hh.stride(0), h0.stride(0), c0.stride(0),
-            **config,
+            w_hh.stride(0), w_hr.stride(0), h0.stride(0), c0.stride(0),
+            **flags, REVERSE=reverse, VARLEN=lengths is not None, **config,
         )  # fmt: skip
 
-    _run_steps(launch, T, one_launch, gates)
-    return out, c
+    _run_steps(launch, T, one_launch, kernel_phases(has_proj, backward=False), gates)
+    return out, c, m
 
 
-def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn):
+def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, reverse=False):
     """Run the backward recurrence.
 
-    gates, c: as returned/overwritten by ``lstm_fwd``. c0: (B, H). d_out: (T, B, H) view of
-    any strides; d_hn, d_cn: (B, H).
+    gates, c: as returned/overwritten by ``lstm_fwd``; c0, w_hh, w_hr, lengths, reverse: as
+    given to it. d_out: (T, B, P) view of any strides; d_hn: (B, P), d_cn: (B, H).
     Returns ``d_gates`` (T, B, 4H), the gradient of the pre-activations in the gates' dtype
-    and layout, and ``d_c0`` (B, H) fp32. Everything else is a GEMM of ``d_gates``.
+    and layout (zero at inactive steps), ``d_c0`` (B, H) fp32, and for a projection ``d_h``
+    (T, B, P) fp32, the gradient of each ``h_t`` (else None). Everything else is a GEMM of
+    these.
     """
-    T, B, H = _check_common(gates, w_hh, c0)
+    T, B, H, P = _check_common(gates, w_hh, w_hr, lengths, [d_hn], [c0, d_cn])
     w_hh, c0, d_hn = w_hh.contiguous(), c0.contiguous(), d_hn.contiguous()
+    has_proj = w_hr is not None
+    w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
     d_gates = _time_major_like(gates, 4 * H, gates.dtype)
     d_c = d_cn.to(torch.float32, copy=True).contiguous()  # carried dc, updated in place
-    config, one_launch = kernel_config(H, gates.dtype, is_interpreted(_lstm_bwd_kernel))
-    grid = (triton.cdiv(B, config["BLOCK_B"]), triton.cdiv(H, config["BLOCK_H"]))
+    d_h = empty_output(T, B, P, dtype=torch.float32, device=gates.device) if has_proj else None
+    config, one_launch = kernel_config(H, gates.dtype, is_interpreted(_lstm_bwd_kernel), P if has_proj else None)
+    n_b = triton.cdiv(B, config["BLOCK_B"])
 
-    def launch(t_start, t_end):
-        _lstm_bwd_kernel[grid](
-            gates, c, c0, w_hh, d_out, d_hn, d_gates, d_c, t_start, t_end, T, B, H,
+    def launch(s_start, s_end, flags):
+        n_units = _unit_blocks(config, one_launch, H, P, cell_units=flags["DO_CELL"])
+        _lstm_bwd_kernel[(n_b, n_units)](
+            gates, c, c0, w_hh, w_hr, lengths if lengths is not None else c, d_out, d_hn,
+            d_h if has_proj else d_c, d_gates, d_c, s_start, s_end, T, B, H, P,
             gates.stride(0), gates.stride(1), d_gates.stride(0), d_gates.stride(1),
             d_out.stride(0), d_out.stride(1), d_out.stride(2),
-            d_hn.stride(0), c0.stride(0), w_hh.stride(0),
-            **config,
+            d_hn.stride(0), c0.stride(0), w_hh.stride(0), w_hr.stride(0),
+            **flags, REVERSE=reverse, VARLEN=lengths is not None, **config,
         )  # fmt: skip
 
-    _run_steps(launch, T, one_launch, gates, reverse=True)
-    return d_gates, d_c
+    _run_steps(launch, T, one_launch, kernel_phases(has_proj, backward=True), gates, backward=True)
+    return d_gates, d_c, d_h

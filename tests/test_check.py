@@ -19,11 +19,11 @@ def test_check_passes_and_prints_every_tensor(capsys):
 
 
 def test_check_fails_on_a_wrong_forget_gate(capsys, monkeypatch):
-    def forget_gate_bias_off(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
-        H = w_hh.shape[1]
+    def forget_gate_bias_off(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, **kwargs):
+        H = w_hh.shape[0] // 4
         shift = torch.zeros_like(b_ih)
         shift[H : 2 * H] = 1e-3  # a small error in one gate only
-        return lstm_reference(x, h0, c0, w_ih, w_hh, b_ih + shift, b_hh)
+        return lstm_reference(x, h0, c0, w_ih, w_hh, b_ih + shift, b_hh, w_hr, **kwargs)
 
     monkeypatch.setattr(functional, "lstm_reference", forget_gate_bias_off)
     assert main(SMALL + ["--backend", "reference"]) == 1

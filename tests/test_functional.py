@@ -55,26 +55,28 @@ def test_bad_input_raises_like_torch(case, backend):
         call(fusedrnn.LSTM(I, H, backend=backend))
 
 
-@pytest.mark.parametrize(
-    "kwargs, feature",
-    [({"num_layers": 2}, "num_layers"), ({"bidirectional": True}, "bidirectional"), ({"proj_size": 2}, "proj_size")],
-)
-def test_unsupported_configurations_say_what_is_missing(kwargs, feature):
-    with pytest.raises(NotImplementedError, match=feature):
-        fusedrnn.LSTM(I, H, **kwargs)
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_autocast_runs_in_the_autocast_dtype_like_torch(backend):
+    """torch.nn.LSTM under autocast casts input, states and weights to the autocast dtype and
+    returns that dtype (cuDNN on CUDA, oneDNN on CPU). Gradients reach the fp32 parameters."""
+    lstm = fusedrnn.LSTM(I, H, num_layers=2, backend=backend, device=DEVICE)
+    x = x3(T, B, I, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        y, (h, c) = lstm(x)
+    assert (y.dtype, h.dtype, c.dtype) == (torch.bfloat16,) * 3
+    expected = fusedrnn.LSTM(I, H, num_layers=2, backend=backend, device=DEVICE)
+    expected.load_state_dict(lstm.state_dict())
+    y_bf16, _ = expected.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert torch.equal(y, y_bf16)
+    y.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in lstm.parameters())
 
 
-def test_packed_sequence_is_not_supported_yet():
-    packed = torch.nn.utils.rnn.pack_padded_sequence(x3(T, B, I), [3, 2])
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        fusedrnn.LSTM(I, H)(packed)
-
-
-def test_autocast_is_not_supported_yet():
-    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(NotImplementedError, match="autocast"):
-        fusedrnn.LSTM(I, H)(x3(T, B, I))
-    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(NotImplementedError, match="autocast"):
-        F.lstm(x3(T, B, I), None, *torch.nn.LSTM(I, H).parameters(), backend="triton")
+def test_autocast_leaves_float64_alone():
+    lstm = fusedrnn.LSTM(I, H, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = lstm(x3(T, B, I, dtype=torch.float64))
+    assert y.dtype == torch.float64
 
 
 def test_meta_device_gives_shapes_like_torch():

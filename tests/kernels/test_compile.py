@@ -16,7 +16,9 @@ import pytest
 import torch
 
 SM90_MAX_SHARED_BYTES = 232448  # 227 KiB opt-in per block on H100/H200
-HIDDEN_SIZES = [1, 100, 128, 300]  # smallest block, one launch with chunked K, largest one launch, per step
+# (H, proj_size or None): smallest block, one launch with chunked K, largest one launch, per
+# step; with a projection in one launch and per step.
+SIZES = [(1, None), (100, None), (128, None), (300, None), (100, 60), (300, 200)]
 
 COMPILE_ALL = r"""
 import json, sys
@@ -26,31 +28,46 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from fusedrnn.kernels import lstm
 
-FP32_POINTERS = {"p_c", "p_dc"}  # the fp32 cell state and its carried gradient
+FP32_POINTERS = {"p_c", "p_dc", "p_dh"}  # the fp32 cell state and the fp32 gradient buffers
 NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 results = []
+
+
+def compile_kernel(kernel, dtype, config, options):
+    signature = {}
+    for param in kernel.params:
+        name = param.name
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+        elif name == "p_lengths":
+            signature[name] = "*i64"
+        elif name.startswith("p_"):
+            signature[name] = "*fp32" if name in FP32_POINTERS else "*" + NAMES[dtype]
+        else:
+            signature[name] = "i32"
+    compiled = triton.compile(ASTSource(kernel, signature, config), target=GPUTarget("cuda", 90, 32), options=options)
+    assert compiled.asm.get("cubin"), "no cubin"
+    return compiled.metadata.shared
+
+
 for dtype in NAMES:
     for tf32 in ([False, True] if dtype == torch.float32 else [True]):
         torch.backends.cudnn.allow_tf32 = tf32
-        for H in json.loads(sys.argv[1]):
-            config, one_launch = lstm.kernel_config(H, dtype)
+        for H, P in json.loads(sys.argv[1]):
+            config, one_launch = lstm.kernel_config(H, dtype, P=P)
             options = {k: config.pop(k) for k in ("num_warps", "num_stages")}
-            for kernel in (lstm._lstm_fwd_kernel, lstm._lstm_bwd_kernel):
-                signature = {}
-                for param in kernel.params:
-                    name = param.name
-                    if param.is_constexpr:
-                        signature[name] = "constexpr"
-                    elif name.startswith("p_"):
-                        signature[name] = "*fp32" if name in FP32_POINTERS else "*" + NAMES[dtype]
-                    else:
-                        signature[name] = "i32"
-                compiled = triton.compile(
-                    ASTSource(kernel, signature, dict(config)), target=GPUTarget("cuda", 90, 32), options=options
-                )
-                assert compiled.asm.get("cubin"), "no cubin"
-                results.append({"kernel": kernel.fn.__name__, "dtype": NAMES[dtype], "H": H,
-                                "precision": config["INPUT_PRECISION"], "shared": compiled.metadata.shared})
+            # REVERSE and VARLEN only add index arithmetic and masks: compile them with all
+            # their code in one dtype, and the plain variant everywhere.
+            variants = [(False, False)] + ([(True, True)] if dtype == torch.bfloat16 else [])
+            for kernel, backward in ((lstm._lstm_fwd_kernel, False), (lstm._lstm_bwd_kernel, True)):
+                phases = lstm.kernel_phases(P is not None, backward)
+                for flags in [lstm.one_launch_flags(phases)] if one_launch else phases:
+                    for reverse, varlen in variants:
+                        constexprs = dict(config, **flags, REVERSE=reverse, VARLEN=varlen)
+                        shared = compile_kernel(kernel, dtype, constexprs, options)
+                        results.append({"kernel": kernel.fn.__name__, "dtype": NAMES[dtype], "H": H, "P": P,
+                                        "flags": flags, "reverse": reverse, "varlen": varlen,
+                                        "precision": config["INPUT_PRECISION"], "shared": shared})
 print(json.dumps(results))
 """
 
@@ -60,11 +77,12 @@ print(json.dumps(results))
 def test_kernels_compile_for_sm90_within_shared_memory():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(
-        [sys.executable, "-c", COMPILE_ALL, json.dumps(HIDDEN_SIZES)],
+        [sys.executable, "-c", COMPILE_ALL, json.dumps(SIZES)],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(results) == 2 * 4 * len(HIDDEN_SIZES)
+    assert {(r["H"], r["P"]) for r in results} == {tuple(size) for size in SIZES}
+    assert {r["kernel"] for r in results} == {"_lstm_fwd_kernel", "_lstm_bwd_kernel"}
     too_big = [r for r in results if r["shared"] > SM90_MAX_SHARED_BYTES]
     assert not too_big, too_big
