@@ -127,3 +127,81 @@ def test_backward_twice_with_retain_graph():
     first = tensors["weight_hh"].grad.clone()
     output.sum().backward()
     assert_close(tensors["weight_hh"].grad, 2 * first, rel=1e-6, name="accumulated grad")
+
+
+# ----------------------------------------------------------------------------------------
+# Reverse direction, per-row lengths and the LSTMP projection (the kernels' REVERSE, VARLEN
+# and HAS_PROJ paths), in both launch strategies. Per-step, P=11 and P=20 give one and two
+# projection blocks, H=37 and 40 three cell blocks; K is chunked in both phases.
+
+EXTENDED = [(5, 3, 7, 20, None), (4, 17, 5, 37, 11), (3, 2, 4, 40, 20)]
+
+
+def extended_problem(T, B, I, H, P, *, batch_first, seed=0):
+    problem = random_problem(T, B, I, H, batch_first=batch_first, seed=seed)
+    if P is not None:
+        g = torch.Generator().manual_seed(seed + 1)
+        k = H**-0.5
+        problem["weight_hh"] = ((torch.rand(4 * H, P, generator=g, dtype=torch.float64) * 2 - 1) * k).requires_grad_()
+        problem["weight_hr"] = ((torch.rand(P, H, generator=g, dtype=torch.float64) * 2 - 1) * k).requires_grad_()
+        problem["h0"] = (torch.randn(B, P, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    return problem
+
+
+def run_extended(tensors, backend, **kwargs):
+    params = [tensors.get(n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")]
+    output, (h_n, c_n) = F.lstm(tensors["input"], (tensors["h0"], tensors["c0"]), *params, backend=backend, **kwargs)
+    return output, h_n, c_n
+
+
+def lengths_for(T, B, seed=0):
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(seed))
+    lengths[0], lengths[-1] = 1, T  # a length-1 row and a full one
+    return lengths
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id="T{}-B{}-I{}-H{}-P{}".format(*c)) for c in EXTENDED])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("varlen", [False, True], ids=["full", "lengths"])
+def test_reverse_lengths_projection_match_reference(case, reverse, varlen, strategy):
+    T, B = case[:2]
+    batch_first = reverse and varlen  # one strided layout in the mix
+    oracle = extended_problem(*case, batch_first=batch_first)
+    ours = cast(oracle, dtype=torch.float32, device=DEVICE)
+    lengths = lengths_for(T, B) if varlen else None
+    kwargs = dict(reverse=reverse, lengths=lengths, batch_first=batch_first)
+    expected = run_extended(oracle, "reference", **kwargs)
+    actual = run_extended(ours, "triton", **kwargs)
+    cotangents = random_cotangents(*expected)
+    backward_all(expected, cotangents)
+    backward_all(actual, cotangents)
+    assert_all_close((actual, grads(ours)), (expected, grads(oracle)), rel=1e-5)
+    if varlen:  # zero past each length, exactly
+        out = actual[0].transpose(0, 1) if batch_first else actual[0]
+        padding = torch.arange(T)[:, None] >= lengths[None, :]
+        assert (out[padding.to(out.device)] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_projection_reverse_lengths(dtype, strategy):
+    """The three-way bound of test_half_precision_close_to_reference_in_same_dtype on the
+    REVERSE + VARLEN + HAS_PROJ path."""
+    case = (6, 3, 7, 37, 11)
+    kwargs = dict(reverse=True, lengths=lengths_for(6, 3))
+    oracle = extended_problem(*case, batch_first=False)
+    ours, same_dtype = cast(oracle, dtype=dtype, device=DEVICE), cast(oracle, dtype=dtype)
+    outs_e = run_extended(oracle, "reference", **kwargs)
+    cotangents = random_cotangents(*outs_e)
+    results = []
+    for tensors, backend in ((oracle, "reference"), (ours, "triton"), (same_dtype, "reference")):
+        outs = run_extended(tensors, backend, **kwargs)
+        backward_all(outs, cotangents)
+        results.append((outs, grads(tensors)))
+    (outs_e, grads_e), (outs_k, grads_k), (outs_r, grads_r) = results
+    unit_roundoff, cap = torch.finfo(dtype).eps / 2, 2 * torch.finfo(dtype).eps
+    checks = list(zip(("output", "h_n", "c_n"), outs_k, outs_r, outs_e))
+    checks += [(f"grad {n}", grads_k[n], grads_r[n], grads_e[n]) for n in grads_e]
+    for name, ours_t, ref_t, exact in checks:
+        err_ours, err_ref = error_stats(ours_t, exact).rel, error_stats(ref_t, exact).rel
+        bound = min(2 * err_ref + unit_roundoff, cap)
+        assert err_ours <= bound, f"{name}: {err_ours:.2e} > {bound:.2e} (reference in {dtype}: {err_ref:.2e})"
