@@ -32,6 +32,10 @@ tail -n 15 "$out/tests-cuda.txt"
 for dtype in float32 bfloat16 float16; do
   python3 -m fusedrnn check --backend triton --dtype "$dtype" -T 64 -B 16 -I 256 -H 256 > "$out/check-$dtype.txt" 2>&1 || status=1
   tail -n 1 "$out/check-$dtype.txt"
+  # every kernel path at once: two layers, both directions, a projection, packed lengths
+  python3 -m fusedrnn check --backend triton --dtype "$dtype" -T 64 -B 16 -I 96 -H 200 -L 2 --bidirectional -P 72 --packed \
+    > "$out/check-$dtype-stacked.txt" 2>&1 || status=1
+  tail -n 1 "$out/check-$dtype-stacked.txt"
 done
 
 python3 -m pytest bench -q -p no:cacheprovider --benchmark-enable --benchmark-json="$out/bench.json" \

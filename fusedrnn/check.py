@@ -13,6 +13,7 @@ torch.nn.LSTM. Exits 1 when a tensor is out of tolerance:
 import os
 
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -30,6 +31,12 @@ def add_arguments(parser):
         default="all",
         help="'all': the reference path and the Triton kernels (interpreted on CPU)",
     )
+    parser.add_argument("--num-layers", "-L", type=int, default=1)
+    parser.add_argument("--bidirectional", action="store_true")
+    parser.add_argument("--proj-size", "-P", type=int, default=0)
+    parser.add_argument(
+        "--packed", action="store_true", help="a PackedSequence of random, unsorted lengths (one of them 1)"
+    )
     parser.add_argument("--batch-first", action="store_true")
     parser.add_argument("--no-bias", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -44,7 +51,13 @@ def check_backend(args, backend):
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
     T, B, I, H = args.seq_len, args.batch, args.input_size, args.hidden_size
     torch.manual_seed(args.seed)
-    kwargs = {"bias": not args.no_bias, "batch_first": args.batch_first}
+    kwargs = {
+        "bias": not args.no_bias,
+        "batch_first": args.batch_first,
+        "num_layers": args.num_layers,
+        "bidirectional": args.bidirectional,
+        "proj_size": args.proj_size,
+    }
     exact = torch.nn.LSTM(I, H, dtype=torch.float64, **kwargs)
     theirs = torch.nn.LSTM(I, H, **kwargs).to(device, dtype)
     ours = fusedrnn.LSTM(I, H, backend=backend, **kwargs).to(device, dtype)
@@ -52,12 +65,23 @@ def check_backend(args, backend):
     ours.load_state_dict(exact.state_dict())
 
     x = torch.randn((B, T, I) if args.batch_first else (T, B, I), dtype=torch.float64)
-    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    if args.packed:
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[torch.randperm(B)[:2]] = torch.tensor([1, T])[: min(B, 2)]
+        x = pack_padded_sequence(x, lengths, batch_first=args.batch_first, enforce_sorted=False)
+    states = args.num_layers * (2 if args.bidirectional else 1)
+    hx = (
+        torch.randn(states, B, args.proj_size or H, dtype=torch.float64),
+        torch.randn(states, B, H, dtype=torch.float64),
+    )
     with torch.no_grad():
         y, (h_n, c_n) = exact(x, hx)
+    y = y.data if args.packed else y
     cotangents = [torch.randn_like(t) for t in (y, h_n, c_n)]
 
     def on_device(t):
+        if isinstance(t, PackedSequence):
+            return t._replace(data=t.data.to(device, dtype))
         return t.to(device, dtype)
 
     want = module_forward_backward(exact, x, hx, cotangents)
@@ -65,8 +89,10 @@ def check_backend(args, backend):
     got_ours = module_forward_backward(ours, on_device(x), tuple(map(on_device, hx)), cotangents)
 
     torch_name = "cuDNN" if device.type == "cuda" else "torch.nn.LSTM"
-    print(f"\nbackend={backend}  vs {torch_name}  ({args.dtype}, {device}, T={T} B={B} I={I} H={H})")
-    header = f"{'tensor':<22}{'mean |diff|':>13}{'max |diff|':>13}{'rel err':>11}{'ours/fp64':>11}{'torch/fp64':>11}  ok"
+    config = ", ".join(f"{k}={v}" for k, v in kwargs.items() if v != {"bias": True}.get(k, 0 if k != "num_layers" else 1))
+    config += ", packed" if args.packed else ""
+    print(f"\nbackend={backend}  vs {torch_name}  ({args.dtype}, {device}, T={T} B={B} I={I} H={H}{', ' + config if config else ''})")
+    header = f"{'tensor':<28}{'mean |diff|':>13}{'max |diff|':>13}{'rel err':>11}{'ours/fp64':>11}{'torch/fp64':>11}  ok"
     print(header)
     print("-" * len(header))
     all_ok = True
@@ -81,7 +107,7 @@ def check_backend(args, backend):
             ok = ours_err <= 2 * torch_err + unit_roundoff
         all_ok &= ok
         print(
-            f"{name:<22}{vs_torch.mean_abs:>13.3e}{vs_torch.max_abs:>13.3e}{vs_torch.rel:>11.2e}"
+            f"{name:<28}{vs_torch.mean_abs:>13.3e}{vs_torch.max_abs:>13.3e}{vs_torch.rel:>11.2e}"
             f"{ours_err:>11.2e}{torch_err:>11.2e}  {'yes' if ok else 'NO'}"
         )
     return all_ok

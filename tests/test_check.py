@@ -28,3 +28,12 @@ def test_check_fails_on_a_wrong_forget_gate(capsys, monkeypatch):
     monkeypatch.setattr(functional, "lstm_reference", forget_gate_bias_off)
     assert main(SMALL + ["--backend", "reference"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_check_takes_layers_directions_projection_and_packed_input(capsys):
+    args = ["-L", "2", "--bidirectional", "-P", "3", "--packed", "--batch-first"]
+    assert main(SMALL + args) == 0
+    out = capsys.readouterr().out
+    assert "num_layers=2, bidirectional=True, proj_size=3, packed" in out
+    for name in ["grad weight_hr_l1_reverse", "grad weight_ih_l1", "grad h0"]:
+        assert out.count(name + " ") == 2, name

@@ -126,15 +126,28 @@ def test_auto_backend_picks_the_reference_on_cpu():
     [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)],
     ids=["fp32", "fp32-tf32", "bf16", "fp16"],
 )
-@pytest.mark.parametrize("shape", [(16, 8, 32, 64), (33, 5, 20, 300)], ids=["T16-B8-I32-H64", "T33-B5-I20-H300"])
-def test_kernels_no_worse_than_cudnn(dtype, tf32, shape):
+@pytest.mark.parametrize(
+    "shape, kwargs",
+    [
+        ((16, 8, 32, 64), {}),
+        ((33, 5, 20, 300), {}),
+        ((12, 6, 20, 80), dict(num_layers=2, bidirectional=True, proj_size=24)),  # one launch, 2 phases
+        ((12, 6, 20, 200), dict(num_layers=2, bidirectional=True, proj_size=72)),  # per step
+    ],
+    ids=["T16-B8-I32-H64", "T33-B5-I20-H300", "L2-bi-H80-P24", "L2-bi-H200-P72"],
+)
+def test_kernels_no_worse_than_cudnn(dtype, tf32, shape, kwargs):
     T, B, I, H = shape
     torch.backends.cudnn.allow_tf32 = tf32  # restored by the ieee_fp32 fixture
-    ours, reference = make_pair(I, H, backend="triton", dtype=dtype, device="cuda")
-    cudnn = torch.nn.LSTM(I, H).to("cuda", dtype)
+    ours, reference = make_pair(I, H, backend="triton", dtype=dtype, device="cuda", **kwargs)
+    cudnn = torch.nn.LSTM(I, H, **kwargs).to("cuda", dtype)
     cudnn.load_state_dict(reference.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64)
-    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64))
+    states = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+    hx = (
+        torch.randn(states, B, kwargs.get("proj_size") or H, dtype=torch.float64),
+        torch.randn(states, B, H, dtype=torch.float64),
+    )
     with torch.no_grad():
         cotangents = random_cotangents(*(lambda y, s: (y, *s))(*reference(x, hx)))
     cast = lambda t: t.to("cuda", dtype)  # noqa: E731
