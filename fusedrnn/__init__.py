@@ -3,6 +3,8 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from fusedrnn import functional
+from fusedrnn.cell import LSTMCell
+from fusedrnn.convert import convert, revert
 from fusedrnn.modules import LSTM
 
 try:
@@ -10,4 +12,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["LSTM", "functional", "__version__"]
+__all__ = ["LSTM", "LSTMCell", "convert", "revert", "functional", "__version__"]

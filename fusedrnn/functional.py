@@ -47,8 +47,8 @@ def lstm(
         ``h_n (B, P)`` and ``c_n (B, H)``. Every input that requires grad gets a gradient, in
         training and in eval mode alike.
 
-    Under ``torch.autocast`` float32 tensors are cast to the autocast dtype first, and the
-    results come out in it, as ``torch.nn.LSTM`` does.
+    Under ``torch.autocast`` floating tensors other than float64 are cast to the autocast dtype
+    first, and the results come out in it, as ``torch.nn.LSTM`` does.
     """
     if autocast_enabled(input.device.type):
         return _without_autocast(
@@ -151,13 +151,13 @@ def check_lengths(lengths, T, B, device):
 
 
 def _without_autocast(fn, *args, **kwargs):
-    """Call fn with autocast off and float32 tensor arguments cast to the autocast dtype, as
-    autocast treats torch.nn.LSTM (its results come out in the autocast dtype)."""
+    """Call fn with autocast off and floating tensor arguments cast to the autocast dtype
+    (float64 excepted), as autocast treats torch.nn.LSTM: its results come out in that dtype."""
     device_type = args[0].device.type
     dtype = torch.get_autocast_dtype(device_type)
 
     def cast(value):
-        if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float64:
             return value.to(dtype)
         if isinstance(value, (tuple, list)):
             return type(value)(cast(v) for v in value)

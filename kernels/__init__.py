@@ -3,6 +3,8 @@
 - ``fusedrnn.kernels.reference``: the recurrences written in plain PyTorch ops. It is the CPU
   path of the modules and the oracle of the tests; it needs no Triton.
 - ``fusedrnn.kernels.lstm``: the fused Triton LSTM kernels and their host launchers.
+- ``fusedrnn.kernels.lstm_cell``: the fused LSTM cell-step kernels (one forward launch) and
+  their launchers.
 
 This package deliberately imports nothing at import time, so that the reference path works
 on machines without Triton and so that ``TRITON_INTERPRET`` can still be set before the

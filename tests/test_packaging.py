@@ -20,6 +20,7 @@ def test_wheel_maps_kernels_into_the_package(tmp_path):
     (wheel,) = tmp_path.glob("fusedrnn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "fusedrnn/kernels/lstm.py" in names
+    assert "fusedrnn/kernels/lstm_cell.py" in names
     assert "fusedrnn/kernels/reference.py" in names
     assert not [n for n in names if n.startswith("kernels/")]
 

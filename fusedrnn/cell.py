@@ -1,0 +1,295 @@
+"""``fusedrnn.LSTMCell``: a drop-in ``torch.nn.LSTMCell`` whose forward is one fused Triton
+launch on CUDA; its autograd Function and functional form.
+
+Forward:  gates, the activations and the cell update     fusedrnn.kernels.lstm_cell.lstm_cell_fwd
+Backward: dG (gradient of the pre-activations) and dc     fusedrnn.kernels.lstm_cell.lstm_cell_bwd
+          dx = dG W_ih, dh = dG W_hh, dW_ih = dG^T x, dW_hh = dG^T h, db_ih = db_hh = sum_b dG
+          (cuBLAS; deterministic, no atomics).
+
+Under ``torch.compile`` the launchers are called through the custom ops
+``fusedrnn::lstm_cell_fwd`` and ``fusedrnn::lstm_cell_bwd`` (Dynamo cannot trace a Triton
+launch under the interpreter, nor see inside a launcher that allocates); in eager mode they
+are called directly, which saves the dispatcher's overhead on every step.
+"""
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from fusedrnn.functional import BACKENDS, KERNEL_DTYPES, _check_kernels_can_run, autocast_enabled
+from fusedrnn.kernels.reference import lstm_cell_reference
+
+# ----------------------------------------------------------------------------------------
+# The launchers as custom ops, for torch.compile. The kernels module is imported lazily: it
+# defines the @triton.jit kernels, which must come after TRITON_INTERPRET is set.
+
+
+@torch.library.custom_op("fusedrnn::lstm_cell_fwd", mutates_args=())
+def _lstm_cell_fwd_op(
+    x: torch.Tensor,
+    h: Optional[torch.Tensor],
+    c: Optional[torch.Tensor],
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_ih: Optional[torch.Tensor],
+    b_hh: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from fusedrnn.kernels.lstm_cell import lstm_cell_fwd
+
+    return lstm_cell_fwd(x, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+@_lstm_cell_fwd_op.register_fake
+def _(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    B, H = x.shape[0], w_hh.shape[1]
+    out_dtype = torch.promote_types(x.dtype, c.dtype) if c is not None else x.dtype
+    h_new, c_new = (x.new_empty(B, H, dtype=out_dtype) for _ in range(2))
+    return h_new, c_new, x.new_empty(B, 4 * H, dtype=torch.float32)
+
+
+@torch.library.custom_op("fusedrnn::lstm_cell_bwd", mutates_args=())
+def _lstm_cell_bwd_op(
+    gates: torch.Tensor,
+    c: Optional[torch.Tensor],
+    d_h: Optional[torch.Tensor],
+    d_c: Optional[torch.Tensor],
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from fusedrnn.kernels.lstm_cell import lstm_cell_bwd
+
+    return lstm_cell_bwd(gates, c, d_h, d_c, dtype)
+
+
+@_lstm_cell_bwd_op.register_fake
+def _(gates, c, d_h, d_c, dtype):
+    B, H = gates.shape[0], gates.shape[1] // 4
+    return gates.new_empty(B, 4 * H, dtype=dtype), gates.new_empty(B, H, dtype=c.dtype if c is not None else dtype)
+
+
+def _fwd(*args):
+    if torch.compiler.is_compiling():
+        return _lstm_cell_fwd_op(*args)
+    from fusedrnn.kernels.lstm_cell import lstm_cell_fwd
+
+    return lstm_cell_fwd(*args)
+
+
+def _bwd(*args):
+    if torch.compiler.is_compiling():
+        return _lstm_cell_bwd_op(*args)
+    from fusedrnn.kernels.lstm_cell import lstm_cell_bwd
+
+    return lstm_cell_bwd(*args)
+
+
+# ----------------------------------------------------------------------------------------
+
+
+class LSTMCellFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        """x: (B, I); h, c: (B, H) or both None (zeros); b_ih, b_hh: (4H,) or both None."""
+        h_new, c_new, gates = _fwd(x, h, c, w_ih, w_hh, b_ih, b_hh)
+        ctx.save_for_backward(x, h, c, w_ih, w_hh, gates)
+        ctx.has_bias = b_ih is not None
+        ctx.set_materialize_grads(False)  # an unused h' or c' costs no zero tensor
+        return h_new, c_new
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_h_new, d_c_new):
+        x, h, c, w_ih, w_hh, gates = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if d_h_new is None and d_c_new is None:
+            return (None,) * 7
+        d_gates, d_c = _bwd(gates, c, d_h_new, d_c_new, w_ih.dtype)
+        dx = dh = dc = dw_ih = dw_hh = db_ih = db_hh = None
+        if need[0]:
+            dx = d_gates @ w_ih
+        if need[1]:
+            dh = d_gates @ w_hh
+        if need[2]:
+            dc = d_c
+        if need[3]:
+            dw_ih = d_gates.t() @ x
+        if need[4]:
+            dw_hh = d_gates.t() @ h if h is not None else torch.zeros_like(w_hh)
+        if ctx.has_bias and (need[5] or need[6]):
+            db = d_gates.sum(0, dtype=torch.float32).to(w_ih.dtype)
+            db_ih = db if need[5] else None
+            db_hh = (db.clone() if need[5] else db) if need[6] else None  # two tensors, never one aliased
+        return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
+
+
+def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, backend="auto"):
+    """One LSTM cell step, as ``torch.nn.LSTMCell`` computes it (gate order i, f, g, o).
+
+    Args:
+        input: ``(B, I)``.
+        hx: ``(h, c)``, each ``(B, H)``, or ``None`` for zeros. ``c`` may have another
+            floating dtype than the rest: the outputs then take ``promote(input, c)``, as in torch.
+        weight_ih: ``(4H, I)``. weight_hh: ``(4H, H)``.
+        bias_ih, bias_hh: ``(4H,)`` each, or both ``None``.
+        backend: ``"auto"`` (the Triton kernel for CUDA tensors of float32/float16/bfloat16,
+            the reference otherwise), ``"triton"`` (always the kernel; CPU tensors only under
+            ``TRITON_INTERPRET=1``) or ``"reference"`` (plain PyTorch ops).
+
+    Returns:
+        ``(h', c')``, each ``(B, H)``. Under autocast: as ``torch.nn.LSTMCell`` (see
+        ``_autocast_cell``).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if isinstance(hx, torch.Tensor):
+        raise TypeError("lstm_cell(): hx must be a tuple (h, c) of two tensors, not a Tensor")
+    if hx is not None and len(hx) != 2:
+        raise RuntimeError("lstm_cell expects two hidden states")
+    h, c = hx if hx is not None else (None, None)
+    if autocast_enabled(input.device.type):
+        return _autocast_cell(input, h, c, weight_ih, weight_hh, bias_ih, bias_hh, backend)
+    _check_args(input, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
+
+    use_kernels = backend == "triton" or (
+        backend == "auto"
+        and input.is_cuda
+        and input.dtype in KERNEL_DTYPES
+        and (c is None or torch.promote_types(input.dtype, c.dtype) in KERNEL_DTYPES)
+    )
+    if use_kernels and input.shape[0] > 0:
+        _check_kernels_can_run(input)
+        if c is not None and torch.promote_types(input.dtype, c.dtype) not in KERNEL_DTYPES:
+            raise TypeError(
+                f"backend='triton' computes float32, float16 and bfloat16; a {c.dtype} cell state "
+                f"with {input.dtype} input needs backend='reference' (or 'auto')"
+            )
+        return LSTMCellFunction.apply(input, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
+
+    if h is None:
+        h = c = input.new_zeros(input.shape[0], weight_hh.shape[1])
+    out_dtype = torch.promote_types(input.dtype, c.dtype)
+    if out_dtype != input.dtype:
+        # A wider c: torch computes the cell update, and returns h' and c', in c's dtype.
+        # The same math on exactly upcast inputs.
+        input, h, weight_ih, weight_hh, bias_ih, bias_hh = (
+            t.to(out_dtype) if t is not None else None for t in (input, h, weight_ih, weight_hh, bias_ih, bias_hh)
+        )
+    return lstm_cell_reference(input, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+def _autocast_cell(input, h, c, w_ih, w_hh, b_ih, b_hh, backend):
+    """What ``torch.nn.LSTMCell`` does under autocast. On CUDA ``lstm_cell`` is on autocast's
+    lower-precision list: every floating argument but float64 is cast to the autocast dtype,
+    and so are the outputs. On CPU it is on no list: only its two GEMMs autocast (x, h, the
+    weights and biases cast), the cell update runs in c's dtype, which the outputs take (c is
+    zeros of the input's dtype when hx is None)."""
+    device_type = input.device.type
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t):
+        return t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+
+    whole_cell = device_type != "cpu"
+    if c is None and not whole_cell:
+        h = c = input.new_zeros(*input.shape[:-1], w_hh.shape[-1])
+    h, x, w_ih, w_hh, b_ih, b_hh = map(cast, (h, input, w_ih, w_hh, b_ih, b_hh))
+    c = cast(c) if whole_cell else c
+    with torch.autocast(device_type, enabled=False):
+        return lstm_cell(x, (h, c) if h is not None else None, w_ih, w_hh, b_ih, b_hh, backend=backend)
+
+
+def _check_args(input, h, c, w_ih, w_hh, b_ih, b_hh):
+    """Reject what torch.nn.LSTMCell rejects, with the same exception types."""
+    if input.dim() != 2:
+        raise ValueError(
+            f"fusedrnn.cell.lstm_cell: expected a 2-D input (B, I), got {input.dim()}-D "
+            "(the module fusedrnn.LSTMCell also takes unbatched 1-D input)"
+        )
+    if w_hh.dim() != 2 or w_hh.shape[0] != 4 * w_hh.shape[1]:
+        raise RuntimeError(f"weight_hh must have shape (4*hidden_size, hidden_size), got {list(w_hh.shape)}")
+    H = w_hh.shape[1]
+    if w_ih.dim() != 2 or w_ih.shape[0] != 4 * H:
+        raise RuntimeError(f"weight_ih must have shape (4*hidden_size, input_size), got {list(w_ih.shape)}")
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("bias_ih and bias_hh must both be given or both be None")
+    for name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
+        if b is not None and b.shape != (4 * H,):
+            raise RuntimeError(f"{name} must have shape (4*hidden_size,) = ({4 * H},), got {list(b.shape)}")
+    B = input.shape[0]
+    if input.shape[1] != w_ih.shape[1]:
+        raise RuntimeError(f"input has inconsistent input_size: got {input.shape[1]} expected {w_ih.shape[1]}")
+    for p in (w_ih, w_hh, b_ih, b_hh):
+        if p is None:
+            continue
+        if p.device != input.device:
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor "
+                f"at {input.device} and parameter tensor at {p.device}"
+            )
+        if p.dtype != w_ih.dtype:
+            raise RuntimeError(f"all weights and biases must have one dtype, got {w_ih.dtype} and {p.dtype}")
+    if input.dtype != w_ih.dtype:
+        raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype})")
+    if (h is None) != (c is None):
+        raise ValueError("hx must be None or a tuple (h, c) of two tensors")
+    for i, state in enumerate((h, c)):
+        if state is None:
+            continue
+        if state.dim() != 2:
+            raise RuntimeError(f"Expected hidden{i} to be 2-D (B, H), got {state.dim()}-D")
+        if state.shape[0] != B:
+            raise RuntimeError(f"Input batch size {B} doesn't match hidden{i} batch size {state.shape[0]}")
+        if state.shape[1] != H:
+            raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {state.shape[1]}, expected {H}")
+        if state.device != input.device:
+            raise RuntimeError(
+                "Input and hidden tensors are not at the same device, found input tensor at "
+                f"{input.device} and hidden tensor at {state.device}"
+            )
+    if h is not None and h.dtype != input.dtype:
+        raise RuntimeError(f"hidden0 dtype ({h.dtype}) does not match input dtype ({input.dtype})")
+    if c is not None and not c.is_floating_point():
+        raise RuntimeError(f"hidden1 must have a floating dtype, got {c.dtype}")
+
+
+class LSTMCell(nn.LSTMCell):
+    """Drop-in replacement for :class:`torch.nn.LSTMCell`.
+
+    Same constructor, parameters (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``),
+    initialisation, ``state_dict``, input and output shapes, errors and autocast behaviour as
+    ``torch.nn.LSTMCell``, plus a keyword-only ``backend``: ``"auto"`` (default: the fused
+    Triton kernel for CUDA tensors in float32/float16/bfloat16, the PyTorch reference
+    otherwise), ``"triton"`` (always the kernel; CPU tensors only under ``TRITON_INTERPRET=1``)
+    or ``"reference"``.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend="auto"):
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def forward(self, input, hx=None):
+        # torch.nn.LSTMCell.forward's own checks and unbatched handling, so errors read as torch's.
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+            if hx is not None:
+                hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        h, c = lstm_cell(
+            input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, backend=self.backend
+        )
+        if not is_batched:
+            return h.squeeze(0), c.squeeze(0)
+        return h, c

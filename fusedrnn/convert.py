@@ -1,0 +1,74 @@
+"""Swap ``torch.nn.LSTM``/``LSTMCell`` modules for fusedrnn's inside a model, and back.
+
+The new module is built on the meta device (no allocation) and then takes the old module's
+``Parameter`` objects themselves: no copy, so an optimizer built before the swap keeps
+updating the same tensors, and its state stays valid.
+"""
+
+from torch import nn
+
+
+def convert(model, backend="auto"):
+    """Replace every ``torch.nn.LSTM`` and ``torch.nn.LSTMCell`` in ``model``, in place, by
+    ``fusedrnn.LSTM``/``fusedrnn.LSTMCell`` sharing the same parameters. Returns the model
+    (the new module if ``model`` itself is one of them)."""
+    from fusedrnn.cell import LSTMCell
+    from fusedrnn.modules import LSTM
+
+    def make(module):
+        if type(module) is nn.LSTM:
+            return LSTM(**_lstm_args(module), device="meta", backend=backend)
+        if type(module) is nn.LSTMCell:
+            return LSTMCell(module.input_size, module.hidden_size, module.bias, device="meta", backend=backend)
+        return None
+
+    return _swap(model, make)
+
+
+def revert(model):
+    """The inverse of :func:`convert`: fusedrnn modules back to torch's, sharing parameters."""
+    from fusedrnn.cell import LSTMCell
+    from fusedrnn.modules import LSTM
+
+    def make(module):
+        if isinstance(module, LSTM):
+            return nn.LSTM(**_lstm_args(module), device="meta")
+        if isinstance(module, LSTMCell):
+            return nn.LSTMCell(module.input_size, module.hidden_size, module.bias, device="meta")
+        return None
+
+    return _swap(model, make)
+
+
+def _lstm_args(module):
+    names = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size")
+    return {name: getattr(module, name) for name in names}
+
+
+def _swap(model, make):
+    replacement = _adopt(model, make)
+    if replacement is not None:
+        return replacement
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            new = _adopt(child, make)
+            if new is not None:
+                setattr(parent, name, new)
+    return model
+
+
+def _adopt(old, make):
+    """``make(old)`` with old's parameters, buffers and train/eval mode, or None."""
+    new = make(old)
+    if new is None:
+        return None
+    if list(new._parameters) != list(old._parameters):
+        raise RuntimeError(f"cannot convert {old}: parameter names differ")
+    for name, param in old._parameters.items():
+        new._parameters[name] = param  # the same Parameter object, not a copy
+    for name, buffer in old._buffers.items():
+        new._buffers[name] = buffer
+    if hasattr(new, "_init_flat_weights"):  # RNNBase caches its parameter list
+        new._init_flat_weights()
+    new.train(old.training)
+    return new

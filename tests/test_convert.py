@@ -1,0 +1,76 @@
+"""fusedrnn.convert / fusedrnn.revert: swap torch's LSTM modules in a model, sharing parameters."""
+
+import copy
+
+import pytest
+import torch
+from helpers import DEVICE
+from torch import nn
+
+import fusedrnn
+from fusedrnn.testing import assert_close
+
+
+class Tagger(nn.Module):
+    """An LSTM stack feeding an LSTMCell unrolled by hand, then a linear head."""
+
+    def __init__(self, I=5, H=6):
+        super().__init__()
+        self.encoder = nn.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=3, batch_first=True)
+        self.decoder = nn.ModuleDict({"cell": nn.LSTMCell(6, H)})
+        self.head = nn.Linear(H, 2)
+
+    def forward(self, x):
+        y, _ = self.encoder(x)
+        state = None
+        for t in range(y.shape[1]):
+            state = self.decoder["cell"](y[:, t], state)
+        return self.head(state[0])
+
+
+def test_convert_swaps_every_lstm_and_shares_parameters():
+    model = Tagger()
+    params = list(model.parameters())
+    names = list(model.state_dict())
+    assert fusedrnn.convert(model) is model
+    assert type(model.encoder) is fusedrnn.LSTM and type(model.decoder["cell"]) is fusedrnn.LSTMCell
+    assert all(a is b for a, b in zip(params, model.parameters()))  # the same Parameter objects
+    assert list(model.state_dict()) == names
+    assert fusedrnn.revert(model) is model
+    assert type(model.encoder) is nn.LSTM and type(model.decoder["cell"]) is nn.LSTMCell
+    assert all(a is b for a, b in zip(params, model.parameters()))
+
+
+def test_convert_a_bare_module_returns_the_new_one():
+    lstm = nn.LSTM(3, 4).eval()
+    new = fusedrnn.convert(lstm, backend="reference")
+    assert type(new) is fusedrnn.LSTM and new.backend == "reference" and not new.training
+    assert new.weight_hh_l0 is lstm.weight_hh_l0
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_converted_model_gives_the_same_outputs_and_trains(backend):
+    torch.manual_seed(0)
+    theirs = Tagger().double()
+    ours = fusedrnn.convert(copy.deepcopy(theirs).to(DEVICE, torch.float32), backend=backend)
+    x = torch.randn(4, 7, 5, dtype=torch.float64)
+    target = torch.randn(4, 2, dtype=torch.float64)
+    assert_close(ours(x.to(DEVICE, torch.float32)), theirs(x), rel=1e-5, name="output")
+
+    # An optimizer built before the swap keeps training the swapped model.
+    ours = fusedrnn.revert(ours)
+    optimizer = torch.optim.Adam(ours.parameters(), lr=1e-2)
+    ours = fusedrnn.convert(ours, backend=backend)
+    optimizer_theirs = torch.optim.Adam(theirs.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        for model, opt, dtype in ((ours, optimizer, torch.float32), (theirs, optimizer_theirs, torch.float64)):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x.to(DEVICE, dtype)), target.to(DEVICE, dtype))
+            loss.backward()
+            opt.step()
+            if model is ours:
+                losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert_close(a, b, rel=1e-4, name=name)  # five Adam steps in fp32 against float64
