@@ -10,16 +10,84 @@ Backward: dG (gradient of the pre-activations) from fusedrnn.kernels.lstm.lstm_b
           and for a projection dW_hr = sum_t dh_t^T m_t.
 ``h_prev(t)`` is the output of the step before, or h0 at a row's first step; ``dG_first``
 is dG at each row's first step. All reductions are GEMMs or sums: deterministic, no atomics.
+
+The two launches run as custom operators, ``torch.ops.fusedrnn.lstm_fwd`` (the Gx GEMM and the
+forward recurrence) and ``torch.ops.fusedrnn.lstm_bwd``: torch.compile keeps them opaque and
+traces the rest of this Function around them, with no graph break. The backward is once
+differentiable; a second differentiation raises :data:`DOUBLE_BACKWARD_ERROR`.
 """
 
+from typing import Optional
+
 import torch
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
 from fusedrnn.kernels import lstm as lstm_kernels
+
+DOUBLE_BACKWARD_ERROR = (
+    "fusedrnn: the backward of the Triton LSTM kernels is not differentiable, so double "
+    "backward (torch.autograd.grad(..., create_graph=True) followed by a second grad) cannot "
+    "go through it. Use backend='reference' (fusedrnn.LSTM(..., backend='reference') or "
+    "fusedrnn.functional.lstm(..., backend='reference')), whose plain PyTorch ops autograd "
+    "differentiates twice."
+)
+
+
+def _time_major(t, batch_first):
+    return t.transpose(0, 1) if batch_first else t
 
 
 def _flat(t):
     return t.reshape(-1, t.shape[-1])
+
+
+# The Gx GEMM runs inside the forward op so that the buffer the kernel overwrites with the
+# pre-activations is born there: the op is functional (returns them as a new tensor) and
+# needs neither mutates_args nor a defensive copy of Gx under torch.compile.
+@torch.library.custom_op("fusedrnn::lstm_fwd", mutates_args=())
+def lstm_fwd_op(
+    x: Tensor, w_ih: Tensor, bias: Optional[Tensor], w_hh: Tensor, h0: Tensor, c0: Tensor,
+    w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool, reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Gx GEMM and forward recurrence. Returns ``out`` and ``gates`` (the pre-activations) in
+    the layout of x, ``c`` (T, B, H) fp32, and ``m`` (T, B, H) for a projection or an empty
+    tensor (an op cannot return None)."""
+    gx = torch.addmm(bias, _flat(x), w_ih.t()) if bias is not None else _flat(x) @ w_ih.t()
+    gates = gx.view(*x.shape[:2], w_hh.shape[0])  # the layout of x: batch_first costs no copy
+    out, c, m = lstm_kernels.lstm_fwd(
+        _time_major(gates, batch_first), w_hh, h0, c0, w_hr=w_hr, lengths=lengths, reverse=reverse
+    )
+    return _time_major(out, batch_first), gates, c, m if m is not None else x.new_empty(0)
+
+
+@lstm_fwd_op.register_fake
+def _(x, w_ih, bias, w_hh, h0, c0, w_hr, lengths, batch_first, reverse):
+    # The launcher's own allocations, so shapes and strides cannot drift from the real op's.
+    gates = x.new_empty(*x.shape[:2], w_hh.shape[0])
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    out, c, m = lstm_kernels.forward_outputs(_time_major(gates, batch_first), H, P, w_hr is not None)
+    return _time_major(out, batch_first), gates, c, m if m is not None else x.new_empty(0)
+
+
+@torch.library.custom_op("fusedrnn::lstm_bwd", mutates_args=())
+def lstm_bwd_op(
+    gates: Tensor, c: Tensor, c0: Tensor, w_hh: Tensor, d_out: Tensor, d_hn: Tensor, d_cn: Tensor,
+    w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool, reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Backward recurrence. gates, d_out in the layout of x. Returns ``d_gates`` in the layout
+    of x, ``d_c0`` (B, H) fp32, and ``d_h`` (T, B, P) fp32 for a projection or an empty tensor."""
+    d_gates, d_c0, d_h = lstm_kernels.lstm_bwd(
+        _time_major(gates, batch_first), c, c0, w_hh, _time_major(d_out, batch_first), d_hn, d_cn,
+        w_hr=w_hr, lengths=lengths, reverse=reverse,
+    )  # fmt: skip
+    return _time_major(d_gates, batch_first), d_c0, d_h if d_h is not None else c.new_empty(0)
+
+
+@lstm_bwd_op.register_fake
+def _(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse):
+    gates_tm = _time_major(gates, batch_first)
+    d_gates, d_c0, d_h = lstm_kernels.backward_outputs(gates_tm, d_cn, w_hh.shape[1], w_hr is not None)
+    return _time_major(d_gates, batch_first), d_c0, d_h if d_h is not None else c.new_empty(0)
 
 
 def first_and_last_steps(T, B, lengths, reverse, device):
@@ -30,74 +98,109 @@ def first_and_last_steps(T, B, lengths, reverse, device):
     return (ends, zeros) if reverse else (zeros, ends)
 
 
+class _DoubleBackwardError(torch.autograd.Function):
+    """Passes a first backward's gradients through; its own backward raises
+    DOUBLE_BACKWARD_ERROR. Taking the Function's inputs as well makes it the path from those
+    gradients to them, so any second differentiation through the kernels reaches it."""
+
+    @staticmethod
+    def forward(ctx, n_grads, *tensors):
+        # detached aliases, not views of the inputs: a .grad may be changed in place later
+        return tuple(g.detach() for g in tensors[:n_grads])
+
+    @staticmethod
+    def backward(ctx, *unused):
+        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+
+
+def _tie_to_double_backward_error(grads, inputs):
+    """grads with each tensor replaced by one whose differentiation raises our message."""
+    index = [i for i, g in enumerate(grads) if g is not None]
+    inputs = [t for t in inputs if t is not None and t.requires_grad]
+    tied = _DoubleBackwardError.apply(len(index), *(grads[i] for i in index), *inputs)
+    grads = list(grads)
+    for i, g in zip(index, tied):
+        grads[i] = g
+    return tuple(grads)
+
+
 class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, batch_first, reverse):
         """x: (T, B, I), or (B, T, I) if batch_first; h0: (B, P), c0: (B, H) or None;
         w_hr: (P, H) or None; lengths: (B,) int tensor on x's device, or None."""
         H, P = w_hh.shape[0] // 4, w_hh.shape[1]
-        x_tm = x.transpose(0, 1) if batch_first else x
-        T, B = x_tm.shape[:2]
-        if b_ih is not None:
-            gx = torch.addmm(b_ih + b_hh, _flat(x), w_ih.t())
-        else:
-            gx = _flat(x) @ w_ih.t()
-        gx = gx.view(*x.shape[:2], 4 * H)  # the layout of x: batch_first costs no copy
-        gates = gx.transpose(0, 1) if batch_first else gx  # time-major view
+        T, B = _time_major(x, batch_first).shape[:2]
+        bias = b_ih + b_hh if b_ih is not None else None
         h0_ = h0 if h0 is not None else x.new_zeros(B, P)
         c0_ = c0 if c0 is not None else x.new_zeros(B, H)
-        out, c, m = lstm_kernels.lstm_fwd(gates, w_hh, h0_, c0_, w_hr=w_hr, lengths=lengths, reverse=reverse)
+        out_x, gates, c, m = torch.ops.fusedrnn.lstm_fwd(
+            x, w_ih, bias, w_hh, h0_, c0_, w_hr, lengths, batch_first, reverse
+        )
+        m = m if w_hr is not None else None
 
-        ctx.save_for_backward(x, h0_, c0_, w_ih, w_hh, w_hr, lengths, gates, c, m, out)
+        ctx.save_for_backward(x, h0_, c0_, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, gates, c, m, out_x)
         ctx.batch_first, ctx.reverse = batch_first, reverse
         ctx.has_bias = b_ih is not None
         rows = torch.arange(B, device=x.device)
         _, last = first_and_last_steps(T, B, lengths, reverse, x.device)
-        h_n = out[last, rows]  # a gather: a fresh tensor, not a view pinning all of out
+        h_n = _time_major(out_x, batch_first)[last, rows]  # a gather: fresh, not a view pinning out
         # c is carried through inactive steps, so the last step of the loop holds every c_n.
         c_n = c[0 if reverse else T - 1].to(x.dtype, copy=True)
-        return (out.transpose(0, 1) if batch_first else out), h_n, c_n
+        return out_x, h_n, c_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_out, d_hn, d_cn):
-        x, h0, c0, w_ih, w_hh, w_hr, lengths, gates, c, m, out = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        T, B = gates.shape[:2]
-        d_out_tm = d_out.transpose(0, 1) if ctx.batch_first else d_out
-        d_gates, d_c0, d_h = lstm_kernels.lstm_bwd(
-            gates, c, c0, w_hh, d_out_tm, d_hn, d_cn, w_hr=w_hr, lengths=lengths, reverse=ctx.reverse
-        )
-        # d_gates has the layout of x, so the flat views pair the same (t, b) rows.
-        d_gates_x = d_gates.transpose(0, 1) if ctx.batch_first else d_gates
-        rows = torch.arange(B, device=x.device)
-        first, _ = first_and_last_steps(T, B, lengths, ctx.reverse, x.device)
-        dx = dh0 = dc0 = dw_ih = dw_hh = db = dw_hr = None
-        if need[0]:
-            dx = (_flat(d_gates_x) @ w_ih).view(x.shape)
-        if need[1]:
-            dh0 = d_gates[first, rows] @ w_hh
-        if need[2]:
-            dc0 = d_c0.to(c0.dtype)
-        if need[3]:
-            dw_ih = _flat(d_gates_x).t() @ _flat(x)
-        if need[4]:
-            dw_hh = _flat(d_gates_x).t() @ _flat(_previous_h(out, h0, first, rows, ctx))
-        if ctx.has_bias and (need[5] or need[6]):
-            db = _flat(d_gates_x).sum(0, dtype=torch.float32).to(w_ih.dtype)
-        if w_hr is not None and need[7]:
-            dw_hr = _flat(d_h).t() @ _flat(m).float()
-            dw_hr = dw_hr.to(w_hr.dtype)
-        db_ih = db if need[5] else None
-        db_hh = (db.clone() if need[5] else db) if need[6] else None  # two tensors, never one aliased
-        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None
+        """Once differentiable. As with torch's ``once_differentiable`` it computes without
+        grad; under ``create_graph=True`` it ties its results to a node that raises
+        DOUBLE_BACKWARD_ERROR when a second differentiation reaches it. That node links to
+        the Function's inputs: torch's links to none, so ``torch.autograd.grad`` of a weight
+        fails with "does not require grad" or "not used in the graph" instead."""
+        with torch.no_grad():
+            grads = _backward(ctx, d_out, d_hn, d_cn)
+        if torch.is_grad_enabled():  # create_graph=True (never under torch.compile's trace)
+            inputs = ctx.saved_tensors[:8]  # x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
+            grads = _tie_to_double_backward_error(grads, inputs)
+        return grads
 
 
-def _previous_h(out, h0, first, rows, ctx):
+def _backward(ctx, d_out, d_hn, d_cn):
+    """LSTMFunction's gradients (run without grad)."""
+    x, h0, c0, w_ih, w_hh, _, _, w_hr, lengths, gates, c, m, out_x = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    T, B = c.shape[:2]
+    # d_gates_x has the layout of x, so the flat views pair the same (t, b) rows.
+    d_gates_x, d_c0, d_h = torch.ops.fusedrnn.lstm_bwd(
+        gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, ctx.batch_first, ctx.reverse
+    )
+    d_gates = _time_major(d_gates_x, ctx.batch_first)
+    rows = torch.arange(B, device=x.device)
+    first, _ = first_and_last_steps(T, B, lengths, ctx.reverse, x.device)
+    dx = dh0 = dc0 = dw_ih = dw_hh = db = dw_hr = None
+    if need[0]:
+        dx = (_flat(d_gates_x) @ w_ih).view(x.shape)
+    if need[1]:
+        dh0 = d_gates[first, rows] @ w_hh
+    if need[2]:
+        dc0 = d_c0.to(c0.dtype)
+    if need[3]:
+        dw_ih = _flat(d_gates_x).t() @ _flat(x)
+    if need[4]:
+        dw_hh = _flat(d_gates_x).t() @ _flat(_previous_h(out_x, h0, first, rows, ctx))
+    if ctx.has_bias and (need[5] or need[6]):
+        db = _flat(d_gates_x).sum(0, dtype=torch.float32).to(w_ih.dtype)
+    if w_hr is not None and need[7]:
+        dw_hr = _flat(d_h).t() @ _flat(m).float()
+        dw_hr = dw_hr.to(w_hr.dtype)
+    db_ih = db if need[5] else None
+    db_hh = (db.clone() if need[5] else db) if need[6] else None  # two tensors, never one aliased
+    return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None
+
+
+def _previous_h(out_x, h0, first, rows, ctx):
     """h_prev(t) for every step, in the layout of x (an H-sized copy, so that the 4H-wide
     d_gates stays a flat view): the output one step earlier in the recurrence, and h0 at
     each row's first step (the shifted output is zero there, or out of range)."""
-    out_x = out.transpose(0, 1) if ctx.batch_first else out
     time_dim = 1 if ctx.batch_first else 0
     h_prev = out_x.roll(-1 if ctx.reverse else 1, dims=time_dim)
     if ctx.batch_first:

@@ -143,7 +143,13 @@ def check_lengths(lengths, T, B, device):
     lengths = torch.as_tensor(lengths)
     if lengths.shape != (B,) or lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
         raise ValueError(f"lengths must be {B} integers, one per sequence, got {lengths.dtype} of shape {tuple(lengths.shape)}")
-    if lengths.device.type == "cpu" and lengths.numel():  # (no device sync for CUDA lengths)
+    if lengths.device.type == "cpu" and lengths.numel() and torch.compiler.is_compiling():
+        # Reading the values on the host would break the graph: the graph checks them itself
+        # (a RuntimeError when the compiled code runs, not a ValueError). No T in the message:
+        # formatting it would specialize the graph to one sequence length.
+        in_range = ((lengths >= 1) & (lengths <= T)).all()
+        torch._assert_async(in_range, "lengths must lie in [1, T], T the sequence length")
+    elif lengths.device.type == "cpu" and lengths.numel():  # (no device sync for CUDA lengths)
         low, high = int(lengths.min()), int(lengths.max())
         if low < 1 or high > T:
             raise ValueError(f"lengths must lie in [1, {T}] (the sequence length), got values in [{low}, {high}]")

@@ -433,6 +433,26 @@ def _time_major_like(ref, last_dim, dtype):
     return empty_output(T, B, last_dim, dtype=dtype, device=ref.device)
 
 
+def forward_outputs(gates, H, P, has_proj):
+    """What ``lstm_fwd`` allocates for the (T, B, 4H) view ``gates``: out, c and m (or None).
+    Also the shapes and strides of the fake (torch.compile) version of the forward op."""
+    T, B = gates.shape[:2]
+    out = _time_major_like(gates, P, gates.dtype)
+    c = empty_output(T, B, H, dtype=torch.float32, device=gates.device)
+    m = empty_output(T, B, H, dtype=gates.dtype, device=gates.device) if has_proj else None
+    return out, c, m
+
+
+def backward_outputs(gates, d_cn, P, has_proj):
+    """What ``lstm_bwd`` allocates: d_gates, the carried fp32 dc (d_cn's copy, updated in
+    place), d_h (or None). Also the fake version of the backward op."""
+    T, B = gates.shape[:2]
+    d_gates = _time_major_like(gates, gates.shape[2], gates.dtype)
+    d_c = d_cn.to(torch.float32, copy=True).contiguous()
+    d_h = empty_output(T, B, P, dtype=torch.float32, device=gates.device) if has_proj else None
+    return d_gates, d_c, d_h
+
+
 def _check_common(gates, w_hh, w_hr, lengths, h_states, c_states):
     """Shapes and dtypes the kernels rely on; returns T, B, H, P."""
     if gates.dim() != 3 or gates.stride(2) != 1:
@@ -520,9 +540,7 @@ def lstm_fwd(gates, w_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False):
     has_proj = w_hr is not None
     w_hh, h0, c0 = w_hh.contiguous(), h0.contiguous(), c0.contiguous()
     w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
-    out = _time_major_like(gates, P, gates.dtype)
-    c = empty_output(T, B, H, dtype=torch.float32, device=gates.device)
-    m = empty_output(T, B, H, dtype=gates.dtype, device=gates.device) if has_proj else None
+    out, c, m = forward_outputs(gates, H, P, has_proj)
     config, one_launch = kernel_config(H, gates.dtype, is_interpreted(_lstm_fwd_kernel), P if has_proj else None)
     n_b = triton.cdiv(B, config["BLOCK_B"])
 
@@ -554,9 +572,7 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, 
     w_hh, c0, d_hn = w_hh.contiguous(), c0.contiguous(), d_hn.contiguous()
     has_proj = w_hr is not None
     w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
-    d_gates = _time_major_like(gates, 4 * H, gates.dtype)
-    d_c = d_cn.to(torch.float32, copy=True).contiguous()  # carried dc, updated in place
-    d_h = empty_output(T, B, P, dtype=torch.float32, device=gates.device) if has_proj else None
+    d_gates, d_c, d_h = backward_outputs(gates, d_cn, P, has_proj)
     config, one_launch = kernel_config(H, gates.dtype, is_interpreted(_lstm_bwd_kernel), P if has_proj else None)
     n_b = triton.cdiv(B, config["BLOCK_B"])
 
