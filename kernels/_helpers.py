@@ -1,4 +1,5 @@
-"""Device helpers shared by the Triton kernels, and the host helpers of their launchers."""
+"""Device helpers shared by the Triton kernels (activations, the four-gate product), and the
+host helpers of their launchers."""
 
 import torch
 import triton
@@ -26,6 +27,33 @@ def tanh(x):
     x2 = x * x
     series = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))))
     return tl.where(ax < 0.25, series, tl.where(x < 0, -t, t))
+
+
+@triton.jit
+def gates_matmul(acc_i, acc_f, acc_g, acc_o, p_a, mask_a, p_w, stride_w, mask_u, H, K,
+                 BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """acc_gate += A @ W[gate*H + units, :K]^T for the four gates (order i, f, g, o). p_a:
+    pointers to the rows of A (element k at +k); p_w: pointers to the rows of W of gate i's
+    units (element k at +k). A's chunk is loaded once for the four gates."""
+    offs_k = tl.arange(0, BLOCK_K)
+    gate_rows = tl.cast(H, tl.int64) * stride_w
+    for k0 in range(0, K, BLOCK_K):
+        offs_kk = k0 + offs_k
+        mask_k = offs_kk < K
+        b_a = tl.load(p_a[:, None] + offs_kk[None, :], mask=mask_a[:, None] & mask_k[None, :], other=0.0)
+        b_a = b_a.to(DOT_DTYPE)
+        # W tile transposed to (BLOCK_K, units): element [k, u] = W[gate*H + u, k].
+        p_wk = p_w[None, :] + offs_kk[:, None]
+        mask_w = mask_k[:, None] & mask_u[None, :]
+        b_w = tl.load(p_wk, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        acc_i += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
+        b_w = tl.load(p_wk + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        acc_f += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
+        b_w = tl.load(p_wk + 2 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        acc_g += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
+        b_w = tl.load(p_wk + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        acc_o += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
+    return acc_i, acc_f, acc_g, acc_o
 
 
 def is_interpreted(kernel) -> bool:

@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._helpers import TRITON_DTYPES, empty_output, is_interpreted, sigmoid, tanh
+from ._helpers import TRITON_DTYPES, empty_output, gates_matmul, is_interpreted, sigmoid, tanh
 
 # Up to this padded hidden (and projection) size one program holds all units of its batch
 # rows and one launch runs every step; above it the launchers use blocks of
@@ -89,32 +89,6 @@ def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K:
                       mask=mask_k[:, None] & mask_b[None, :], other=0.0)
         acc += tl.dot(b_a.to(DOT_DTYPE), b_b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
     return acc
-
-
-@triton.jit
-def _gates_matmul(acc_i, acc_f, acc_g, acc_o, p_a, mask_a, p_w, stride_w, mask_u, H, K,
-                  BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """acc_gate += A @ W[gate*H + units, :]^T for the four gates, over k < K. A's row chunk is
-    loaded once for the four; p_w points at W's rows of the units of gate i."""
-    offs_k = tl.arange(0, BLOCK_K)
-    gate_rows = H.to(tl.int64) * stride_w
-    for k0 in range(0, K, BLOCK_K):
-        offs_kk = k0 + offs_k
-        mask_k = offs_kk < K
-        b_a = tl.load(p_a[:, None] + offs_kk[None, :], mask=mask_a[:, None] & mask_k[None, :], other=0.0)
-        b_a = b_a.to(DOT_DTYPE)
-        # W tile transposed to (BLOCK_K, units): element [k, u] = W[gate*H + u, k].
-        p_wk = p_w[None, :] + offs_kk[:, None]
-        mask_w = mask_k[:, None] & mask_u[None, :]
-        b_w = tl.load(p_wk, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        acc_i += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
-        b_w = tl.load(p_wk + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        acc_f += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
-        b_w = tl.load(p_wk + 2 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        acc_g += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
-        b_w = tl.load(p_wk + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        acc_o += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
-    return acc_i, acc_f, acc_g, acc_o
 
 
 @triton.jit(do_not_specialize=["s_start", "s_end", "T", "B", "H", "P"])
@@ -194,7 +168,7 @@ def _lstm_fwd_kernel(
             if VARLEN:
                 from_h0 = from_h0 | (t_prev >= length)
             p_hprev = tl.where(from_h0, p_h0 + rows_b * stride_h0b, p_out + t_prev * stride_ot + rows_b * stride_ob)
-            acc_i, acc_f, acc_g, acc_o = _gates_matmul(
+            acc_i, acc_f, acc_g, acc_o = gates_matmul(
                 acc_i, acc_f, acc_g, acc_o, p_hprev, mask_b, p_w_hh + offs_h.to(tl.int64) * stride_w, stride_w,
                 mask_h, H, P, BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
             )  # fmt: skip

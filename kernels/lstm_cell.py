@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._helpers import TRITON_DTYPES, empty_output, is_interpreted, sigmoid, tanh
+from ._helpers import TRITON_DTYPES, empty_output, gates_matmul, is_interpreted, sigmoid, tanh
 
 # Block sizes. Tests lower them to get several programs and K chunks on small shapes.
 BLOCK_H = 32
@@ -36,33 +36,6 @@ def _bias(p_b_ih, p_b_hh, offs_u, mask_u):
     b_ih = tl.load(p_b_ih + offs_u, mask=mask_u, other=0.0).to(tl.float32)
     b_hh = tl.load(p_b_hh + offs_u, mask=mask_u, other=0.0).to(tl.float32)
     return (b_ih + b_hh)[None, :]
-
-
-@triton.jit
-def _gates_dot(acc_i, acc_f, acc_g, acc_o, p_a, mask_a, p_w, stride_w, mask_u, H, K,
-               BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """acc_gate += A @ W[gate*H + units, :K]^T for the four gates. p_a: pointers to the rows of
-    A (element k at +k); p_w: pointers to the rows of W of gate i's units (element k at +k).
-    A's chunk is loaded once for the four gates."""
-    offs_k = tl.arange(0, BLOCK_K)
-    gate_rows = tl.cast(H, tl.int64) * stride_w
-    for k0 in range(0, K, BLOCK_K):
-        offs_kk = k0 + offs_k
-        mask_k = offs_kk < K
-        b_a = tl.load(p_a[:, None] + offs_kk[None, :], mask=mask_a[:, None] & mask_k[None, :], other=0.0)
-        b_a = b_a.to(DOT_DTYPE)
-        # W tile transposed to (BLOCK_K, units): element [k, u] = W[gate*H + u, k].
-        p_wk = p_w[None, :] + offs_kk[:, None]
-        mask_w = mask_k[:, None] & mask_u[None, :]
-        b_w = tl.load(p_wk, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        acc_i += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
-        b_w = tl.load(p_wk + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        acc_f += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
-        b_w = tl.load(p_wk + 2 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        acc_g += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
-        b_w = tl.load(p_wk + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        acc_o += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
-    return acc_i, acc_f, acc_g, acc_o
 
 
 @triton.jit(do_not_specialize=["B"])
@@ -112,12 +85,12 @@ def _lstm_cell_fwd_kernel(
         acc_f += _bias(p_b_ih + H, p_b_hh + H, offs_h, mask_h)
         acc_g += _bias(p_b_ih + 2 * H, p_b_hh + 2 * H, offs_h, mask_h)
         acc_o += _bias(p_b_ih + 3 * H, p_b_hh + 3 * H, offs_h, mask_h)
-    acc_i, acc_f, acc_g, acc_o = _gates_dot(
+    acc_i, acc_f, acc_g, acc_o = gates_matmul(
         acc_i, acc_f, acc_g, acc_o, p_x + rows_b * stride_xb, mask_b, p_w_ih + units * stride_w_ih, stride_w_ih,
         mask_h, H, I, BLOCK_KI, DOT_DTYPE, INPUT_PRECISION,
     )  # fmt: skip
     if HAS_STATE:
-        acc_i, acc_f, acc_g, acc_o = _gates_dot(
+        acc_i, acc_f, acc_g, acc_o = gates_matmul(
             acc_i, acc_f, acc_g, acc_o, p_h + rows_b * stride_hb, mask_b, p_w_hh + units * stride_w_hh, stride_w_hh,
             mask_h, H, H, BLOCK_KH, DOT_DTYPE, INPUT_PRECISION,
         )  # fmt: skip
