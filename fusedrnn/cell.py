@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from fusedrnn.functional import BACKENDS, KERNEL_DTYPES, _check_kernels_can_run, autocast_enabled
+from fusedrnn.functional import BACKENDS, KERNEL_DTYPES, _check_kernels_can_run, autocast_enabled, check_params_like
 from fusedrnn.kernels.reference import lstm_cell_reference
 
 # ----------------------------------------------------------------------------------------
@@ -219,16 +219,7 @@ def _check_args(input, h, c, w_ih, w_hh, b_ih, b_hh):
     B = input.shape[0]
     if input.shape[1] != w_ih.shape[1]:
         raise RuntimeError(f"input has inconsistent input_size: got {input.shape[1]} expected {w_ih.shape[1]}")
-    for p in (w_ih, w_hh, b_ih, b_hh):
-        if p is None:
-            continue
-        if p.device != input.device:
-            raise RuntimeError(
-                "Input and parameter tensors are not at the same device, found input tensor "
-                f"at {input.device} and parameter tensor at {p.device}"
-            )
-        if p.dtype != w_ih.dtype:
-            raise RuntimeError(f"all weights and biases must have one dtype, got {w_ih.dtype} and {p.dtype}")
+    check_params_like(input, (w_ih, w_hh, b_ih, b_hh))
     if input.dtype != w_ih.dtype:
         raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype})")
     if (h is None) != (c is None):

@@ -196,6 +196,20 @@ def _check_kernels_can_run(input):
         )
 
 
+def check_params_like(input, params):
+    """Every parameter (None skipped) on input's device and of the first one's dtype, with
+    torch's exception type and wording."""
+    params = [p for p in params if p is not None]
+    for p in params:
+        if p.device != input.device:
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor "
+                f"at {input.device} and parameter tensor at {p.device}"
+            )
+        if p.dtype != params[0].dtype:
+            raise RuntimeError(f"all weights and biases must have one dtype, got {params[0].dtype} and {p.dtype}")
+
+
 def _check_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first, backend):
     """Reject what torch.nn.LSTM rejects, with the same exception types."""
     if backend not in BACKENDS:
@@ -227,15 +241,7 @@ def _check_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first, backen
     if T == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-    params = [p for p in (w_ih, w_hh, b_ih, b_hh, w_hr) if p is not None]
-    for p in params:
-        if p.device != input.device:
-            raise RuntimeError(
-                "Input and parameter tensors are not at the same device, found input tensor "
-                f"at {input.device} and parameter tensor at {p.device}"
-            )
-        if p.dtype != w_ih.dtype:
-            raise RuntimeError(f"all weights and biases must have one dtype, got {w_ih.dtype} and {p.dtype}")
+    check_params_like(input, (w_ih, w_hh, b_ih, b_hh, w_hr))
     if input.dtype != w_ih.dtype:
         raise ValueError(
             f"RNN input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype}). "
