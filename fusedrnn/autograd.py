@@ -14,7 +14,7 @@ is dG at each row's first step. All reductions are GEMMs or sums: deterministic,
 The two launches run as custom operators, ``torch.ops.fusedrnn.lstm_fwd`` (the Gx GEMM and the
 forward recurrence) and ``torch.ops.fusedrnn.lstm_bwd``: torch.compile keeps them opaque and
 traces the rest of this Function around them, with no graph break. The backward is once
-differentiable; a second differentiation raises :data:`DOUBLE_BACKWARD_ERROR`.
+differentiable; a second differentiation raises ``fusedrnn._double_backward.DOUBLE_BACKWARD_ERROR``.
 """
 
 from typing import Optional
@@ -22,15 +22,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from fusedrnn._double_backward import tie_to_double_backward_error
 from fusedrnn.kernels import lstm as lstm_kernels
 
-DOUBLE_BACKWARD_ERROR = (
-    "fusedrnn: the backward of the Triton LSTM kernels is not differentiable, so double "
-    "backward (torch.autograd.grad(..., create_graph=True) followed by a second grad) cannot "
-    "go through it. Use backend='reference' (fusedrnn.LSTM(..., backend='reference') or "
-    "fusedrnn.functional.lstm(..., backend='reference')), whose plain PyTorch ops autograd "
-    "differentiates twice."
-)
 
 
 def _time_major(t, batch_first):
@@ -98,32 +92,6 @@ def first_and_last_steps(T, B, lengths, reverse, device):
     return (ends, zeros) if reverse else (zeros, ends)
 
 
-class _DoubleBackwardError(torch.autograd.Function):
-    """Passes a first backward's gradients through; its own backward raises
-    DOUBLE_BACKWARD_ERROR. Taking the Function's inputs as well makes it the path from those
-    gradients to them, so any second differentiation through the kernels reaches it."""
-
-    @staticmethod
-    def forward(ctx, n_grads, *tensors):
-        # detached aliases, not views of the inputs: a .grad may be changed in place later
-        return tuple(g.detach() for g in tensors[:n_grads])
-
-    @staticmethod
-    def backward(ctx, *unused):
-        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
-
-
-def _tie_to_double_backward_error(grads, inputs):
-    """grads with each tensor replaced by one whose differentiation raises our message."""
-    index = [i for i, g in enumerate(grads) if g is not None]
-    inputs = [t for t in inputs if t is not None and t.requires_grad]
-    tied = _DoubleBackwardError.apply(len(index), *(grads[i] for i in index), *inputs)
-    grads = list(grads)
-    for i, g in zip(index, tied):
-        grads[i] = g
-    return tuple(grads)
-
-
 class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, batch_first, reverse):
@@ -160,7 +128,7 @@ class LSTMFunction(torch.autograd.Function):
             grads = _backward(ctx, d_out, d_hn, d_cn)
         if torch.is_grad_enabled():  # create_graph=True (never under torch.compile's trace)
             inputs = ctx.saved_tensors[:8]  # x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
-            grads = _tie_to_double_backward_error(grads, inputs)
+            grads = tie_to_double_backward_error(grads, inputs)
         return grads
 
 

@@ -16,8 +16,8 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
+from fusedrnn._double_backward import tie_to_double_backward_error
 from fusedrnn.functional import BACKENDS, KERNEL_DTYPES, _check_kernels_can_run, autocast_enabled, check_params_like
 from fusedrnn.kernels.reference import lstm_cell_reference
 
@@ -92,35 +92,46 @@ class LSTMCellFunction(torch.autograd.Function):
     def forward(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh):
         """x: (B, I); h, c: (B, H) or both None (zeros); b_ih, b_hh: (4H,) or both None."""
         h_new, c_new, gates = _fwd(x, h, c, w_ih, w_hh, b_ih, b_hh)
-        ctx.save_for_backward(x, h, c, w_ih, w_hh, gates)
+        ctx.save_for_backward(x, h, c, w_ih, w_hh, gates, b_ih, b_hh)  # biases: for the double-backward tie
         ctx.has_bias = b_ih is not None
         ctx.set_materialize_grads(False)  # an unused h' or c' costs no zero tensor
         return h_new, c_new
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_h_new, d_c_new):
-        x, h, c, w_ih, w_hh, gates = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        if d_h_new is None and d_c_new is None:
-            return (None,) * 7
-        d_gates, d_c = _bwd(gates, c, d_h_new, d_c_new, w_ih.dtype)
-        dx = dh = dc = dw_ih = dw_hh = db_ih = db_hh = None
-        if need[0]:
-            dx = d_gates @ w_ih
-        if need[1]:
-            dh = d_gates @ w_hh
-        if need[2]:
-            dc = d_c
-        if need[3]:
-            dw_ih = d_gates.t() @ x
-        if need[4]:
-            dw_hh = d_gates.t() @ h if h is not None else torch.zeros_like(w_hh)
-        if ctx.has_bias and (need[5] or need[6]):
-            db = d_gates.sum(0, dtype=torch.float32).to(w_ih.dtype)
-            db_ih = db if need[5] else None
-            db_hh = (db.clone() if need[5] else db) if need[6] else None  # two tensors, never one aliased
-        return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
+        """Once differentiable, with the LSTM's clear double-backward error (see
+        ``fusedrnn.autograd.LSTMFunction.backward``)."""
+        with torch.no_grad():
+            grads = _cell_backward(ctx, d_h_new, d_c_new)
+        if torch.is_grad_enabled():  # create_graph=True
+            x, h, c, w_ih, w_hh, _, b_ih, b_hh = ctx.saved_tensors
+            grads = tie_to_double_backward_error(grads, (x, h, c, w_ih, w_hh, b_ih, b_hh))
+        return grads
+
+
+def _cell_backward(ctx, d_h_new, d_c_new):
+    """LSTMCellFunction's gradients (run without grad)."""
+    x, h, c, w_ih, w_hh, gates, _, _ = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    if d_h_new is None and d_c_new is None:
+        return (None,) * 7
+    d_gates, d_c = _bwd(gates, c, d_h_new, d_c_new, w_ih.dtype)
+    dx = dh = dc = dw_ih = dw_hh = db_ih = db_hh = None
+    if need[0]:
+        dx = d_gates @ w_ih
+    if need[1]:
+        dh = d_gates @ w_hh
+    if need[2]:
+        dc = d_c
+    if need[3]:
+        dw_ih = d_gates.t() @ x
+    if need[4]:
+        dw_hh = d_gates.t() @ h if h is not None else torch.zeros_like(w_hh)
+    if ctx.has_bias and (need[5] or need[6]):
+        db = d_gates.sum(0, dtype=torch.float32).to(w_ih.dtype)
+        db_ih = db if need[5] else None
+        db_hh = (db.clone() if need[5] else db) if need[6] else None  # two tensors, never one aliased
+    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
 
 
 def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, backend="auto"):

@@ -118,6 +118,20 @@ def test_kernel_module_double_backward_says_how():
         torch.autograd.grad(grads[0].sum(), lstm.weight_hh_l0)
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_cell_double_backward_works_or_says_how(backend):
+    cell = fusedrnn.LSTMCell(I, H, backend=backend, device=DEVICE)
+    x = torch.randn(B, I, device=DEVICE)
+    h, c = cell(x, (torch.randn(B, H, device=DEVICE), torch.randn(B, H, device=DEVICE)))
+    grads = torch.autograd.grad((h.square().sum() + c.sum()), list(cell.parameters()), create_graph=True)
+    if backend == "reference":
+        (second,) = torch.autograd.grad(grads[0].sum(), cell.weight_hh)
+        assert torch.isfinite(second).all() and second.abs().sum() > 0
+    else:
+        with pytest.raises(RuntimeError, match=r"double backward.*backend='reference'"):
+            torch.autograd.grad(grads[0].sum(), cell.weight_hh)
+
+
 def test_kernel_gradients_are_bitwise_reproducible(strategy):
     """Bidirectional, 2 layers, a projection and packed-style lengths (unsorted, a length-1
     row, full rows), in both launch strategies: two runs, identical bits. Sizes split H, P
