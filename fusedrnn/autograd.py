@@ -147,32 +147,39 @@ def _backward(ctx, d_out, d_hn, d_cn):
     dx = dh0 = dc0 = dw_ih = dw_hh = db = dw_hr = None
     if need[0]:
         dx = (_flat(d_gates_x) @ w_ih).view(x.shape)
+    # Each row's first step reads h0 (first: 0, or in reverse its last valid time index).
+    d_gates_first = d_gates[first, rows] if need[1] or need[4] else None
     if need[1]:
-        dh0 = d_gates[first, rows] @ w_hh
+        dh0 = d_gates_first @ w_hh
     if need[2]:
         dc0 = d_c0.to(c0.dtype)
     if need[3]:
         dw_ih = _flat(d_gates_x).t() @ _flat(x)
     if need[4]:
-        dw_hh = _flat(d_gates_x).t() @ _flat(_previous_h(out_x, h0, first, rows, ctx))
+        dw_hh = _weight_hh_grad(d_gates_x, d_gates_first, out_x, h0, ctx)
     if ctx.has_bias and (need[5] or need[6]):
         db = _flat(d_gates_x).sum(0, dtype=torch.float32).to(w_ih.dtype)
     if w_hr is not None and need[7]:
-        dw_hr = _flat(d_h).t() @ _flat(m).float()
-        dw_hr = dw_hr.to(w_hr.dtype)
+        # d_h is fp32 and P <= H wide: cast it, not the H-wide m.
+        dw_hr = _flat(d_h).to(m.dtype).t() @ _flat(m)
     db_ih = db if need[5] else None
     db_hh = (db.clone() if need[5] else db) if need[6] else None  # two tensors, never one aliased
     return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None
 
 
-def _previous_h(out_x, h0, first, rows, ctx):
-    """h_prev(t) for every step, in the layout of x (an H-sized copy, so that the 4H-wide
-    d_gates stays a flat view): the output one step earlier in the recurrence, and h0 at
-    each row's first step (the shifted output is zero there, or out of range)."""
+def _weight_hh_grad(d_gates_x, d_gates_first, out_x, h0, ctx):
+    """sum_t dG_t^T h_prev(t). A row's first step pairs with h0; every other step with the
+    output one step earlier in the recurrence (zero where the row was inactive, so a reverse
+    row's first step adds nothing there)."""
+    dw_hh = d_gates_first.t() @ h0
     time_dim = 1 if ctx.batch_first else 0
-    h_prev = out_x.roll(-1 if ctx.reverse else 1, dims=time_dim)
-    if ctx.batch_first:
-        h_prev[rows, first] = h0
-    else:
-        h_prev[first, rows] = h0
-    return h_prev
+    if out_x.shape[time_dim] == 1:
+        return dw_hh
+    if not ctx.batch_first:  # time-major: the shifted pairs are flat views, no copy
+        later, earlier = (d_gates_x[:-1], out_x[1:]) if ctx.reverse else (d_gates_x[1:], out_x[:-1])
+        return dw_hh + _flat(later).t() @ _flat(earlier)
+    # Batch-major: a shift along T breaks the flat view. Shift h (P wide), not dG (4H wide);
+    # the column that wraps around pairs with steps already counted against h0: zero it.
+    h_prev = out_x.roll(-1 if ctx.reverse else 1, dims=1)
+    h_prev[:, -1 if ctx.reverse else 0] = 0
+    return dw_hh + _flat(d_gates_x).t() @ _flat(h_prev)

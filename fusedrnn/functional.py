@@ -112,6 +112,10 @@ def lstm_layers(
         raise ValueError(f"expected a multiple of {num_layers * directions} weights, got {len(weights)}")
     per_layer = len(weights) // (num_layers * directions)
     has_bias = per_layer in (4, 5)
+    if lengths is not None and input.dim() == 3:
+        # Checked and moved to the device once for all layers and directions, not per call.
+        T, B = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
+        lengths = check_lengths(lengths, T, B, input.device)
     h_n, c_n = [], []
     layer_input = input
     for layer in range(num_layers):

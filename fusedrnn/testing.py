@@ -82,3 +82,14 @@ def _flat_index(index, shape):
     for i, n in zip(index, shape):
         flat = flat * n + i
     return flat
+
+
+def assert_no_worse_than(actual, baseline, exact, *, atol, cap=None, baseline_name="baseline"):
+    """The three-way bound, tensor by tensor over dicts keyed by name: err(actual vs exact)
+    <= 2 * err(baseline vs exact) + atol, and <= cap when given (so that a poor baseline
+    cannot excuse a wrong gate)."""
+    for name in exact:
+        err = error_stats(actual[name], exact[name]).rel
+        base = error_stats(baseline[name], exact[name]).rel
+        bound = 2 * base + atol if cap is None else min(2 * base + atol, cap)
+        assert err <= bound, f"{name}: ours {err:.2e} > {bound:.2e} ({baseline_name} {base:.2e})"

@@ -30,6 +30,48 @@ def tanh(x):
 
 
 @triton.jit
+def store_gates(p_g, H, g_i, g_f, g_g, g_o, mask):
+    """Store four (rows, units) gate tiles at p_g, p_g + H, p_g + 2H, p_g + 3H (order i, f, g,
+    o), cast to p_g's element type."""
+    ty = p_g.dtype.element_ty
+    tl.store(p_g, g_i.to(ty), mask=mask)
+    tl.store(p_g + H, g_f.to(ty), mask=mask)
+    tl.store(p_g + 2 * H, g_g.to(ty), mask=mask)
+    tl.store(p_g + 3 * H, g_o.to(ty), mask=mask)
+
+
+@triton.jit
+def load_activations(p_g, H, mask):
+    """The four gate activations, in fp32, from the pre-activations stored by store_gates."""
+    gate_i = sigmoid(tl.load(p_g, mask=mask, other=0.0).to(tl.float32))
+    gate_f = sigmoid(tl.load(p_g + H, mask=mask, other=0.0).to(tl.float32))
+    gate_g = tanh(tl.load(p_g + 2 * H, mask=mask, other=0.0).to(tl.float32))
+    gate_o = sigmoid(tl.load(p_g + 3 * H, mask=mask, other=0.0).to(tl.float32))
+    return gate_i, gate_f, gate_g, gate_o
+
+
+@triton.jit
+def cell_update(pre_i, pre_f, pre_g, pre_o, c):
+    """The LSTM cell from its pre-activations (fp32): returns (o * tanh(c'), c') with
+    c' = f*c + i*g. The device twin of kernels.reference.lstm_cell_update."""
+    c_new = sigmoid(pre_f) * c + sigmoid(pre_i) * tanh(pre_g)
+    return sigmoid(pre_o) * tanh(c_new), c_new
+
+
+@triton.jit
+def cell_grads(gate_i, gate_f, gate_g, gate_o, c_prev, tanh_c, dm, dc):
+    """Backward of cell_update: from the activations, c_{t-1}, tanh(c_t), the gradient dm of
+    o * tanh(c_t) and the gradient dc of c_t from later steps, the gradients of the four
+    pre-activations and dc_t in full (its share for c_{t-1} is dc_t * f)."""
+    dc_t = dc + dm * gate_o * (1.0 - tanh_c * tanh_c)
+    d_i = dc_t * gate_g * gate_i * (1.0 - gate_i)
+    d_f = dc_t * c_prev * gate_f * (1.0 - gate_f)
+    d_g = dc_t * gate_i * (1.0 - gate_g * gate_g)
+    d_o = dm * tanh_c * gate_o * (1.0 - gate_o)
+    return d_i, d_f, d_g, d_o, dc_t
+
+
+@triton.jit
 def gates_matmul(acc_i, acc_f, acc_g, acc_o, p_a, mask_a, p_w, stride_w, mask_u, H, K,
                  BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """acc_gate += A @ W[gate*H + units, :K]^T for the four gates (order i, f, g, o). p_a:

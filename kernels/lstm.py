@@ -44,7 +44,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._helpers import TRITON_DTYPES, empty_output, gates_matmul, is_interpreted, sigmoid, tanh
+from ._helpers import (
+    TRITON_DTYPES,
+    cell_grads,
+    cell_update,
+    empty_output,
+    gates_matmul,
+    is_interpreted,
+    load_activations,
+    store_gates,
+    tanh,
+)
 
 # Up to this padded hidden (and projection) size one program holds all units of its batch
 # rows and one launch runs every step; above it the launchers use blocks of
@@ -58,10 +68,16 @@ MIN_DOT = 16  # tl.dot needs every dimension >= 16 on the GPU (the interpreter d
 
 
 @triton.jit
-def _units(BLOCK: tl.constexpr, N):
-    """This program's block of units along a dimension of size N, and its mask."""
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    return offs, offs < N
+def _program_tile(B, H, P, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's batch rows (int64) and their mask, its blocks of cell units (of H) and
+    of projected units (of P) with their masks, and the offsets of its (rows, cell units)
+    tile in a contiguous (B, H) plane."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    rows_b = offs_b.to(tl.int64)
+    offs_c = rows_b[:, None] * H + offs_h[None, :]
+    return rows_b, offs_b < B, offs_h, offs_h < H, offs_p, offs_p < P, offs_c
 
 
 @triton.jit
@@ -128,16 +144,11 @@ def _lstm_fwd_kernel(
     DOT_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    rows_b = offs_b.to(tl.int64)
-    offs_h, mask_h = _units(BLOCK_H, H)
-    offs_p, mask_p = _units(BLOCK_P, P)
+    rows_b, mask_b, offs_h, mask_h, offs_p, mask_p, offs_c = _program_tile(B, H, P, BLOCK_B, BLOCK_H, BLOCK_P)
     mask_bh = mask_b[:, None] & mask_h[None, :]
-    offs_c = rows_b[:, None] * H + offs_h[None, :]  # the (rows, units) tile of a (B, H) plane
-    stride_ct = B.to(tl.int64) * H
+    stride_ct = B.to(tl.int64) * H  # one (B, H) plane of p_c
     if VARLEN:
-        length = tl.load(p_lengths + offs_b, mask=mask_b, other=0)
+        length = tl.load(p_lengths + rows_b, mask=mask_b, other=0)
 
     if DO_CELL:
         # The cell state of the program's own units stays in registers across its steps.
@@ -173,12 +184,7 @@ def _lstm_fwd_kernel(
                 mask_h, H, P, BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
             )  # fmt: skip
 
-            gate_i = sigmoid(acc_i)
-            gate_f = sigmoid(acc_f)
-            gate_g = tanh(acc_g)
-            gate_o = sigmoid(acc_o)
-            c_new = gate_f * c + gate_i * gate_g
-            h = gate_o * tanh(c_new)
+            h, c_new = cell_update(acc_i, acc_f, acc_g, acc_o, c)
             if VARLEN:
                 c = tl.where(active[:, None], c_new, c)
                 h = tl.where(active[:, None], h, 0.0)
@@ -188,11 +194,7 @@ def _lstm_fwd_kernel(
             # Save the pre-activations for the backward, over the program's own Gx tile
             # (already read). Not the activations: in 16 bits, f = 0.99 leaves 1 - f with two
             # bits, while sigmoid(-x) recomputed in fp32 from a 16-bit x is accurate.
-            gates_ty = p_gates.dtype.element_ty
-            tl.store(p_g, acc_i.to(gates_ty), mask=mask_bh)
-            tl.store(p_g + H, acc_f.to(gates_ty), mask=mask_bh)
-            tl.store(p_g + 2 * H, acc_g.to(gates_ty), mask=mask_bh)
-            tl.store(p_g + 3 * H, acc_o.to(gates_ty), mask=mask_bh)
+            store_gates(p_g, H, acc_i, acc_f, acc_g, acc_o, mask_bh)
             tl.store(p_c + t * stride_ct + offs_c, c, mask=mask_bh)
             if HAS_PROJ:
                 tl.store(p_m + t * stride_ct + offs_c, h.to(p_m.dtype.element_ty), mask=mask_bh)
@@ -256,17 +258,12 @@ def _lstm_bwd_kernel(
     DOT_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    rows_b = offs_b.to(tl.int64)
-    offs_h, mask_h = _units(BLOCK_H, H)
-    offs_p, mask_p = _units(BLOCK_P, P)
+    rows_b, mask_b, offs_h, mask_h, offs_p, mask_p, offs_c = _program_tile(B, H, P, BLOCK_B, BLOCK_H, BLOCK_P)
     mask_bh = mask_b[:, None] & mask_h[None, :]
     mask_bp = mask_b[:, None] & mask_p[None, :]
-    offs_c = rows_b[:, None] * H + offs_h[None, :]
-    stride_ct = B.to(tl.int64) * H
+    stride_ct = B.to(tl.int64) * H  # one (B, H) plane of p_c
     if VARLEN:
-        length = tl.load(p_lengths + offs_b, mask=mask_b, other=0)
+        length = tl.load(p_lengths + rows_b, mask=mask_b, other=0)
     if DO_CELL:
         dc = tl.load(p_dc + offs_c, mask=mask_bh, other=0.0)
 
@@ -312,10 +309,7 @@ def _lstm_bwd_kernel(
                 dm = dh  # same units: BLOCK_P == BLOCK_H and P == H
 
             p_g = p_gates + t * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
-            gate_i = sigmoid(tl.load(p_g, mask=mask_bh, other=0.0).to(tl.float32))
-            gate_f = sigmoid(tl.load(p_g + H, mask=mask_bh, other=0.0).to(tl.float32))
-            gate_g = tanh(tl.load(p_g + 2 * H, mask=mask_bh, other=0.0).to(tl.float32))
-            gate_o = sigmoid(tl.load(p_g + 3 * H, mask=mask_bh, other=0.0).to(tl.float32))
+            gate_i, gate_f, gate_g, gate_o = load_activations(p_g, H, mask_bh)
             c = tl.load(p_c + t * stride_ct + offs_c, mask=mask_bh, other=0.0)
             # c_{t-1}: c0 at the first step; the forward stored c at every step, carried
             # through inactive ones, so elsewhere it is the stored c of the step before. Load
@@ -328,11 +322,7 @@ def _lstm_bwd_kernel(
                 c_prev = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
 
             tanh_c = tanh(c)
-            dc_t = dc + dm * gate_o * (1.0 - tanh_c * tanh_c)
-            d_i = dc_t * gate_g * gate_i * (1.0 - gate_i)
-            d_f = dc_t * c_prev * gate_f * (1.0 - gate_f)
-            d_g = dc_t * gate_i * (1.0 - gate_g * gate_g)
-            d_o = dm * tanh_c * gate_o * (1.0 - gate_o)
+            d_i, d_f, d_g, d_o, dc_t = cell_grads(gate_i, gate_f, gate_g, gate_o, c_prev, tanh_c, dm, dc)
             if VARLEN:
                 # An inactive step passes dc through and has no gate gradients.
                 keep = active[:, None]
@@ -345,11 +335,7 @@ def _lstm_bwd_kernel(
                 dc = dc_t * gate_f
 
             p_dg = p_dgates + t * stride_dgt + rows_b[:, None] * stride_dgb + offs_h[None, :]
-            dgates_ty = p_dgates.dtype.element_ty
-            tl.store(p_dg, d_i.to(dgates_ty), mask=mask_bh)
-            tl.store(p_dg + H, d_f.to(dgates_ty), mask=mask_bh)
-            tl.store(p_dg + 2 * H, d_g.to(dgates_ty), mask=mask_bh)
-            tl.store(p_dg + 3 * H, d_o.to(dgates_ty), mask=mask_bh)
+            store_gates(p_dg, H, d_i, d_f, d_g, d_o, mask_bh)
         # dG_t must be visible to all threads of the program before step t-1 reads it.
         tl.debug_barrier()
 

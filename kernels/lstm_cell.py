@@ -21,7 +21,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._helpers import TRITON_DTYPES, empty_output, gates_matmul, is_interpreted, sigmoid, tanh
+from ._helpers import (
+    TRITON_DTYPES,
+    cell_grads,
+    cell_update,
+    empty_output,
+    gates_matmul,
+    is_interpreted,
+    load_activations,
+    store_gates,
+    tanh,
+)
 
 # Block sizes. Tests lower them to get several programs and K chunks on small shapes.
 BLOCK_H = 32
@@ -99,23 +109,14 @@ def _lstm_cell_fwd_kernel(
     else:
         c = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
 
-    gate_i = sigmoid(acc_i)
-    gate_f = sigmoid(acc_f)
-    gate_g = tanh(acc_g)
-    gate_o = sigmoid(acc_o)
-    c_new = gate_f * c + gate_i * gate_g
-    h_new = gate_o * tanh(c_new)
+    h_new, c_new = cell_update(acc_i, acc_f, acc_g, acc_o, c)
 
     offs_out = rows_b[:, None] * H + units[None, :]
     tl.store(p_h_out + offs_out, h_new.to(p_h_out.dtype.element_ty), mask=mask_bh)
     tl.store(p_c_out + offs_out, c_new.to(p_c_out.dtype.element_ty), mask=mask_bh)
     # Pre-activations, not activations: 1 - f and 1 - tanh(g)^2 lose their bits when f or
     # tanh(g) is near 1; recomputed from x they are accurate (see kernels/lstm.py).
-    p_g = p_gates + rows_b[:, None] * (4 * H) + units[None, :]
-    tl.store(p_g, acc_i, mask=mask_bh)
-    tl.store(p_g + H, acc_f, mask=mask_bh)
-    tl.store(p_g + 2 * H, acc_g, mask=mask_bh)
-    tl.store(p_g + 3 * H, acc_o, mask=mask_bh)
+    store_gates(p_gates + rows_b[:, None] * (4 * H) + units[None, :], H, acc_i, acc_f, acc_g, acc_o, mask_bh)
 
 
 @triton.jit(do_not_specialize=["B"])
@@ -146,11 +147,7 @@ def _lstm_cell_bwd_kernel(
     rows_b = offs_b.to(tl.int64)
     units = offs_h.to(tl.int64)
 
-    p_g = p_gates + rows_b[:, None] * (4 * H) + units[None, :]
-    gate_i = sigmoid(tl.load(p_g, mask=mask_bh, other=0.0))
-    gate_f = sigmoid(tl.load(p_g + H, mask=mask_bh, other=0.0))
-    gate_g = tanh(tl.load(p_g + 2 * H, mask=mask_bh, other=0.0))
-    gate_o = sigmoid(tl.load(p_g + 3 * H, mask=mask_bh, other=0.0))
+    gate_i, gate_f, gate_g, gate_o = load_activations(p_gates + rows_b[:, None] * (4 * H) + units[None, :], H, mask_bh)
     if HAS_STATE:
         c = tl.load(p_c + rows_b[:, None] * stride_cb + units[None, :] * stride_ch, mask=mask_bh, other=0.0)
         c = c.to(tl.float32)
@@ -163,23 +160,12 @@ def _lstm_cell_bwd_kernel(
     if HAS_DC:
         p_dc_tile = p_dc + rows_b[:, None] * stride_dcb + units[None, :] * stride_dch
         dc += tl.load(p_dc_tile, mask=mask_bh, other=0.0).to(tl.float32)
+    dh = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     if HAS_DH:
         p_dh_tile = p_dh + rows_b[:, None] * stride_dhb + units[None, :] * stride_dhh
-        dh = tl.load(p_dh_tile, mask=mask_bh, other=0.0).to(tl.float32)
-        dc += dh * gate_o * (1.0 - tanh_c * tanh_c)
-        d_o = dh * tanh_c * gate_o * (1.0 - gate_o)
-    else:
-        d_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    d_i = dc * gate_g * gate_i * (1.0 - gate_i)
-    d_f = dc * c * gate_f * (1.0 - gate_f)
-    d_g = dc * gate_i * (1.0 - gate_g * gate_g)
-
-    dgates_ty = p_dgates.dtype.element_ty
-    p_dg = p_dgates + rows_b[:, None] * (4 * H) + units[None, :]
-    tl.store(p_dg, d_i.to(dgates_ty), mask=mask_bh)
-    tl.store(p_dg + H, d_f.to(dgates_ty), mask=mask_bh)
-    tl.store(p_dg + 2 * H, d_g.to(dgates_ty), mask=mask_bh)
-    tl.store(p_dg + 3 * H, d_o.to(dgates_ty), mask=mask_bh)
+        dh += tl.load(p_dh_tile, mask=mask_bh, other=0.0).to(tl.float32)
+    d_i, d_f, d_g, d_o, dc = cell_grads(gate_i, gate_f, gate_g, gate_o, c, tanh_c, dh, dc)
+    store_gates(p_dgates + rows_b[:, None] * (4 * H) + units[None, :], H, d_i, d_f, d_g, d_o, mask_bh)
     p_dcp = p_dc_prev + rows_b[:, None] * H + units[None, :]
     tl.store(p_dcp, (dc * gate_f).to(p_dc_prev.dtype.element_ty), mask=mask_bh)
 

@@ -13,7 +13,7 @@ from torch._dynamo.backends.common import aot_autograd
 
 from fusedrnn.cell import LSTMCell, lstm_cell
 from fusedrnn.kernels import _helpers
-from fusedrnn.testing import assert_close, error_stats
+from fusedrnn.testing import assert_close, assert_no_worse_than
 
 BACKENDS = ["reference", "triton"]
 
@@ -215,11 +215,8 @@ def test_cpu_autocast_like_torch(backend, hx):
         got_torch = run(theirs32, xs, state, cotangents, dtype=torch.float32)
         got_ours = run(ours, xs, state, cotangents, dtype=torch.float32)
     assert got_ours.keys() == got_torch.keys()
-    for name in exact:
-        assert got_ours[name].dtype == got_torch[name].dtype, name
-        err_ours = error_stats(got_ours[name], exact[name]).rel
-        err_torch = error_stats(got_torch[name], exact[name]).rel
-        assert err_ours <= 2 * err_torch + 2**-9, f"{name}: ours {err_ours:.2e}, torch {err_torch:.2e}"
+    assert all(got_ours[name].dtype == got_torch[name].dtype for name in exact)
+    assert_no_worse_than(got_ours, got_torch, exact, atol=2**-9, baseline_name="torch")
     # bf16 input with fp32 weights: autocast reconciles them, as for torch.
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x = xs[0].bfloat16().to(DEVICE)
@@ -324,11 +321,8 @@ def test_kernel_no_worse_than_torch_cuda_cell(dtype, tf32, shape):
     got_ours = run(ours, xs, state, cotangents, dtype=dtype, device="cuda")
     got_torch = run(theirs, xs, state, cotangents, dtype=dtype, device="cuda")
     atol = 1e-6 if dtype == torch.float32 and not tf32 else torch.finfo(dtype).eps / 2
-    for name in exact:
-        assert got_ours[name].dtype == got_torch[name].dtype, name
-        ours_err = error_stats(got_ours[name], exact[name]).rel
-        torch_err = error_stats(got_torch[name], exact[name]).rel
-        assert ours_err <= 2 * torch_err + atol, f"{name}: ours {ours_err:.2e}, torch {torch_err:.2e}"
+    assert all(got_ours[name].dtype == got_torch[name].dtype for name in exact)
+    assert_no_worse_than(got_ours, got_torch, exact, atol=atol, baseline_name="torch")
 
 
 @NEEDS_CUDA

@@ -10,7 +10,7 @@ import torch
 from helpers import DEVICE, NEEDS_CUDA, random_cotangents
 
 import fusedrnn
-from fusedrnn.testing import assert_close, error_stats, module_forward_backward
+from fusedrnn.testing import assert_close, assert_no_worse_than, module_forward_backward
 
 BACKENDS = ["reference", "triton"]
 
@@ -155,7 +155,4 @@ def test_kernels_no_worse_than_cudnn(dtype, tf32, shape, kwargs):
     got_ours = module_forward_backward(ours, cast(x), tuple(map(cast, hx)), cotangents)
     got_cudnn = module_forward_backward(cudnn, cast(x), tuple(map(cast, hx)), cotangents)
     atol = 1e-6 if dtype == torch.float32 and not tf32 else torch.finfo(dtype).eps / 2
-    for name in exact:
-        ours_err = error_stats(got_ours[name], exact[name]).rel
-        cudnn_err = error_stats(got_cudnn[name], exact[name]).rel
-        assert ours_err <= 2 * cudnn_err + atol, f"{name}: ours {ours_err:.2e}, cuDNN {cudnn_err:.2e}"
+    assert_no_worse_than(got_ours, got_cudnn, exact, atol=atol, baseline_name="cuDNN")

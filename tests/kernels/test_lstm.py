@@ -10,7 +10,7 @@ from helpers import DEVICE, backward_all, cast, grads, random_cotangents, random
 
 from fusedrnn import functional as F
 from fusedrnn.kernels import _helpers
-from fusedrnn.testing import assert_close, error_stats
+from fusedrnn.testing import assert_close, assert_no_worse_than
 
 # Odd sizes on purpose: B=1, T=1, H and I not multiples of any block, B spanning two blocks,
 # H=100 chunking K in the default blocks too.
@@ -38,6 +38,11 @@ def kernels_and_oracle(case, dtype, strategy, *, bias=True, batch_first=False, h
     backward_all(expected, cotangents)
     backward_all(actual, cotangents)
     return (actual, grads(ours)), (expected, grads(oracle))
+
+
+def by_name(outputs, gradients):
+    """{name: tensor} of output, h_n, c_n and every gradient."""
+    return {**dict(zip(("output", "h_n", "c_n"), outputs)), **{f"grad {n}": g for n, g in gradients.items()}}
 
 
 def assert_all_close(actual, expected, rel):
@@ -90,13 +95,12 @@ def test_half_precision_close_to_reference_in_same_dtype(dtype, strategy):
     grads_r = grads(same_dtype)
     unit_roundoff = torch.finfo(dtype).eps / 2
     cap = 2 * torch.finfo(dtype).eps  # bf16: 1.6e-2, fp16: 2.0e-3
-    checks = list(zip(("output", "h_n", "c_n"), outs, outs_r, outs_e))
-    checks += [(f"grad {n}", grads_k[n], grads_r[n], grads_e[n]) for n in grads_e]
-    for name, ours, ref, exact in checks:
-        assert ours.dtype == dtype, name
-        err_ours, err_ref = error_stats(ours, exact).rel, error_stats(ref, exact).rel
-        bound = min(2 * err_ref + unit_roundoff, cap)
-        assert err_ours <= bound, f"{name}: {err_ours:.2e} > {bound:.2e} (reference in {dtype}: {err_ref:.2e})"
+    actual = by_name(outs, grads_k)
+    assert all(t.dtype == dtype for t in actual.values())
+    assert_no_worse_than(
+        actual, by_name(outs_r, grads_r), by_name(outs_e, grads_e),
+        atol=unit_roundoff, cap=cap, baseline_name=f"reference in {dtype}",
+    )  # fmt: skip
 
 
 def test_nan_and_inf_in_input_propagate_like_reference(strategy):
@@ -199,9 +203,7 @@ def test_half_precision_projection_reverse_lengths(dtype, strategy):
         results.append((outs, grads(tensors)))
     (outs_e, grads_e), (outs_k, grads_k), (outs_r, grads_r) = results
     unit_roundoff, cap = torch.finfo(dtype).eps / 2, 2 * torch.finfo(dtype).eps
-    checks = list(zip(("output", "h_n", "c_n"), outs_k, outs_r, outs_e))
-    checks += [(f"grad {n}", grads_k[n], grads_r[n], grads_e[n]) for n in grads_e]
-    for name, ours_t, ref_t, exact in checks:
-        err_ours, err_ref = error_stats(ours_t, exact).rel, error_stats(ref_t, exact).rel
-        bound = min(2 * err_ref + unit_roundoff, cap)
-        assert err_ours <= bound, f"{name}: {err_ours:.2e} > {bound:.2e} (reference in {dtype}: {err_ref:.2e})"
+    assert_no_worse_than(
+        by_name(outs_k, grads_k), by_name(outs_r, grads_r), by_name(outs_e, grads_e),
+        atol=unit_roundoff, cap=cap, baseline_name=f"reference in {dtype}",
+    )  # fmt: skip
