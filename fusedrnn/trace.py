@@ -1,0 +1,267 @@
+"""``python -m fusedrnn trace``: every gate, ``c`` and ``h`` of a small LSTM, step by step.
+
+For each step it prints each gate's pre-activation ("raw computation") and activation, the
+new cell state and the new hidden state, in the order of the hand-written notebooks (forget,
+input, candidate, output). The cell update is the library's own (``lstm_cell_update`` of
+the reference path); afterwards ``fusedrnn.LSTM`` runs the same weights and input and the
+trace checks that every step's ``h`` and the final ``c`` agree with it.
+
+Weights (``--weights FILE``, JSON) come in either layout:
+
+- torch's: ``weight_ih_l0`` (4H, I), ``weight_hh_l0`` (4H, H), ``bias_ih_l0``, ``bias_hh_l0``
+  (4H), gate order i, f, g, o;
+- the notebooks': ``W_f``, ``W_i``, ``W_c``, ``W_o``, each (H, I + H) acting on the
+  concatenation [x, h], and ``b_f``, ``b_i``, ``b_c``, ``b_o`` (H or H x 1); optionally an
+  output layer ``W_y`` (O, H), ``b_y`` (O). They are converted to torch's layout.
+
+``--example`` uses the weights and input [0.5, 1.5, 2.5] of the numerical example notebook
+(input size 1, hidden size 2), whose printed gates the trace reproduces digit for digit.
+Without weights, they are random (``--seed``), as is the input unless ``--input`` is given.
+"""
+
+import json
+
+import torch
+
+# The notebooks' concatenated layout: gate name -> torch's gate index (i, f, g, o).
+NOTEBOOK_GATES = {"f": 1, "i": 0, "c": 2, "o": 3}
+# Printed as the notebooks print them: name, torch's gate index, activation.
+TRACE_GATES = (
+    ("Forget Gate", 1, "sigmoid"),
+    ("Input Gate", 0, "sigmoid"),
+    ("Candidate Cell State", 2, "tanh"),
+    ("Output Gate", 3, "sigmoid"),
+)
+
+# The numerical example notebook's hand-set weights (input size 1, hidden size 2).
+EXAMPLE_WEIGHTS = {
+    "W_f": [[0.65, -0.15, 0.25], [0.55, 0.35, -0.05]],
+    "W_i": [[0.25, 0.35, -0.15], [0.15, 0.45, 0.05]],
+    "W_c": [[0.45, 0.25, 0.15], [0.25, 0.35, 0.05]],
+    "W_o": [[0.15, 0.45, 0.35], [0.25, 0.25, 0.3]],
+    "b_f": [[0.55], [0.35]],
+    "b_i": [[0.15], [0.25]],
+    "b_c": [[0.35], [0.15]],
+    "b_o": [[0.25], [0.15]],
+    "W_y": [[0.55, 0.45]],
+    "b_y": [[0.15]],
+}
+EXAMPLE_INPUT = [[0.5], [1.5], [2.5]]
+
+TORCH_KEYS = {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"}
+NOTEBOOK_KEYS = {f"W_{g}" for g in NOTEBOOK_GATES} | {f"b_{g}" for g in NOTEBOOK_GATES}
+OUTPUT_KEYS = {"W_y", "b_y"}
+
+
+def add_arguments(parser):
+    parser.add_argument("--example", action="store_true", help="the numerical example notebook's weights and input")
+    parser.add_argument("--weights", metavar="FILE", help="JSON weights, torch's or the notebooks' layout")
+    parser.add_argument(
+        "--input",
+        help="the sequence: steps separated by ';', features by ',' (e.g. '0.5; 1.5; 2.5'); default random",
+    )
+    parser.add_argument("--input-size", "-I", type=int, default=2, help="for random weights")
+    parser.add_argument("--hidden-size", "-H", type=int, default=3, help="for random weights")
+    parser.add_argument("--seq-len", "-T", type=int, default=3, help="for a random input")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decimals", type=int, default=4)
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "triton", "reference"],
+        default="auto",
+        help="fusedrnn.LSTM's path for the cross-check ('triton': the kernels, interpreted on CPU, in float32)",
+    )
+
+
+def weights_from_notebook_layout(weights, input_size):
+    """``W_f, W_i, W_c, W_o`` (H, I + H) over [x, h] and ``b_*`` -> torch.nn.LSTM's
+    ``weight_ih_l0`` (4H, I), ``weight_hh_l0`` (4H, H), ``bias_ih_l0`` (4H, gate order
+    i, f, g, o) and a zero ``bias_hh_l0``. Values are float64 tensors."""
+    missing = NOTEBOOK_KEYS - weights.keys()
+    if missing:
+        raise ValueError(f"notebook-layout weights need {sorted(NOTEBOOK_KEYS)}; missing {sorted(missing)}")
+    blocks = [None] * 4
+    biases = [None] * 4
+    hidden_size = None
+    for gate, index in NOTEBOOK_GATES.items():
+        w = torch.as_tensor(weights[f"W_{gate}"], dtype=torch.float64)
+        b = torch.as_tensor(weights[f"b_{gate}"], dtype=torch.float64).reshape(-1)
+        hidden_size = hidden_size or w.shape[0]
+        if w.shape != (hidden_size, input_size + hidden_size) or b.shape != (hidden_size,):
+            raise ValueError(
+                f"W_{gate} must be (H, I + H) = ({hidden_size}, {input_size + hidden_size}) and b_{gate} (H,) "
+                f"for input size {input_size}; got {tuple(w.shape)} and {tuple(b.shape)}"
+            )
+        blocks[index], biases[index] = w, b
+    stacked = torch.cat(blocks)  # (4H, I + H), torch's gate order
+    return {
+        "weight_ih_l0": stacked[:, :input_size].contiguous(),
+        "weight_hh_l0": stacked[:, input_size:].contiguous(),
+        "bias_ih_l0": torch.cat(biases),
+        "bias_hh_l0": torch.zeros(4 * hidden_size, dtype=torch.float64),
+    }
+
+
+def load_weights(weights, input_size):
+    """torch-layout state dict (float64) and an optional output layer (W_y, b_y) or None."""
+    keys = set(weights)
+    unknown = keys - TORCH_KEYS - NOTEBOOK_KEYS - OUTPUT_KEYS
+    if unknown:
+        raise ValueError(
+            f"unknown weight names {sorted(unknown)}: expected torch's {sorted(TORCH_KEYS)} "
+            f"or the notebooks' {sorted(NOTEBOOK_KEYS)} (+ optional {sorted(OUTPUT_KEYS)})"
+        )
+    if keys & TORCH_KEYS and keys & NOTEBOOK_KEYS:
+        raise ValueError("weights mix torch's names and the notebooks' names: use one layout")
+    if keys & TORCH_KEYS:
+        missing = {"weight_ih_l0", "weight_hh_l0"} - keys
+        if missing:
+            raise ValueError(f"torch-layout weights need {sorted(missing)}")
+        state = {k: torch.as_tensor(weights[k], dtype=torch.float64) for k in keys & TORCH_KEYS}
+        four_h = state["weight_hh_l0"].shape[0]
+        state.setdefault("bias_ih_l0", torch.zeros(four_h, dtype=torch.float64))
+        state.setdefault("bias_hh_l0", torch.zeros(four_h, dtype=torch.float64))
+        if state["weight_ih_l0"].shape[1] != input_size:
+            raise ValueError(f"weight_ih_l0 has input size {state['weight_ih_l0'].shape[1]}, the input {input_size}")
+    else:
+        state = weights_from_notebook_layout(weights, input_size)
+    output_layer = None
+    if "W_y" in weights:
+        w_y = torch.as_tensor(weights["W_y"], dtype=torch.float64)
+        b_y = torch.as_tensor(weights.get("b_y", [0.0] * w_y.shape[0]), dtype=torch.float64).reshape(-1)
+        output_layer = (w_y, b_y)
+    return state, output_layer
+
+
+def parse_sequence(text):
+    """'0.5; 1.5; 2.5' -> (T, I) float64 tensor."""
+    try:
+        rows = [[float(v) for v in step.split(",")] for step in text.split(";") if step.strip()]
+    except ValueError as error:
+        raise ValueError(f"--input: steps separated by ';', features by ',': {error}") from None
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise ValueError(f"--input: every step needs the same number of features, got {text!r}")
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def trace_steps(x, state):
+    """Runs the LSTM one step at a time on x (T, I) from zero state and returns, per step, a
+    dict of the input, each gate's pre-activation and activation (torch's gate order), and
+    the new c and h. Float64; the cell update is the reference path's."""
+    from fusedrnn.kernels.reference import lstm_cell_update
+
+    w_ih, w_hh = state["weight_ih_l0"], state["weight_hh_l0"]
+    bias = state["bias_ih_l0"] + state["bias_hh_l0"]
+    H = w_hh.shape[1]
+    h = torch.zeros(1, H, dtype=torch.float64)
+    c = torch.zeros(1, H, dtype=torch.float64)
+    steps = []
+    for x_t in x:
+        pre = x_t[None] @ w_ih.t() + h @ w_hh.t() + bias  # (1, 4H), gates i, f, g, o
+        h, c = lstm_cell_update(pre, c)
+        raw = pre[0].chunk(4)
+        act = [torch.sigmoid(raw[0]), torch.sigmoid(raw[1]), torch.tanh(raw[2]), torch.sigmoid(raw[3])]
+        steps.append({"x": x_t, "raw": raw, "act": act, "c": c[0], "h": h[0]})
+    return steps
+
+
+def format_trace(x, steps, decimals=4, output_layer=None):
+    """The notebooks' debug print-out, as lines."""
+    import numpy as np
+
+    def show(t):
+        return str(np.round(t.numpy().flatten(), decimals))
+
+    H = steps[0]["h"].numel() if steps else 0
+    zeros = np.zeros(H)
+    lines = [
+        "=== LSTM Forward Pass Debug Details ===",
+        f"Initial hidden state (h0): {zeros}",
+        f"Initial cell state (c0): {zeros}",
+    ]
+    for t, step in enumerate(steps):
+        lines += ["", f"[Time Step {t + 1}]", f"Input x[{t}]: {step['x'].numpy().flatten()}"]
+        for name, index, activation in TRACE_GATES:
+            lines += [
+                f"{name}:",
+                f"  Raw computation: {show(step['raw'][index])}",
+                f"  After {activation}: {show(step['act'][index])}",
+            ]
+        lines += [
+            "Updated Cell State:",
+            f"  c_new: {show(step['c'])}",
+            "Updated Hidden State:",
+            f"  h_new: {show(step['h'])}",
+            "-" * 50,
+        ]
+    if output_layer is not None and steps:
+        w_y, b_y = output_layer
+        prediction = w_y @ steps[-1]["h"] + b_y
+        lines += ["", f"Final Prediction (W_y h_T + b_y): {show(prediction)}"]
+    return lines
+
+
+def check_against_module(x, state, steps, backend):
+    """Runs fusedrnn.LSTM on the same weights and input; returns (path, max |h diff|, |c diff|)."""
+    import fusedrnn
+
+    dtype = torch.float32 if backend == "triton" else torch.float64  # the kernels take no float64
+    I, H = state["weight_ih_l0"].shape[1], state["weight_hh_l0"].shape[1]
+    lstm = fusedrnn.LSTM(I, H, backend=backend).to(dtype)
+    lstm.load_state_dict({k: v.to(dtype) for k, v in state.items()})
+    with torch.no_grad():
+        output, (_, c_n) = lstm(x.to(dtype)[:, None])
+    traced_h = torch.stack([s["h"] for s in steps])
+    h_diff = (output[:, 0].double() - traced_h).abs().max().item()
+    c_diff = (c_n[0, 0].double() - steps[-1]["c"]).abs().max().item()
+    return f"backend={backend!r}, {dtype}", h_diff, c_diff
+
+
+def main(args):
+    if args.backend == "triton" and not torch.cuda.is_available():
+        import os
+
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.example and args.weights:
+        raise SystemExit("--example and --weights: pick one")
+    if args.example:
+        weights = EXAMPLE_WEIGHTS
+        x = torch.tensor(EXAMPLE_INPUT, dtype=torch.float64) if args.input is None else parse_sequence(args.input)
+    else:
+        x = (
+            parse_sequence(args.input)
+            if args.input is not None
+            else torch.randn(args.seq_len, args.input_size, generator=generator, dtype=torch.float64)
+        )
+        if args.weights:
+            with open(args.weights) as f:
+                weights = json.load(f)
+        else:
+            I, H = x.shape[1], args.hidden_size
+            bound = H**-0.5  # torch.nn.LSTM's initialisation
+            weights = {
+                name: (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+                for name, shape in [
+                    ("weight_ih_l0", (4 * H, I)),
+                    ("weight_hh_l0", (4 * H, H)),
+                    ("bias_ih_l0", (4 * H,)),
+                    ("bias_hh_l0", (4 * H,)),
+                ]
+            }
+    state, output_layer = load_weights(weights, x.shape[1])
+    steps = trace_steps(x, state)
+    print("=" * 60)
+    print("LSTM step by step (fusedrnn)")
+    print(f"Input sequence: {x.numpy().flatten() if x.shape[1] == 1 else x.numpy()}")
+    print("=" * 60, "\n")
+    print("\n".join(format_trace(x, steps, args.decimals, output_layer)))
+
+    path, h_diff, c_diff = check_against_module(x, state, steps, args.backend)
+    tolerance = 1e-5 if args.backend == "triton" else 1e-12
+    agrees = h_diff <= tolerance and c_diff <= tolerance
+    print(
+        f"\nfusedrnn.LSTM ({path}) on the same weights and input: max |h_t - trace| = {h_diff:.1e}, "
+        f"|c_T - trace| = {c_diff:.1e}: {'agrees' if agrees else 'DISAGREES'}"
+    )
+    return 0 if agrees else 1

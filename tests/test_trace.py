@@ -1,0 +1,134 @@
+"""``python -m fusedrnn trace``: the numerical example notebook's printed gates, reproduced;
+its concatenated-weight layout converted to torch's correctly; bad weights refused."""
+
+import json
+
+import pytest
+import torch
+
+# The CPU CI installs these (the "cli" extra); the offline GPU image may lack them.
+pytest.importorskip("numpy", reason="trace prints with numpy: pip install 'fusedrnn[cli]'")
+
+from fusedrnn.__main__ import main
+from fusedrnn.trace import EXAMPLE_WEIGHTS, load_weights, weights_from_notebook_layout
+
+# What the numerical example notebook printed (its output stops inside step 2).
+NOTEBOOK_OUTPUT = """\
+=== LSTM Forward Pass Debug Details ===
+Initial hidden state (h0): [0. 0.]
+Initial cell state (c0): [0. 0.]
+
+[Time Step 1]
+Input x[0]: [0.5]
+Forget Gate:
+  Raw computation: [0.875 0.625]
+  After sigmoid: [0.7058 0.6514]
+Input Gate:
+  Raw computation: [0.275 0.325]
+  After sigmoid: [0.5683 0.5805]
+Candidate Cell State:
+  Raw computation: [0.575 0.275]
+  After tanh: [0.519  0.2683]
+Output Gate:
+  Raw computation: [0.325 0.275]
+  After sigmoid: [0.5805 0.5683]
+Updated Cell State:
+  c_new: [0.295  0.1557]
+Updated Hidden State:
+  h_new: [0.1664 0.0878]
+--------------------------------------------------
+
+[Time Step 2]
+Input x[1]: [1.5]
+Forget Gate:
+  Raw computation: [1.522  1.2289]
+  After sigmoid: [0.8208 0.7736]
+Input Gate:
+  Raw computation: [0.5701 0.5543]
+  After sigmoid: [0.6388 0.6351]
+Candidate Cell State:
+  Raw computation: [1.0798 0.5876]
+  After tanh: [0.7931 0.5282]
+Output Gate:
+  Raw computation: [0.5806 0.593 ]"""
+
+
+def test_example_reproduces_the_notebooks_printout(capsys):
+    assert main(["trace", "--example"]) == 0
+    printed = capsys.readouterr().out
+    start = printed.index("=== LSTM Forward Pass Debug Details ===")
+    expected = NOTEBOOK_OUTPUT.splitlines()
+    assert printed[start:].splitlines()[: len(expected)] == expected
+    assert "[Time Step 3]" in printed and "agrees" in printed
+
+
+def notebook_lstm(x, weights):
+    """The notebook's own equations: every gate from W_gate @ [x; h] + b_gate."""
+    W = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in weights.items()}
+    H = W["W_f"].shape[0]
+    h, c = torch.zeros(H, 1, dtype=torch.float64), torch.zeros(H, 1, dtype=torch.float64)
+    hs = []
+    for x_t in x:
+        z = torch.cat([x_t.reshape(-1, 1), h])
+        f = torch.sigmoid(W["W_f"] @ z + W["b_f"].reshape(-1, 1))
+        i = torch.sigmoid(W["W_i"] @ z + W["b_i"].reshape(-1, 1))
+        g = torch.tanh(W["W_c"] @ z + W["b_c"].reshape(-1, 1))
+        o = torch.sigmoid(W["W_o"] @ z + W["b_o"].reshape(-1, 1))
+        c = f * c + i * g
+        h = o * torch.tanh(c)
+        hs.append(h.flatten())
+    return torch.stack(hs)
+
+
+def test_notebook_layout_converts_to_torch_nn_lstm():
+    # Random weights with distinct gates: a wrong gate order or a wrong [x, h] split shows.
+    I, H, T = 2, 3, 5
+    g = torch.Generator().manual_seed(0)
+    weights = {f"W_{k}": torch.randn(H, I + H, generator=g, dtype=torch.float64) for k in "fico"}
+    weights |= {f"b_{k}": torch.randn(H, 1, generator=g, dtype=torch.float64) for k in "fico"}
+    x = torch.randn(T, I, generator=g, dtype=torch.float64)
+    lstm = torch.nn.LSTM(I, H).double()
+    lstm.load_state_dict(weights_from_notebook_layout(weights, I))
+    with torch.no_grad():
+        output, _ = lstm(x[:, None])
+    torch.testing.assert_close(output[:, 0], notebook_lstm(x, weights), rtol=1e-12, atol=1e-12)
+
+
+def test_torch_layout_file_and_input(tmp_path, capsys):
+    lstm = torch.nn.LSTM(2, 3).double()
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({k: v.tolist() for k, v in lstm.state_dict().items()}))
+    assert main(["trace", "--weights", str(path), "--input", "1, 2; 3, 4; -1, 0.5"]) == 0
+    printed = capsys.readouterr().out
+    with torch.no_grad():
+        output, _ = lstm(torch.tensor([[1.0, 2.0], [3.0, 4.0], [-1.0, 0.5]], dtype=torch.float64)[:, None])
+    for t in range(3):
+        assert f"[Time Step {t + 1}]" in printed
+    last_h = printed.split("h_new:")[-1].splitlines()[0]
+    assert [round(v, 4) for v in output[-1, 0].tolist()] == [float(v) for v in last_h.strip(" []").split()]
+    assert "agrees" in printed
+
+
+def test_kernel_cross_check(capsys):
+    # fusedrnn.LSTM's Triton path (interpreted on CPU) agrees with the traced steps.
+    assert main(["trace", "--example", "--backend", "triton"]) == 0
+    assert "backend='triton'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ({"W_f": [[1.0]]}, "missing"),
+        ({"weight_ih_l0": [[1.0]] * 4, "weight_hh_l0": [[1.0]] * 4, "W_f": [[1.0]]}, "mix"),
+        ({"W_x": [[1.0]]}, "unknown weight names"),
+        ({**EXAMPLE_WEIGHTS, "W_i": [[0.1, 0.2], [0.3, 0.4]]}, r"W_i must be \(H, I \+ H\)"),
+    ],
+)
+def test_bad_weights_are_refused(weights, message):
+    with pytest.raises(ValueError, match=message):
+        load_weights(weights, input_size=1)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="same number of features"):
+        main(["trace", "--example", "--input", "1, 2; 3"])
