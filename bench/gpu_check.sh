@@ -8,7 +8,8 @@
 # 2. runs the test suite on CUDA: kernels compiled natively, compared with the reference
 #    and with cuDNN (tests-cuda.txt, tests-cuda.xml),
 # 3. prints `python -m fusedrnn check` tables in fp32, bf16 and fp16 against cuDNN (check-*.txt),
-# 4. times fusedrnn against cuDNN with pytest-benchmark (bench.json, bench.txt).
+# 4. trains charlm for 300 steps on the kernels (charlm.txt, charlm/loss.png),
+# 5. times fusedrnn against cuDNN with pytest-benchmark (bench.json, bench.txt).
 # Copy OUT_DIR into bench/results/<gpu>-<date>/ and commit it.
 set -u
 out=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
@@ -37,6 +38,14 @@ for dtype in float32 bfloat16 float16; do
     > "$out/check-$dtype-stacked.txt" 2>&1 || status=1
   tail -n 1 "$out/check-$dtype-stacked.txt"
 done
+
+# charlm on the kernels (needs tqdm and matplotlib, the "cli" extra; the image may lack them)
+if python3 -c "import tqdm, matplotlib" 2>/dev/null; then
+  python3 -m fusedrnn charlm --no-progress --steps 300 --out "$out/charlm" > "$out/charlm.txt" 2>&1 || status=1
+  grep "validation loss .* -> " "$out/charlm.txt"
+else
+  echo "charlm not run: tqdm/matplotlib missing on this machine" | tee "$out/charlm.txt"
+fi
 
 python3 -m pytest bench -q -p no:cacheprovider --benchmark-enable --benchmark-json="$out/bench.json" \
   --benchmark-columns=mean,stddev,rounds > "$out/bench.txt" 2>&1 || status=1
