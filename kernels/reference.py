@@ -6,7 +6,65 @@ numerics: the input projection is one GEMM in the input dtype; the recurrent pro
 gates and the cell state are computed in at least fp32; ``h_t`` is rounded to the input
 dtype every step, as the kernels store it. For float32 and float64 inputs this is the
 textbook LSTM.
+
+Hand-derived backward (BPTT), no autograd
+-----------------------------------------
+``lstm_reference_backward`` (one layer) and ``lstm_layers_reference_backward`` (a stack, as
+``torch.nn.LSTM``) are the tests' third oracle beside autograd and cuDNN: the gradients
+written out from the equations below, in float64, under ``torch.no_grad`` (the textbook LSTM:
+for 16-bit inputs it does not round h_t each step as ``lstm_reference`` does). They are a generic
+driver over time (``bptt_forward``, ``bptt_backward``) plus one equations class per cell
+(``LSTMEquations``). Rows are batch elements; x_t (B, I); gate order i, f, g, o.
+
+Forward, one step::
+
+    zx_t = x_t W_ih^T + b_ih                      the input projection (driver)
+    z    = zx_t + h_{t-1} W_hh^T + b_hh           (B, 4H) = [z_i, z_f, z_g, z_o]
+    i = sig(z_i)   f = sig(z_f)   g = tanh(z_g)   o = sig(z_o)
+    c_t = f * c_{t-1} + i * g
+    m_t = o * tanh(c_t)
+    h_t = m_t W_hr^T                              LSTMP; without a projection h_t = m_t
+    y_t = h_t                                     the output at step t
+
+Backward, one step. (dh, dc) is the gradient of (h_t, c_t) handed back by the step after
+it (by the loss for the last step: dL/dh_n, dL/dc_n); dy_t = dL/dy_t::
+
+    dh   = dy_t + dh                              h_t is both output and next state
+    dW_hr += dh^T m_t ;  dm = dh W_hr             without a projection dm = dh
+    do   = dm * tanh(c_t)
+    dc   = dc + dm * o * (1 - tanh(c_t)^2)        c_t feeds c_{t+1} and m_t
+    di = dc * g    df = dc * c_{t-1}    dg = dc * i
+    dz_i = di * i (1 - i)    dz_f = df * f (1 - f)       sig' = sig (1 - sig)
+    dz_g = dg * (1 - g^2)    dz_o = do * o (1 - o)       tanh' = 1 - tanh^2
+    dz = [dz_i, dz_f, dz_g, dz_o]                 (B, 4H)
+    dW_hh += dz^T h_{t-1} ;  db_hh += sum over rows of dz
+    dW_ih += dz^T x_t     ;  db_ih += sum over rows of dz   (db_ih = db_hh)
+    dx_t = dz W_ih
+    dh_{t-1} = dz W_hh ;  dc_{t-1} = dc * f       handed to the step before
+
+The gradient handed back by the first step is (dh0, dc0).
+
+Order: the backward visits the steps in reverse of the forward's order: t = T-1, ..., 0,
+or t = 0, ..., T-1 for ``reverse=True`` (whose forward runs t = T-1, ..., 0).
+
+Lengths: row b is active at step t iff t < lengths[b]. Where it is not, its state passes
+through unchanged and its output is the constant 0, so dy_t is dropped, (dh, dc) pass to
+the step before unchanged, and the row adds nothing to dz, dx_t or any parameter gradient.
+
+Stacks: layer l's output is layer l+1's input, the two directions concatenated, so a
+layer's dx (summed over its directions) is the dy of the layer below; dL/dh_n and dL/dc_n
+enter each layer and direction at its own last step.
+
+Adding a cell (GRU, tanh RNN): the driver owns time, ``reverse``, ``lengths`` and the input
+projection ``zx_t = x_t W_ih^T + b_ih`` with its gradients (dx, dW_ih, db_ih); a cell owns
+the rest. Write a class like ``LSTMEquations`` with ``output_size``, ``state_shapes(B)``,
+``forward_step(zx_t, state) -> (state_t, y_t, cache)`` and ``backward_step(d_state, dy_t,
+cache) -> (d_state_prev, dzx_t, {parameter name: this step's gradient})``, write its
+equations into this docstring, and a wrapper like ``lstm_reference_backward`` that builds it
+and calls ``bptt_forward`` then ``bptt_backward``.
 """
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -71,3 +129,229 @@ def lstm_reference(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, re
             outputs[t] = h_new
         h = h_new
     return torch.stack(outputs), (h, c.to(x.dtype))
+
+
+# ----------------------------------------------------------------------------------------
+# Hand-derived backward (BPTT): the equations of the module docstring, no autograd.
+
+
+class LSTMEquations:
+    """One LSTM (LSTMP) step for the BPTT driver: the forward and backward equations of the
+    module docstring. w_hh (4H, P); b_hh (4H,) or None; w_hr (P, H) or None (P = H)."""
+
+    def __init__(self, w_hh, b_hh=None, w_hr=None):
+        self.w_hh, self.b_hh, self.w_hr = w_hh, b_hh, w_hr
+        self.hidden_size = w_hh.shape[0] // 4
+        self.output_size = w_hh.shape[1]  # P: the size of h_t and y_t
+
+    def state_shapes(self, batch_size):
+        """The shapes of the state (h, c)."""
+        return (batch_size, self.output_size), (batch_size, self.hidden_size)
+
+    def forward_step(self, zx, state):
+        """``zx`` (B, 4H): this step's input projection; ``state`` (h_{t-1}, c_{t-1}).
+        Returns ``(h_t, c_t), y_t, cache``."""
+        h_prev, c_prev = state
+        z = zx + h_prev @ self.w_hh.t()
+        if self.b_hh is not None:
+            z = z + self.b_hh
+        z_i, z_f, z_g, z_o = z.chunk(4, dim=-1)
+        i, f, g, o = torch.sigmoid(z_i), torch.sigmoid(z_f), torch.tanh(z_g), torch.sigmoid(z_o)
+        c = f * c_prev + i * g
+        tanh_c = torch.tanh(c)
+        m = o * tanh_c
+        h = m @ self.w_hr.t() if self.w_hr is not None else m
+        return (h, c), h, (h_prev, c_prev, i, f, g, o, tanh_c, m)
+
+    def backward_step(self, d_state, d_output, cache):
+        """``d_state`` (dh, dc): the gradient of (h_t, c_t) from the step after; ``d_output``:
+        dy_t. Returns ``(dh_{t-1}, dc_{t-1}), dz, {name: this step's parameter gradient}``;
+        ``dz`` is also the gradient of ``zx``, since z = zx + ..."""
+        h_prev, c_prev, i, f, g, o, tanh_c, m = cache
+        d_h, d_c = d_state
+        d_h = d_h + d_output
+        step_grads = {}
+        if self.w_hr is not None:
+            step_grads["weight_hr"] = d_h.t() @ m
+            d_m = d_h @ self.w_hr
+        else:
+            d_m = d_h
+        d_o = d_m * tanh_c
+        d_c = d_c + d_m * o * (1 - tanh_c * tanh_c)
+        d_i, d_f, d_g = d_c * g, d_c * c_prev, d_c * i
+        d_z = torch.cat([d_i * i * (1 - i), d_f * f * (1 - f), d_g * (1 - g * g), d_o * o * (1 - o)], dim=-1)
+        step_grads["weight_hh"] = d_z.t() @ h_prev
+        if self.b_hh is not None:
+            step_grads["bias_hh"] = d_z.sum(0)
+        return (d_z @ self.w_hh, d_c * f), d_z, step_grads
+
+
+@dataclass
+class BPTTTape:
+    """What ``bptt_forward`` keeps for ``bptt_backward``."""
+
+    cell: object
+    x: torch.Tensor  # (T, B, I)
+    w_ih: torch.Tensor
+    has_bias_ih: bool
+    state0_given: tuple  # per state tensor: was it given (else zeros, and no gradient)
+    order: list  # the steps t in the forward's order
+    caches: dict = field(default_factory=dict)  # t -> the cell's cache
+    active: dict = field(default_factory=dict)  # t -> (B, 1) bool mask, or None without lengths
+
+
+@torch.no_grad()
+def bptt_forward(cell, x, state0, w_ih, b_ih=None, *, reverse=False, lengths=None):
+    """Run ``cell`` over x (T, B, I) from ``state0`` (a tuple, None entries for zeros).
+    Returns ``output (T, B, cell.output_size), state_n, tape``."""
+    T, B, _ = x.shape
+    state = tuple(
+        s if s is not None else x.new_zeros(shape) for s, shape in zip(state0, cell.state_shapes(B))
+    )
+    zx = x @ w_ih.t()
+    if b_ih is not None:
+        zx = zx + b_ih
+    order = list(reversed(range(T))) if reverse else list(range(T))
+    tape = BPTTTape(cell, x, w_ih, b_ih is not None, tuple(s is not None for s in state0), order)
+    lengths = torch.as_tensor(lengths, device=x.device) if lengths is not None else None
+    output = x.new_zeros(T, B, cell.output_size)
+    for t in order:
+        new_state, y, tape.caches[t] = cell.forward_step(zx[t], state)
+        active = (t < lengths)[:, None] if lengths is not None else None
+        if active is not None:  # an inactive row keeps its state and outputs 0
+            new_state = tuple(torch.where(active, n, s) for n, s in zip(new_state, state))
+            y = torch.where(active, y, torch.zeros_like(y))
+        tape.active[t] = active
+        output[t] = y
+        state = new_state
+    return output, state, tape
+
+
+@torch.no_grad()
+def bptt_backward(tape, grad_output=None, grad_state_n=None):
+    """The backward of ``bptt_forward``'s run: ``grad_output`` (T, B, P) or None for zeros,
+    ``grad_state_n`` a tuple like the state (None entries for zeros). Returns
+    ``{"x", "state0" (a tuple, None where state0 was not given), "weight_ih", "bias_ih"
+    (None without b_ih), and the cell's parameter names}``."""
+    x, cell = tape.x, tape.cell
+    B = x.shape[1]
+    shapes = cell.state_shapes(B)
+    grad_state_n = grad_state_n if grad_state_n is not None else (None,) * len(shapes)
+    d_state = tuple(d if d is not None else x.new_zeros(s) for d, s in zip(grad_state_n, shapes))
+    grads = {"x": torch.zeros_like(x), "weight_ih": torch.zeros_like(tape.w_ih)}
+    grads["bias_ih"] = x.new_zeros(tape.w_ih.shape[0]) if tape.has_bias_ih else None
+    for t in reversed(tape.order):
+        d_output = grad_output[t] if grad_output is not None else x.new_zeros(B, cell.output_size)
+        active = tape.active[t]
+        d_in = d_state
+        if active is not None:  # an inactive row: no dy (its output is constant), no step
+            d_output = torch.where(active, d_output, torch.zeros_like(d_output))
+            d_in = tuple(torch.where(active, d, torch.zeros_like(d)) for d in d_state)
+        d_prev, d_zx, step_grads = cell.backward_step(d_in, d_output, tape.caches[t])
+        if active is not None:  # ... and its state gradient passes straight through
+            d_prev = tuple(torch.where(active, p, d) for p, d in zip(d_prev, d_state))
+        d_state = d_prev
+        for name, g in step_grads.items():
+            grads[name] = grads[name] + g if name in grads else g
+        grads["x"][t] = d_zx @ tape.w_ih
+        grads["weight_ih"] += d_zx.t() @ x[t]
+        if tape.has_bias_ih:
+            grads["bias_ih"] += d_zx.sum(0)
+    grads["state0"] = tuple(d if given else None for d, given in zip(d_state, tape.state0_given))
+    return grads
+
+
+def _exact(t):
+    """A float64 copy outside autograd, or None: the oracle computes in float64."""
+    return t.detach().to(torch.float64) if t is not None else None
+
+
+def lstm_reference_backward(
+    x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None,
+    grad_output=None, grad_h_n=None, grad_c_n=None, *, reverse=False, lengths=None,
+):  # fmt: skip
+    """The gradients of ``lstm_reference`` (same arguments) by hand-derived BPTT (module
+    docstring), without autograd, in float64 whatever the inputs' dtype.
+
+    grad_output (T, B, P), grad_h_n (B, P), grad_c_n (B, H): the cotangents of the three
+    outputs, each None for zeros. Returns ``{"x", "h0", "c0", "weight_ih", "weight_hh",
+    "bias_ih", "bias_hh", "weight_hr"}`` as float64 tensors on x's device; None for an input
+    that was None (h0 or c0 of zeros, no bias, no projection).
+    """
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = map(_exact, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+    cell = LSTMEquations(w_hh, b_hh, w_hr)
+    _, _, tape = bptt_forward(cell, x, (h0, c0), w_ih, b_ih, reverse=reverse, lengths=lengths)
+    grads = bptt_backward(tape, _exact(grad_output), (_exact(grad_h_n), _exact(grad_c_n)))
+    return {
+        "x": grads["x"],
+        "h0": grads["state0"][0],
+        "c0": grads["state0"][1],
+        "weight_ih": grads["weight_ih"],
+        "weight_hh": grads["weight_hh"],
+        "bias_ih": grads["bias_ih"],
+        "bias_hh": grads.get("bias_hh"),
+        "weight_hr": grads.get("weight_hr"),
+    }
+
+
+def lstm_layers_reference_backward(
+    x, hx, weights, grad_output=None, grad_h_n=None, grad_c_n=None,
+    *, num_layers=1, bidirectional=False, lengths=None,
+):  # fmt: skip
+    """The gradients of a stack of LSTM layers, as ``torch.nn.LSTM`` (without dropout) or
+    ``fusedrnn.functional.lstm_layers`` compute it, by hand-derived BPTT, in float64.
+
+    x (T, B, I) time-major; hx ``(h0 (L*D, B, P), c0 (L*D, B, H))`` or None; ``weights`` per
+    layer and direction (the reverse one second): w_ih, w_hh, then b_ih, b_hh if there are
+    biases, then w_hr for a projection (the order of ``torch.nn.LSTM._flat_weights``).
+    grad_output (T, B, D*P), grad_h_n (L*D, B, P), grad_c_n (L*D, B, H): cotangents, each
+    None for zeros. Returns ``{"input", "h0", "c0" (None without hx), "weights" (a list in the
+    order of ``weights``)}``.
+    """
+    directions = 2 if bidirectional else 1
+    per_layer = len(weights) // (num_layers * directions)
+    has_bias, has_proj = per_layer in (4, 5), per_layer in (3, 5)
+    weights = [_exact(w) for w in weights]
+    h0, c0 = (_exact(hx[0]), _exact(hx[1])) if hx is not None else (None, None)
+    tapes = []
+    layer_input = _exact(x)
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            index = layer * directions + direction
+            w = weights[index * per_layer : (index + 1) * per_layer]
+            b_ih, b_hh = (w[2], w[3]) if has_bias else (None, None)
+            cell = LSTMEquations(w[1], b_hh, w[-1] if has_proj else None)
+            state0 = (h0[index], c0[index]) if hx is not None else (None, None)
+            output, _, tape = bptt_forward(
+                cell, layer_input, state0, w[0], b_ih, reverse=direction == 1, lengths=lengths
+            )
+            outputs.append(output)
+            tapes.append(tape)
+        layer_input = torch.cat(outputs, dim=-1)
+
+    grad_h_n, grad_c_n = _exact(grad_h_n), _exact(grad_c_n)
+    d_layer_output = _exact(grad_output)
+    weight_grads = [None] * len(weights)
+    d_h0 = [None] * len(tapes)
+    d_c0 = [None] * len(tapes)
+    for layer in reversed(range(num_layers)):
+        d_layer_input = None
+        for direction in range(directions):
+            index = layer * directions + direction
+            tape = tapes[index]
+            P = tape.cell.output_size
+            d_output = d_layer_output[..., direction * P : (direction + 1) * P] if d_layer_output is not None else None
+            d_state_n = tuple(g[index] if g is not None else None for g in (grad_h_n, grad_c_n))
+            grads = bptt_backward(tape, d_output, d_state_n)
+            d_layer_input = grads["x"] if d_layer_input is None else d_layer_input + grads["x"]
+            d_h0[index], d_c0[index] = grads["state0"]
+            names = ["weight_ih", "weight_hh"] + ["bias_ih", "bias_hh"] * has_bias + ["weight_hr"] * has_proj
+            weight_grads[index * per_layer : (index + 1) * per_layer] = [grads[n] for n in names]
+        d_layer_output = d_layer_input  # this layer's dx is the dy of the layer below
+    return {
+        "input": d_layer_output,
+        "h0": torch.stack(d_h0) if hx is not None else None,
+        "c0": torch.stack(d_c0) if hx is not None else None,
+        "weights": weight_grads,
+    }

@@ -2,7 +2,8 @@
 
 On CPU: the reference backend and the Triton kernels under the interpreter, compared with
 torch's CPU LSTM. With CUDA: the kernels compared with cuDNN, both judged against a float64
-reference (err(ours) <= 2 * err(cuDNN) + atol).
+reference (err(ours) <= 2 * err(cuDNN) + atol), whose gradients the hand-derived BPTT oracle
+confirms.
 """
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from helpers import DEVICE, NEEDS_CUDA, random_cotangents
 
 import fusedrnn
+from fusedrnn.kernels.reference import lstm_layers_reference_backward
 from fusedrnn.testing import assert_close, assert_no_worse_than, module_forward_backward
 
 BACKENDS = ["reference", "triton"]
@@ -120,6 +122,17 @@ def test_auto_backend_picks_the_reference_on_cpu():
 # CUDA: kernels against cuDNN, both judged against float64.
 
 
+def bptt_oracle(module, x, hx, cotangents):
+    """The float64 gradients of a time-major torch.nn.LSTM (no dropout) by hand-derived BPTT,
+    keyed as module_forward_backward keys them."""
+    grads = lstm_layers_reference_backward(
+        x, hx, module._flat_weights, *cotangents, num_layers=module.num_layers, bidirectional=module.bidirectional
+    )
+    by_name = {"grad input": grads["input"], "grad h0": grads["h0"], "grad c0": grads["c0"]}
+    by_name.update({f"grad {n}": g for n, g in zip(module._flat_weights_names, grads["weights"])})
+    return by_name
+
+
 @NEEDS_CUDA
 @pytest.mark.parametrize(
     "dtype, tf32",
@@ -154,5 +167,9 @@ def test_kernels_no_worse_than_cudnn(dtype, tf32, shape, kwargs):
     exact = module_forward_backward(reference, x, hx, cotangents)
     got_ours = module_forward_backward(ours, cast(x), tuple(map(cast, hx)), cotangents)
     got_cudnn = module_forward_backward(cudnn, cast(x), tuple(map(cast, hx)), cotangents)
+    # Third oracle: the float64 gradients both are judged by agree with hand-derived BPTT
+    # (two float64 computations: ulps apart).
+    for name, grad in bptt_oracle(reference, x, hx, cotangents).items():
+        assert_close(exact[name], grad, rel=1e-12, name=f"{name}, autograd vs BPTT oracle")
     atol = 1e-6 if dtype == torch.float32 and not tf32 else torch.finfo(dtype).eps / 2
     assert_no_worse_than(got_ours, got_cudnn, exact, atol=atol, baseline_name="cuDNN")
