@@ -4,7 +4,10 @@ Runs fusedrnn.LSTM and torch.nn.LSTM (cuDNN on CUDA) on the same weights, input,
 state and output cotangents, and prints for the output, h_n, c_n and the gradient of the
 input, h0, c0 and every parameter: the mean and max absolute difference and the relative
 error ||ours - torch|| / ||torch||, plus both errors against a float64 CPU run of
-torch.nn.LSTM. Exits 1 when a tensor is out of tolerance:
+torch.nn.LSTM and, for gradients, ours against the hand-derived BPTT of
+``fusedrnn.kernels.reference`` (float64, no autograd). Exits 1 when a tensor is out of
+tolerance, or when the two float64 oracles (autograd, hand-derived BPTT) disagree by more
+than rounding:
 
 - float32: relative error against torch.nn.LSTM <= --tol (default 1e-5; TF32 is off);
 - float16/bfloat16: err(ours vs float64) <= 2 * err(torch vs float64) + one unit roundoff.
@@ -13,8 +16,11 @@ torch.nn.LSTM. Exits 1 when a tensor is out of tolerance:
 import os
 
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+# Relative disagreement allowed between the float64 autograd gradients and the float64
+# hand-derived BPTT ones: rounding only.
+BPTT_AGREEMENT = 1e-10
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -85,6 +91,7 @@ def check_backend(args, backend):
         return t.to(device, dtype)
 
     want = module_forward_backward(exact, x, hx, cotangents)
+    by_hand = bptt_gradients(exact, x, hx, cotangents)
     got_torch = module_forward_backward(theirs, on_device(x), tuple(map(on_device, hx)), cotangents)
     got_ours = module_forward_backward(ours, on_device(x), tuple(map(on_device, hx)), cotangents)
 
@@ -92,7 +99,10 @@ def check_backend(args, backend):
     config = ", ".join(f"{k}={v}" for k, v in kwargs.items() if v != {"bias": True}.get(k, 0 if k != "num_layers" else 1))
     config += ", packed" if args.packed else ""
     print(f"\nbackend={backend}  vs {torch_name}  ({args.dtype}, {device}, T={T} B={B} I={I} H={H}{', ' + config if config else ''})")
-    header = f"{'tensor':<28}{'mean |diff|':>13}{'max |diff|':>13}{'rel err':>11}{'ours/fp64':>11}{'torch/fp64':>11}  ok"
+    header = (
+        f"{'tensor':<28}{'mean |diff|':>13}{'max |diff|':>13}{'rel err':>11}"
+        f"{'ours/fp64':>11}{'torch/fp64':>11}{'ours/BPTT':>11}  ok"
+    )
     print(header)
     print("-" * len(header))
     all_ok = True
@@ -105,12 +115,52 @@ def check_backend(args, backend):
             ok = vs_torch.rel <= args.tol
         else:
             ok = ours_err <= 2 * torch_err + unit_roundoff
+        by_hand_err = "-"
+        if name in by_hand:
+            by_hand_err = f"{error_stats(got_ours[name], by_hand[name]).rel:.2e}"
+            # The two float64 oracles, autograd and hand-derived BPTT, must agree to rounding.
+            ok &= error_stats(want[name], by_hand[name]).rel <= BPTT_AGREEMENT
         all_ok &= ok
         print(
             f"{name:<28}{vs_torch.mean_abs:>13.3e}{vs_torch.max_abs:>13.3e}{vs_torch.rel:>11.2e}"
-            f"{ours_err:>11.2e}{torch_err:>11.2e}  {'yes' if ok else 'NO'}"
+            f"{ours_err:>11.2e}{torch_err:>11.2e}{by_hand_err:>11}  {'yes' if ok else 'NO'}"
         )
     return all_ok
+
+
+def bptt_gradients(module, x, hx, cotangents):
+    """Every gradient of a float64 ``torch.nn.LSTM`` (no dropout) by the hand-derived BPTT of
+    ``fusedrnn.kernels.reference`` (no autograd), named as ``module_forward_backward`` names them."""
+    from fusedrnn.kernels.reference import lstm_layers_reference_backward
+
+    grad_output, grad_h_n, grad_c_n = cotangents
+    lengths = None
+    if isinstance(x, PackedSequence):
+        x_time_major, lengths = pad_packed_sequence(x)
+        grad_output, _ = pad_packed_sequence(x._replace(data=grad_output))
+    elif module.batch_first:
+        x_time_major, grad_output = x.transpose(0, 1), grad_output.transpose(0, 1)
+    else:
+        x_time_major = x
+    grads = lstm_layers_reference_backward(
+        x_time_major,
+        hx,
+        module._flat_weights,
+        grad_output,
+        grad_h_n,
+        grad_c_n,
+        num_layers=module.num_layers,
+        bidirectional=module.bidirectional,
+        lengths=lengths,
+    )
+    grad_input = grads["input"]
+    if isinstance(x, PackedSequence):
+        grad_input = pack_padded_sequence(grad_input, lengths, enforce_sorted=False).data
+    elif module.batch_first:
+        grad_input = grad_input.transpose(0, 1)
+    named = {"grad input": grad_input, "grad h0": grads["h0"], "grad c0": grads["c0"]}
+    named.update({f"grad {n}": g for n, g in zip(module._flat_weights_names, grads["weights"])})
+    return named
 
 
 def main(args):

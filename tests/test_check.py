@@ -37,3 +37,20 @@ def test_check_takes_layers_directions_projection_and_packed_input(capsys):
     assert "num_layers=2, bidirectional=True, proj_size=3, packed" in out
     for name in ["grad weight_hr_l1_reverse", "grad weight_ih_l1", "grad h0"]:
         assert out.count(name + " ") == 2, name
+
+
+def test_check_fails_when_autograd_and_hand_derived_bptt_disagree(capsys, monkeypatch):
+    # The third oracle is checked, not only printed: a wrong hand-derived gradient fails.
+    from fusedrnn import check
+
+    real = check.bptt_gradients
+
+    def one_gradient_off(*args):
+        grads = real(*args)
+        grads["grad weight_hh_l0"] = grads["grad weight_hh_l0"] * (1 + 1e-6)
+        return grads
+
+    monkeypatch.setattr(check, "bptt_gradients", one_gradient_off)
+    assert main(SMALL + ["--backend", "reference"]) == 1
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("grad weight_hh_l0 "))
+    assert row.endswith("NO")
