@@ -49,3 +49,11 @@ def backward_all(outputs, cotangents):
 
 def grads(tensors):
     return {n: t.grad for n, t in tensors.items()}
+
+
+# The CUDA comparisons' precisions: true fp32, TF32, bf16, fp16.
+CUDA_DTYPES = pytest.mark.parametrize(
+    "dtype, tf32",
+    [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)],
+    ids=["fp32", "fp32-tf32", "bf16", "fp16"],
+)

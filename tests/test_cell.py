@@ -8,7 +8,7 @@ judged against a float64 reference (err(ours) <= 2 * err(torch) + atol).
 import pytest
 import torch
 from functorch.compile import make_boxed_func
-from helpers import DEVICE, NEEDS_CUDA
+from helpers import CUDA_DTYPES, DEVICE, NEEDS_CUDA
 from torch._dynamo.backends.common import aot_autograd
 
 from fusedrnn.cell import LSTMCell, lstm_cell
@@ -300,11 +300,7 @@ def test_auto_picks_the_reference_on_cpu_and_bias_grads_are_distinct():
 
 
 @NEEDS_CUDA
-@pytest.mark.parametrize(
-    "dtype, tf32",
-    [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)],
-    ids=["fp32", "fp32-tf32", "bf16", "fp16"],
-)
+@CUDA_DTYPES
 @pytest.mark.parametrize(
     "shape", [(3, 16, 32, 64), (4, 5, 20, 300), (2, 130, 70, 1030)], ids=lambda s: "T{}-B{}-I{}-H{}".format(*s)
 )

@@ -8,7 +8,7 @@ confirms.
 
 import pytest
 import torch
-from helpers import DEVICE, NEEDS_CUDA, random_cotangents
+from helpers import CUDA_DTYPES, DEVICE, NEEDS_CUDA, random_cotangents
 
 import fusedrnn
 from fusedrnn.kernels.reference import lstm_layers_reference_backward
@@ -134,11 +134,7 @@ def bptt_oracle(module, x, hx, cotangents):
 
 
 @NEEDS_CUDA
-@pytest.mark.parametrize(
-    "dtype, tf32",
-    [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)],
-    ids=["fp32", "fp32-tf32", "bf16", "fp16"],
-)
+@CUDA_DTYPES
 @pytest.mark.parametrize(
     "shape, kwargs",
     [
