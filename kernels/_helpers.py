@@ -82,7 +82,10 @@ def gates_matmul(acc_i, acc_f, acc_g, acc_o, p_a, mask_a, p_w, stride_w, mask_u,
     for k0 in range(0, K, BLOCK_K):
         offs_kk = k0 + offs_k
         mask_k = offs_kk < K
-        b_a = tl.load(p_a[:, None] + offs_kk[None, :], mask=mask_a[:, None] & mask_k[None, :], other=0.0)
+        # A may be h_{t-1}, written by other programs of a persistent launch: read it from L2
+        # (.cg), never from a stale L1 line.
+        b_a = tl.load(p_a[:, None] + offs_kk[None, :], mask=mask_a[:, None] & mask_k[None, :], other=0.0,
+                      cache_modifier=".cg")
         b_a = b_a.to(DOT_DTYPE)
         # W tile transposed to (BLOCK_K, units): element [k, u] = W[gate*H + u, k].
         p_wk = p_w[None, :] + offs_kk[:, None]
@@ -96,6 +99,31 @@ def gates_matmul(acc_i, acc_f, acc_g, acc_o, p_a, mask_a, p_w, stride_w, mask_u,
         b_w = tl.load(p_wk + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
         acc_o += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
     return acc_i, acc_f, acc_g, acc_o
+
+
+@triton.jit
+def grid_barrier(p_count, target, max_spins):
+    """Wait until ``target`` arrivals have been counted at ``p_count`` (an int32 counter that
+    starts at zero for the launch), counting this program's own; True when it gave up after
+    ``max_spins`` polls instead.
+
+    A counting barrier: the n-th barrier of a group of g programs waits for n * g arrivals,
+    so the counter never needs a reset within a launch (int32 holds 2^31 arrivals). It only
+    works when every program of the group is resident at once: the launcher checks the grid
+    against the SMs and the occupancy, and launches cooperatively. The spin is bounded so that
+    a non-resident program shows up as an error, not a hang.
+    """
+    tl.debug_barrier()  # every thread of the program has stored its share of the step
+    # Release: the stores before the barrier are visible at GPU scope before the arrival is;
+    # acquire: the last to arrive sees the stores of all the others.
+    arrived = tl.atomic_add(p_count, 1, sem="acq_rel", scope="gpu") + 1
+    spins = 0
+    while (arrived < target) & (spins < max_spins):
+        # Acquire: what the other programs stored before arriving is visible after this.
+        arrived = tl.atomic_add(p_count, 0, sem="acquire", scope="gpu")
+        spins += 1
+    tl.debug_barrier()  # no thread reads the other programs' results before the wait is over
+    return arrived < target
 
 
 def is_interpreted(kernel) -> bool:

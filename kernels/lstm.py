@@ -31,14 +31,14 @@ Work split. A step has up to two phases, each split over programs ``(pid_b, pid_
 A phase needs what other programs wrote in the one before. The kernels take a runtime step
 range ``[s_start, s_end)`` and the phases to run (constexprs), so the launchers can:
 
-- one program per batch block owns every unit (H and P fit one block): one launch runs all
-  steps and all phases, a CTA-wide barrier between phases makes each visible;
-- otherwise: one launch per step and phase (the kernel boundary is the grid-wide barrier).
-
-A persistent variant with a grid barrier reuses the same step loop.
+- "one-launch": one program per batch block owns every unit (H and P fit one block): one
+  launch runs all steps and all phases, a CTA-wide barrier between phases makes each visible;
+- "persistent": one cooperative launch runs all steps and phases over every program of the
+  grid, with a grid barrier per batch block (``GRID_SYNC``) between phases;
+- "per-step": one launch per step and phase (the kernel boundary is the grid-wide barrier).
 """
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import triton
@@ -50,19 +50,27 @@ from ._helpers import (
     cell_update,
     empty_output,
     gates_matmul,
+    grid_barrier,
     is_interpreted,
     load_activations,
     store_gates,
     tanh,
 )
 
-# Up to this padded hidden (and projection) size one program holds all units of its batch
-# rows and one launch runs every step; above it the launchers use blocks of
-# PER_STEP_BLOCK_H units, one launch per step. Tests lower both to exercise the per-step path
-# on small shapes.
+# Launch strategies (see launch_strategy). "one-launch": up to this padded hidden (and
+# projection) size one program holds all units of its batch rows and one launch runs every
+# step. "per-step": blocks of PER_STEP_BLOCK_H units, one launch per step and phase.
+# "persistent": one launch, the units split over up to an SM's worth of programs per batch
+# block, blocks of at most PERSISTENT_MAX_BLOCK_B rows and PERSISTENT_MAX_BLOCK_U units.
+# Tests lower them to exercise every path on small shapes.
 ONE_LAUNCH_MAX_H = 128
 PER_STEP_BLOCK_H = 64
 BLOCK_B = 16
+PERSISTENT_MAX_BLOCK_B = 64
+PERSISTENT_MAX_BLOCK_U = 128
+# Polls of a grid barrier before it gives up and the launch reports an error: seconds on a
+# GPU, where a barrier takes microseconds.
+BARRIER_MAX_SPINS = 1 << 24
 MAX_BLOCK_K = 64  # the recurrent products run over K in chunks of at most this
 MIN_DOT = 16  # tl.dot needs every dimension >= 16 on the GPU (the interpreter does not check)
 
@@ -90,6 +98,30 @@ def _step_time(s, T, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def _sync_step(p_sync, n_synced, spins_left, GRID_SYNC: tl.constexpr):
+    """Make the program's stores of a phase visible to the programs that read them next: to
+    every program of its batch block through a grid barrier (GRID_SYNC: the persistent
+    launch; counter p_sync[pid_b]), else to its own threads (one program owns every unit, or
+    the launch ends with the phase). Returns the number of barriers passed and the spin
+    budget left: zero once a barrier timed out, so that later ones do not wait again."""
+    if GRID_SYNC:
+        target = (n_synced + 1) * tl.num_programs(1)
+        timed_out = grid_barrier(p_sync + tl.program_id(0), target, spins_left)
+        spins_left = tl.where(timed_out, 0, spins_left)
+    else:
+        tl.debug_barrier()
+    return n_synced + 1, spins_left
+
+
+@triton.jit
+def _report_timeout(p_sync, spins_left, GRID_SYNC: tl.constexpr):
+    """Raise the launch's error word (p_sync[num_programs(0)]) if a barrier timed out."""
+    if GRID_SYNC:
+        if spins_left == 0:
+            tl.store(p_sync + tl.num_programs(0), 1)
+
+
+@triton.jit
 def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K: tl.constexpr,
                 DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """acc += A @ B over k < K in chunks of BLOCK_K. A's rows and B's columns are given as
@@ -99,15 +131,16 @@ def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K:
     for k0 in range(0, K, BLOCK_K):
         offs_kk = k0 + offs_k
         mask_k = offs_kk < K
+        # A is what other programs wrote this launch: read it from L2 (.cg), never a stale L1 line.
         b_a = tl.load(p_a[:, None] + offs_kk[None, :].to(tl.int64) * stride_ak,
-                      mask=mask_a[:, None] & mask_k[None, :], other=0.0)
+                      mask=mask_a[:, None] & mask_k[None, :], other=0.0, cache_modifier=".cg")
         b_b = tl.load(p_b[None, :] + offs_kk[:, None].to(tl.int64) * stride_bk,
                       mask=mask_k[:, None] & mask_b[None, :], other=0.0)
         acc += tl.dot(b_a.to(DOT_DTYPE), b_b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
     return acc
 
 
-@triton.jit(do_not_specialize=["s_start", "s_end", "T", "B", "H", "P"])
+@triton.jit(do_not_specialize=["s_start", "s_end", "T", "B", "H", "P", "max_spins"])
 def _lstm_fwd_kernel(
     p_gates,  # (T, B, 4H) view: Gx on entry, pre-activation gates (i, f, g, o) on exit
     p_w_hh,  # (4H, P)
@@ -118,6 +151,7 @@ def _lstm_fwd_kernel(
     p_out,  # (T, B, P) view: h_t
     p_m,  # (T, B, H) contiguous: m_t = o_t * tanh(c_t) (HAS_PROJ), saved for the backward
     p_c,  # (T, B, H) fp32, contiguous: c_t, saved for the backward
+    p_sync,  # (num_programs(0) + 1,) int32 zeros (GRID_SYNC): a barrier counter per batch block, an error word
     s_start,
     s_end,
     T,
@@ -132,10 +166,12 @@ def _lstm_fwd_kernel(
     stride_hr,
     stride_h0b,
     stride_c0b,
+    max_spins,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GRID_SYNC: tl.constexpr,
     DO_CELL: tl.constexpr,
     DO_PROJ: tl.constexpr,
     HAS_PROJ: tl.constexpr,
@@ -161,6 +197,7 @@ def _lstm_fwd_kernel(
             _, t_prev = _step_time(s_start, T, REVERSE)
             c = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
 
+    n_synced, spins_left = 0, max_spins
     for s in range(s_start, s_end):
         t, t_prev = _step_time(s, T, REVERSE)
         if VARLEN:
@@ -201,8 +238,8 @@ def _lstm_fwd_kernel(
             else:
                 p_h = p_out + t * stride_ot + rows_b[:, None] * stride_ob + offs_h[None, :]
                 tl.store(p_h, h.to(p_out.dtype.element_ty), mask=mask_bh)
-        if DO_CELL and DO_PROJ:
-            tl.debug_barrier()  # m_t of all units before the projection reads it
+        if DO_CELL and DO_PROJ:  # m_t of all units before the projection reads it
+            n_synced, spins_left = _sync_step(p_sync, n_synced, spins_left, GRID_SYNC)
         if DO_PROJ:
             # h_t = m_t @ W_hr^T for the program's P units (zero where m is, i.e. inactive rows).
             acc_h = tl.zeros((BLOCK_B, BLOCK_P), dtype=tl.float32)
@@ -212,11 +249,12 @@ def _lstm_fwd_kernel(
             )  # fmt: skip
             p_h = p_out + t * stride_ot + rows_b[:, None] * stride_ob + offs_p[None, :]
             tl.store(p_h, acc_h.to(p_out.dtype.element_ty), mask=mask_b[:, None] & mask_p[None, :])
-        # h_t must be visible to all threads of the program before step t+1 reads it.
-        tl.debug_barrier()
+        # h_t must be visible before step t+1 reads it.
+        n_synced, spins_left = _sync_step(p_sync, n_synced, spins_left, GRID_SYNC)
+    _report_timeout(p_sync, spins_left, GRID_SYNC)
 
 
-@triton.jit(do_not_specialize=["s_start", "s_end", "T", "B", "H", "P"])
+@triton.jit(do_not_specialize=["s_start", "s_end", "T", "B", "H", "P", "max_spins"])
 def _lstm_bwd_kernel(
     p_gates,  # (T, B, 4H) view: pre-activation gates (i, f, g, o) from the forward
     p_c,  # (T, B, H) fp32, contiguous: c_t from the forward
@@ -229,6 +267,7 @@ def _lstm_bwd_kernel(
     p_dh,  # (T, B, P) contiguous (HAS_PROJ): dh_t, from the dh phase to the cell phase
     p_dgates,  # (T, B, 4H) view: gradient of the pre-activations
     p_dc,  # (B, H) fp32: dc carried into the launch (dc_n or the last launch's), and out of it
+    p_sync,  # (num_programs(0) + 1,) int32 zeros (GRID_SYNC): a barrier counter per batch block, an error word
     s_start,
     s_end,
     T,
@@ -246,10 +285,12 @@ def _lstm_bwd_kernel(
     stride_c0b,
     stride_w,
     stride_hr,
+    max_spins,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GRID_SYNC: tl.constexpr,
     DO_DH: tl.constexpr,
     DO_CELL: tl.constexpr,
     HAS_PROJ: tl.constexpr,
@@ -268,6 +309,7 @@ def _lstm_bwd_kernel(
         dc = tl.load(p_dc + offs_c, mask=mask_bh, other=0.0)
 
     # Steps run backwards: s = s_end - 1, ..., s_start.
+    n_synced, spins_left = 0, max_spins
     for s_up in range(s_start, s_end):
         s = s_end - 1 - (s_up - s_start)
         t, t_prev = _step_time(s, T, REVERSE)
@@ -295,8 +337,8 @@ def _lstm_bwd_kernel(
                     dh += tl.load(p_dhn_tile, mask=last[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
             if HAS_PROJ:
                 tl.store(p_dh + t * (B.to(tl.int64) * P) + rows_b[:, None] * P + offs_p[None, :], dh, mask=mask_bp)
-        if DO_DH and DO_CELL and HAS_PROJ:
-            tl.debug_barrier()  # dh_t of all P units before dm reads it
+        if DO_DH and DO_CELL and HAS_PROJ:  # dh_t of all P units before dm reads it
+            n_synced, spins_left = _sync_step(p_sync, n_synced, spins_left, GRID_SYNC)
         if DO_CELL:
             if HAS_PROJ:
                 # dm_t = dh_t @ W_hr for the program's cell units.
@@ -336,53 +378,169 @@ def _lstm_bwd_kernel(
 
             p_dg = p_dgates + t * stride_dgt + rows_b[:, None] * stride_dgb + offs_h[None, :]
             store_gates(p_dg, H, d_i, d_f, d_g, d_o, mask_bh)
-        # dG_t must be visible to all threads of the program before step t-1 reads it.
-        tl.debug_barrier()
+        # dG_t must be visible before step t-1 reads it.
+        n_synced, spins_left = _sync_step(p_sync, n_synced, spins_left, GRID_SYNC)
+    _report_timeout(p_sync, spins_left, GRID_SYNC)
 
     if DO_CELL:
         tl.store(p_dc + offs_c, dc, mask=mask_bh)
 
 
+@triton.jit(do_not_specialize=["T", "max_spins"])
+def _barrier_floor_kernel(p_sync, T, max_spins):
+    """The persistent forward's synchronisation alone: T grid barriers, no work. Its time per
+    step is the floor of the persistent kernel's (bench/NOTES.md)."""
+    n_synced, spins_left = 0, max_spins
+    for _ in range(0, T):
+        n_synced, spins_left = _sync_step(p_sync, n_synced, spins_left, True)
+    _report_timeout(p_sync, spins_left, True)
+
+
 # ----------------------------------------------------------------------------------------
-# Host launchers: check, allocate, pick blocks and grid, launch. No autograd here.
+# Host launchers: check, allocate, pick the strategy, blocks and grid, launch. No autograd.
+
+STRATEGIES = ("auto", "one-launch", "persistent", "per-step")
+_forced_strategy = "auto"
+_last_strategy = None
 
 
-def kernel_config(H, dtype, interpreted=False, P=None):
-    """Constexprs and launch options of both kernels for hidden size H, projection size P
-    (None: no projection) and input dtype, and whether one launch may run every step (one
-    program spans all H and P units)."""
+class StrategyUnavailable(RuntimeError):
+    """The launch strategy forced with ``launch_strategy`` cannot run this shape here."""
+
+
+@contextmanager
+def launch_strategy(name):
+    """Force how the LSTM kernels launch inside the ``with`` block (benchmarks, tests):
+
+    - ``"auto"`` (default): by shape, see ``choose_strategy``;
+    - ``"one-launch"``: one program per batch block owns every unit, one launch for all steps
+      (H and proj_size up to ``ONE_LAUNCH_MAX_H``);
+    - ``"persistent"``: one cooperative launch for all steps, a grid barrier per step and
+      phase; the grid must be resident at once (at most one program per SM is planned, the
+      compiled kernel's occupancy is checked);
+    - ``"per-step"``: one launch per step and phase.
+
+    A launch that cannot run the forced strategy raises ``StrategyUnavailable``. The setting is
+    process-wide, not per thread.
+    """
+    global _forced_strategy
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+    saved, _forced_strategy = _forced_strategy, name
+    try:
+        yield
+    finally:
+        _forced_strategy = saved
+
+
+def last_strategy():
+    """The strategy of the latest ``lstm_fwd``/``lstm_bwd`` call (None before the first)."""
+    return _last_strategy
+
+
+def _padded(n):
+    return max(MIN_DOT, triton.next_power_of_2(n))
+
+
+def choose_strategy(H, P=None):
+    """The ``"auto"`` strategy. The persistent kernel has not been measured on a GPU yet
+    (bench/NOTES.md), so auto keeps to the strategies that have: one launch when one program
+    spans every unit, else one launch per step."""
+    units = max(_padded(H), _padded(P) if P is not None else 0)
+    return "one-launch" if units <= ONE_LAUNCH_MAX_H else "per-step"
+
+
+def _resident_limits(device, interpreted):
+    """(programs in all, programs per batch block) a persistent grid may have, None for no
+    limit. One program per SM is planned; the launch checks the compiled kernel's occupancy."""
+    if interpreted:
+        # The interpreter runs programs one after another: a barrier over two programs of a
+        # batch block would wait for one that never runs.
+        return None, 1
+    return torch.cuda.get_device_properties(device).multi_processor_count, None
+
+
+def _persistent_blocks(B, H, P, device, interpreted):
+    """(BLOCK_B, BLOCK_U, num_warps) of a persistent grid: the smallest unit blocks (most
+    programs share the per-step work and the weight slices) whose grid is resident."""
+    block_b = min(PERSISTENT_MAX_BLOCK_B, _padded(B))
+    n_b = triton.cdiv(B, block_b)
+    max_programs, max_group = _resident_limits(device, interpreted)
+    block_u = MIN_DOT
+    while True:
+        n_u = _units_programs(H, P, block_u)
+        fits_group = max_group is None or n_u <= max_group
+        if fits_group and (max_programs is None or n_b * n_u <= max_programs):
+            num_warps = 8 if block_b * min(block_u, _padded(H)) >= 64 * 64 else 4
+            return block_b, block_u, num_warps
+        if block_u >= PERSISTENT_MAX_BLOCK_U:
+            limit = f"{max_programs} SMs" if fits_group else f"{max_group} program per batch block (interpreter)"
+            raise StrategyUnavailable(
+                f"persistent: B={B}, H={H}, proj_size={P} needs {n_b} batch blocks x {n_u} unit blocks "
+                f"of at most {PERSISTENT_MAX_BLOCK_U} units, more than {limit} hold at once"
+            )
+        block_u *= 2
+
+
+def _units_programs(H, P, block_u):
+    """Programs along the units when each owns block_u cell units and block_u projected units."""
+    n_h = triton.cdiv(H, min(block_u, _padded(H)))
+    return max(n_h, triton.cdiv(P, min(block_u, _padded(P)))) if P is not None else n_h
+
+
+def kernel_config(B, H, dtype, strategy, *, P=None, device=None, interpreted=False):
+    """Constexprs and launch options of both kernels for ``strategy`` (not "auto"), batch B,
+    hidden size H, projection size P (None: no projection) and input dtype. Raises
+    ``StrategyUnavailable`` when the strategy cannot run the shape (on ``device``)."""
     if dtype not in TRITON_DTYPES:
         raise TypeError(f"fusedrnn's Triton kernels support float32, float16 and bfloat16, got {dtype}")
-    padded_h = max(MIN_DOT, triton.next_power_of_2(H))
-    padded_p = max(MIN_DOT, triton.next_power_of_2(P)) if P is not None else padded_h
-    one_launch = max(padded_h, padded_p) <= ONE_LAUNCH_MAX_H
-    block_h = padded_h if one_launch else min(padded_h, PER_STEP_BLOCK_H)
-    block_p = padded_p if one_launch else min(padded_p, PER_STEP_BLOCK_H)
-    if P is None:
-        block_p = block_h  # the backward's dh and cell phases then share their units
+    padded_h = _padded(H)
+    padded_p = _padded(P) if P is not None else padded_h
+    block_b, num_warps = BLOCK_B, 4
+    if strategy == "one-launch":
+        block_u = max(padded_h, padded_p)
+        if block_u > ONE_LAUNCH_MAX_H:
+            raise StrategyUnavailable(f"one-launch: H={H}, proj_size={P} exceed one program's {ONE_LAUNCH_MAX_H} units")
+    elif strategy == "per-step":
+        block_u = PER_STEP_BLOCK_H
+    elif strategy == "persistent":
+        block_b, block_u, num_warps = _persistent_blocks(B, H, P, device, interpreted)
+    else:
+        raise ValueError(f"no kernel config for strategy {strategy!r}")
+    block_h = min(padded_h, block_u)
+    block_p = min(padded_p, block_u) if P is not None else block_h  # else dh, cell share units
     # fp32 tiles take twice the bytes: halve K so that the pipelined W tiles fit in shared
     # memory (fp32, BLOCK_H=128, BLOCK_K=64, 3 stages needs 264 KiB; sm_90 has 227 KiB).
     max_block_k = MAX_BLOCK_K if dtype.itemsize == 2 else max(MIN_DOT, MAX_BLOCK_K // 2)
     block_k = min(max_block_k, max(padded_h, padded_p))
-    for value in (BLOCK_B, block_h, block_p, block_k):
+    for value in (block_b, block_h, block_p, block_k):
         assert value >= MIN_DOT and value & (value - 1) == 0, "blocks: powers of two >= 16"
     # The interpreter computes 16-bit dots wrongly (bf16 is stored as uint16): dot in fp32 there.
     dot_dtype = tl.float32 if interpreted else TRITON_DTYPES[dtype]
     # fp32 recurrent dots follow cuDNN's switch, as torch.nn.LSTM on CUDA does. For 16-bit
     # operands the precision setting has no effect: pass Triton's default.
     ieee = dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
-    config = dict(
-        BLOCK_B=BLOCK_B,
+    return dict(
+        BLOCK_B=block_b,
         BLOCK_H=block_h,
         BLOCK_P=block_p,
         BLOCK_K=block_k,
+        GRID_SYNC=strategy == "persistent",
         HAS_PROJ=P is not None,
         DOT_DTYPE=dot_dtype,
         INPUT_PRECISION="ieee" if ieee else "tf32",
-        num_warps=4,
+        num_warps=num_warps,
         num_stages=2,
     )
-    return config, one_launch
+
+
+def _plan(B, H, P, dtype, device, kernel):
+    """The strategy to run (forced, or chosen by shape) and its kernel config."""
+    global _last_strategy
+    strategy = _forced_strategy if _forced_strategy != "auto" else choose_strategy(H, P)
+    config = kernel_config(B, H, dtype, strategy, P=P, device=device, interpreted=is_interpreted(kernel))
+    _last_strategy = strategy
+    return strategy, config
 
 
 def _time_major_like(ref, last_dim, dtype):
@@ -459,29 +617,92 @@ def kernel_phases(has_proj, backward):
     return [dict(DO_CELL=True, DO_PROJ=False)]
 
 
-def one_launch_flags(phases):
+def all_phase_flags(phases):
+    """The flags of a launch that runs every phase of a step (one-launch, persistent)."""
     return {name: any(flags[name] for flags in phases) for name in phases[0]}
 
 
-def _run_steps(launch, T, one_launch, phases, like, backward=False):
+def _run_steps(launch, T, strategy, phases, like, backward=False):
     """Every step in the order of the recurrence (reversed for the backward): in one launch
     running all phases, or one launch per step and entry of ``phases`` (a list of constexpr
     flag dicts, each one phase's flags). ``launch(s_start, s_end, flags)``."""
     with _launch_context(like):
-        if one_launch:
-            launch(0, T, one_launch_flags(phases))
+        if strategy != "per-step":
+            launch(0, T, all_phase_flags(phases))
             return
         for s in reversed(range(T)) if backward else range(T):
             for flags in phases:
                 launch(s, s + 1, flags)
 
 
-def _unit_blocks(config, one_launch, H, P, cell_units):
-    """Programs along the units: one when one program owns them all; else blocks of the cell
-    units (H) or of the projected units (P)."""
-    if one_launch:
-        return 1
-    return triton.cdiv(H, config["BLOCK_H"]) if cell_units else triton.cdiv(P, config["BLOCK_P"])
+def _grid(config, strategy, B, H, P, cell_units):
+    """(batch blocks, unit blocks). A persistent grid spans the wider of the cell and the
+    projected units; a per-step launch the cell units (H) or the projected units (P) of its
+    phase."""
+    n_b = triton.cdiv(B, config["BLOCK_B"])
+    n_h, n_p = triton.cdiv(H, config["BLOCK_H"]), triton.cdiv(P, config["BLOCK_P"])
+    if strategy == "one-launch":
+        return n_b, 1
+    if strategy == "persistent":
+        return n_b, max(n_h, n_p)
+    return n_b, n_h if cell_units else n_p
+
+
+def _sync_buffer(strategy, B, config, like):
+    """The persistent launch's barrier counters (one per batch block) and error word, zeroed."""
+    if strategy != "persistent":
+        return None
+    return torch.zeros(triton.cdiv(B, config["BLOCK_B"]) + 1, dtype=torch.int32, device=like.device)
+
+
+_resident_checked = set()
+
+
+def _launch(kernel, grid, args, config, sync):
+    """Launch ``kernel[grid](*args, **config)``; a persistent one (``sync`` given)
+    cooperatively, after checking once per compiled variant that the grid is resident."""
+    if sync is None:
+        kernel[grid](*args, max_spins=0, **config)
+        return
+    if not is_interpreted(kernel):
+        _check_resident(kernel, grid, args, config)
+    kernel[grid](*args, max_spins=BARRIER_MAX_SPINS, launch_cooperative_grid=True, **config)
+
+
+def _check_resident(kernel, grid, args, config):
+    """Raise StrategyUnavailable unless every program of ``grid`` fits on the device at once,
+    by the compiled kernel's registers, shared memory and warps."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    dtypes = tuple(str(a.dtype) for a in args if isinstance(a, torch.Tensor))
+    key = (kernel.fn.__name__, device, grid, dtypes, tuple(sorted((k, str(v)) for k, v in config.items())))
+    if key in _resident_checked:
+        return
+    compiled = kernel.warmup(*args, max_spins=BARRIER_MAX_SPINS, grid=grid, launch_cooperative_grid=True, **config)
+    compiled._init_handles()  # loads the binary: fills n_regs
+    props = torch.cuda.get_device_properties(device)
+    threads = 32 * compiled.metadata.num_warps
+    regs_per_warp = -(-compiled.n_regs * 32 // 256) * 256  # allocated per warp in units of 256
+    per_sm = min(
+        props.max_threads_per_multi_processor // threads,
+        props.regs_per_multiprocessor // max(1, regs_per_warp * compiled.metadata.num_warps),
+        props.shared_memory_per_multiprocessor // (compiled.metadata.shared + 1024),  # 1 KiB reserved per block
+    )
+    if grid[0] * grid[1] > per_sm * props.multi_processor_count:
+        raise StrategyUnavailable(
+            f"persistent: a grid of {grid[0]}x{grid[1]} programs; {props.multi_processor_count} SMs hold "
+            f"{per_sm} each ({compiled.n_regs} registers x {threads} threads, {compiled.metadata.shared} B shared)"
+        )
+    _resident_checked.add(key)
+
+
+def _check_barriers(sync):
+    """Fail, without a host sync, if a grid barrier of the launch timed out."""
+    if sync is not None:
+        torch._assert_async(
+            sync[-1] == 0,
+            "fusedrnn: a grid barrier of the persistent LSTM kernel timed out: not every program "
+            "of the grid was resident. Use fusedrnn.kernels.lstm.launch_strategy('per-step').",
+        )
 
 
 def lstm_fwd(gates, w_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False):
@@ -501,20 +722,21 @@ def lstm_fwd(gates, w_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False):
     w_hh, h0, c0 = w_hh.contiguous(), h0.contiguous(), c0.contiguous()
     w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
     out, c, m = forward_outputs(gates, H, P, has_proj)
-    config, one_launch = kernel_config(H, gates.dtype, is_interpreted(_lstm_fwd_kernel), P if has_proj else None)
-    n_b = triton.cdiv(B, config["BLOCK_B"])
+    strategy, config = _plan(B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_fwd_kernel)
+    sync = _sync_buffer(strategy, B, config, gates)
 
     def launch(s_start, s_end, flags):
-        n_units = _unit_blocks(config, one_launch, H, P, cell_units=flags["DO_CELL"])
-        _lstm_fwd_kernel[(n_b, n_units)](
+        args = (
             gates, w_hh, w_hr, h0, c0, lengths if lengths is not None else c, out,
-            m if has_proj else c, c, s_start, s_end, T, B, H, P,
+            m if has_proj else c, c, sync if sync is not None else c, s_start, s_end, T, B, H, P,
             gates.stride(0), gates.stride(1), out.stride(0), out.stride(1),
             w_hh.stride(0), w_hr.stride(0), h0.stride(0), c0.stride(0),
-            **flags, REVERSE=reverse, VARLEN=lengths is not None, **config,
         )  # fmt: skip
+        grid = _grid(config, strategy, B, H, P, cell_units=flags["DO_CELL"])
+        _launch(_lstm_fwd_kernel, grid, args, dict(**flags, REVERSE=reverse, VARLEN=lengths is not None, **config), sync)
 
-    _run_steps(launch, T, one_launch, kernel_phases(has_proj, backward=False), gates)
+    _run_steps(launch, T, strategy, kernel_phases(has_proj, backward=False), gates)
+    _check_barriers(sync)
     return out, c, m
 
 
@@ -533,19 +755,39 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, 
     has_proj = w_hr is not None
     w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
     d_gates, d_c, d_h = backward_outputs(gates, d_cn, P, has_proj)
-    config, one_launch = kernel_config(H, gates.dtype, is_interpreted(_lstm_bwd_kernel), P if has_proj else None)
-    n_b = triton.cdiv(B, config["BLOCK_B"])
+    strategy, config = _plan(B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_bwd_kernel)
+    sync = _sync_buffer(strategy, B, config, gates)
 
     def launch(s_start, s_end, flags):
-        n_units = _unit_blocks(config, one_launch, H, P, cell_units=flags["DO_CELL"])
-        _lstm_bwd_kernel[(n_b, n_units)](
+        args = (
             gates, c, c0, w_hh, w_hr, lengths if lengths is not None else c, d_out, d_hn,
-            d_h if has_proj else d_c, d_gates, d_c, s_start, s_end, T, B, H, P,
+            d_h if has_proj else d_c, d_gates, d_c, sync if sync is not None else d_c, s_start, s_end, T, B, H, P,
             gates.stride(0), gates.stride(1), d_gates.stride(0), d_gates.stride(1),
             d_out.stride(0), d_out.stride(1), d_out.stride(2),
             d_hn.stride(0), c0.stride(0), w_hh.stride(0), w_hr.stride(0),
-            **flags, REVERSE=reverse, VARLEN=lengths is not None, **config,
         )  # fmt: skip
+        grid = _grid(config, strategy, B, H, P, cell_units=flags["DO_CELL"])
+        _launch(_lstm_bwd_kernel, grid, args, dict(**flags, REVERSE=reverse, VARLEN=lengths is not None, **config), sync)
 
-    _run_steps(launch, T, one_launch, kernel_phases(has_proj, backward=True), gates, backward=True)
+    _run_steps(launch, T, strategy, kernel_phases(has_proj, backward=True), gates, backward=True)
+    _check_barriers(sync)
     return d_gates, d_c, d_h
+
+
+def barrier_floor(T, B, H, dtype, device, P=None):
+    """A callable that launches the barrier-only kernel once with the grid the persistent
+    forward would use for (B, H, P, dtype): T steps of one grid barrier each. Raises
+    StrategyUnavailable where the persistent kernel cannot run."""
+    device = torch.device(device)
+    config = kernel_config(B, H, dtype, "persistent", P=P, device=device,
+                           interpreted=is_interpreted(_barrier_floor_kernel))  # fmt: skip
+    grid = _grid(config, "persistent", B, H, P if P is not None else H, cell_units=True)
+    like = torch.empty(0, device=device)
+
+    def run():
+        sync = _sync_buffer("persistent", B, config, like)
+        with _launch_context(like):
+            _launch(_barrier_floor_kernel, grid, (sync, T), {"num_warps": config["num_warps"]}, sync)
+        _check_barriers(sync)
+
+    return run

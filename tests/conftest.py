@@ -29,14 +29,23 @@ def ieee_fp32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-@pytest.fixture(params=["one-launch", "per-step"])
+@pytest.fixture(params=["one-launch", "per-step", "persistent"])
 def strategy(request, monkeypatch):
-    """Both launch strategies of the kernels. 'per-step' shrinks the blocks so that small test
-    shapes split H over several programs, run one launch per timestep, and chunk K."""
-    if request.param == "per-step":
-        from fusedrnn.kernels import lstm as lstm_kernels
+    """Every launch strategy of the LSTM kernels, forced with launch_strategy.
 
-        monkeypatch.setattr(lstm_kernels, "ONE_LAUNCH_MAX_H", 0)
+    'per-step' shrinks the blocks so that small test shapes split H over several programs,
+    run one launch per timestep, and chunk K. 'persistent' runs every step in one launch
+    through the grid-barrier code, with batch blocks of 16 rows (B=17 spans two, each with
+    its own barrier counter) and K chunked; under the interpreter its grid has one program
+    per batch block (a barrier over more would wait for a program that runs later), on a GPU
+    the smallest unit blocks, so several programs meet at each barrier."""
+    from fusedrnn.kernels import lstm as lstm_kernels
+
+    if request.param == "per-step":
         monkeypatch.setattr(lstm_kernels, "PER_STEP_BLOCK_H", 16)
         monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)
-    return request.param
+    if request.param == "persistent":
+        monkeypatch.setattr(lstm_kernels, "PERSISTENT_MAX_BLOCK_B", 16)
+        monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)
+    with lstm_kernels.launch_strategy(request.param):
+        yield request.param

@@ -147,6 +147,9 @@ def test_bwd_fp32_matches_reference(case, grads, blocks):
 def test_bwd_expanded_gradients_and_no_state():
     """Expanded (stride-0) gradients, as from a sum; c=None is a zero cell state."""
     B, H = 5, 23
+    # Seeded: the interpreter truncates to bf16 instead of rounding, which puts the error near
+    # the bound for some draws; the global RNG state depends on which tests ran before.
+    torch.manual_seed(0)
     gates = torch.randn(B, 4 * H, dtype=torch.float64)
     d_h = torch.tensor(0.7, device=DEVICE).expand(B, H)
     d_c = torch.randn(H, device=DEVICE).expand(B, H)
