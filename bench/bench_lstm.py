@@ -1,81 +1,235 @@
-"""Throughput of fusedrnn.LSTM against cuDNN (torch.nn.LSTM), with pytest-benchmark.
+"""One-layer LSTM throughput: fusedrnn's launch strategies against cuDNN and the reference loop.
 
-On CUDA: `python -m pytest bench --benchmark-enable --benchmark-json=OUT.json`. Each row
-records tokens/s, time per step, GPU, dtype and versions in `extra_info`. cuDNN and fusedrnn
-run in the same process on the same weights; both follow torch.backends.cudnn.allow_tf32
-for float32 (torch's default: on), which the rows record.
+Running (pytest-benchmark; the options are defined in bench/conftest.py)
+-----------------------------------------------------------------------
+    python -m pytest bench                    # CPU/CI: the "ci" grid once, untimed
+    bash bench/run_bench.sh OUT quick         # CUDA: the quick grid into OUT/bench-quick.json
+    bash bench/run_bench.sh OUT full 2/6      # CUDA: part 2 of 6 of the full grid
 
-On CPU (CI) the same file runs once per case on a tiny shape, with benchmarking disabled
-(pyproject's addopts), so that it cannot rot: the reference path, the Triton kernels under
-the interpreter and torch.nn.LSTM.
+or by hand: ``python -m pytest bench --benchmark-enable --benchmark-json=OUT.json
+--bench-grid={ci,quick,full} [--bench-part=K/N] [--bench-tf32={on,off}]``. The grid defaults
+to "quick" with CUDA and "ci" without. ``--bench-part=K/N`` keeps the K-th of N round-robin
+slices of the cases (mode, dtype, T, B, H); every provider of a case stays in the same part,
+so speedups are always computed within one run. The full grid takes longer than one ten-minute
+run: split it into parts (e.g. 1/6 ... 6/6) and merge their JSON with ``bench/report.py merge``.
+
+Grids. Input size I = H, one layer, time-major input, no initial state.
+- full: B in {1, 8, 32, 128, 512} x H in {256, 512, 1024, 2048} x T in {64, 512} x float32,
+  bfloat16, float16 x both modes x every provider; the two reference providers (Python loops
+  over T) only at T=64 and B <= 128, to keep the time bounded: the other cases are not
+  generated, so nothing is recorded for them.
+- quick (for iterating): B in {8, 128} x H in {512, 2048}, T=512, bfloat16 and float32, the
+  fusedrnn strategies, cuDNN and the barrier floor.
+- ci: T=4, B=2, H=16, float32, every provider; with benchmarking disabled (pyproject's
+  default) each case runs once, so the suite cannot rot. Providers that cannot run on CPU skip
+  with the reason.
+
+Modes: "inference" is the forward under ``torch.no_grad``; "training" is the forward and the
+backward of ``(y * dy).sum()`` (dy random, fixed) into the input and all parameters, by
+``torch.autograd.grad`` so that no gradient is kept from one call to the next.
+
+Providers
+- fusedrnn-{auto,persistent,per-step,one-launch}: ``fusedrnn.LSTM(backend="triton")`` under
+  ``fusedrnn.kernels.lstm.launch_strategy(name)``; "auto" lets the launchers choose, the
+  others force a strategy and skip where it cannot run the shape on this device
+  (``StrategyUnavailable``). The row's "strategy" is the one that ran (``last_strategy()``).
+- cudnn: ``torch.nn.LSTM`` with the same weights (cuDNN on CUDA; torch's CPU LSTM in CI).
+- reference-eager: ``fusedrnn.LSTM(backend="reference")``, the plain PyTorch loop.
+- reference-compile: the same loop with its step under ``torch.compile``. Compiling the
+  whole module would unroll all T steps (minutes of compilation at T=512), so the input GEMM
+  runs once up front as in the reference and a compiled step (recurrent product plus
+  ``lstm_cell_update``) is called T times from Python. In CI (CPU) it compiles with the
+  "aot_eager" backend: that checks the tracing in about a second, where inductor's C++
+  compilation takes ~15 s cold on two cores.
+- floor-barrier (inference only): the barrier-only kernel (empty body, one grid barrier per
+  step) on the persistent kernel's grid for this shape: the floor of the persistent strategy.
+  In CI it runs under the interpreter with one program per batch block, as the kernel does.
+
+float32 and TF32. Both sides follow ``torch.backends.cudnn.allow_tf32`` (torch's default: on):
+cuDNN for all its products, fusedrnn for its recurrent products (``kernel_config``). fusedrnn's
+input GEMM is a torch matmul, which follows ``torch.backends.cuda.matmul.allow_tf32`` (default
+off). ``--bench-tf32=on`` / ``off`` sets both switches, for an exact like-for-like; without
+it torch's defaults stay. Each row records ``tf32`` (cudnn.allow_tf32 at run time).
+
+Timer and memory (CUDA). After a warm-up call (which compiles), ``triton.testing.do_bench``
+times the call with CUDA events (L2 flushed before each call, repetitions sized by the time
+of a call, so slow providers get few) and ``time_ms`` is the median. ``benchmark.pedantic``
+also runs three host-timed rounds for pytest-benchmark's own table; ``time_ms`` is the number
+to report. ``peak_memory_bytes`` is the peak allocation of one more, separate call minus what
+was allocated before it: the memory one call needs on top of inputs and weights. On CPU, and
+with benchmarking disabled, the timing and memory keys are None.
 """
+
+import contextlib
+import itertools
+from datetime import datetime, timezone
 
 import pytest
 import torch
+import triton
+import triton.testing
 
 import fusedrnn
+from fusedrnn.kernels import lstm as lstm_kernels
+from fusedrnn.kernels.reference import lstm_cell_update
 
 HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
 
-if HAS_CUDA:
-    PROVIDERS = ["fusedrnn-triton", "cudnn"]
-    SHAPES = [(512, B, H, H) for B in (16, 64) for H in (256, 1024)]  # (T, B, I, H)
-    DTYPES = [torch.float32, torch.bfloat16]
-else:
-    PROVIDERS = ["fusedrnn-reference", "fusedrnn-triton", "torch"]
-    SHAPES = [(4, 2, 8, 16)]
-    DTYPES = [torch.float32]
+FUSEDRNN = ["fusedrnn-auto", "fusedrnn-persistent", "fusedrnn-per-step", "fusedrnn-one-launch"]
+SLOW = ["reference-compile", "reference-eager"]  # a Python loop over T
+PROVIDERS = [*FUSEDRNN, "cudnn", *SLOW, "floor-barrier"]
+MODES = ["inference", "training"]
+SLOW_MAX_T, SLOW_MAX_B = 64, 128
+
+GRIDS = {
+    "full": dict(
+        T=(64, 512), B=(1, 8, 32, 128, 512), H=(256, 512, 1024, 2048),
+        dtypes=(torch.float32, torch.bfloat16, torch.float16), providers=PROVIDERS,
+    ),
+    "quick": dict(
+        T=(512,), B=(8, 128), H=(512, 2048),
+        dtypes=(torch.bfloat16, torch.float32), providers=[*FUSEDRNN, "cudnn", "floor-barrier"],
+    ),
+    "ci": dict(T=(4,), B=(2,), H=(16,), dtypes=(torch.float32,), providers=PROVIDERS),
+}  # fmt: skip
+
+RUN_START = datetime.now(timezone.utc)
+ENVIRONMENT = dict(
+    gpu=torch.cuda.get_device_name() if HAS_CUDA else "cpu",
+    sm_count=torch.cuda.get_device_properties(DEVICE).multi_processor_count if HAS_CUDA else None,
+    torch=torch.__version__,
+    triton=triton.__version__,
+    cuda=torch.version.cuda,
+    cudnn=torch.backends.cudnn.version(),
+    fusedrnn=fusedrnn.__version__,
+    date=RUN_START.isoformat(timespec="seconds"),
+    run_id=RUN_START.strftime("%Y%m%dT%H%M%SZ"),
+    timer="cuda-events" if HAS_CUDA else None,
+)
 
 
-def make_module(provider, I, H, dtype, device):
+def dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+def cases(grid):
+    """The parameters (mode, dtype, T, B, H, provider) of a grid, providers innermost."""
+    g = GRIDS[grid]
+    for case in itertools.product(MODES, g["dtypes"], g["T"], g["B"], g["H"], g["providers"]):
+        mode, dtype, T, B, H, provider = case
+        if provider == "floor-barrier" and mode != "inference":
+            continue
+        if provider in SLOW and (T > SLOW_MAX_T or B > SLOW_MAX_B):
+            continue
+        yield pytest.param(*case, id=f"{mode}-{dtype_name(dtype)}-T{T}-B{B}-H{H}-{provider}")
+
+
+def pytest_generate_tests(metafunc):
+    grid = metafunc.config.getoption("bench_grid")
+    metafunc.parametrize("mode,dtype,T,B,H,provider", list(cases(grid)))
+
+
+def _reference_step(gx_t, h, c, w_hh_t):
+    """One step of ``lstm_reference``: recurrent product, gates and c in fp32, h in x's dtype."""
+    h_new, c = lstm_cell_update(gx_t.float() + h.float() @ w_hh_t, c)
+    return h_new.to(gx_t.dtype), c
+
+
+def compiled_reference(module):
+    """forward(x) -> y of the reference loop with its step compiled (module docstring)."""
+    # Each case compiles afresh, or dynamo's per-function recompile limit (one compilation
+    # per shape, dtype and grad mode) would silently run later cases eagerly.
+    torch._dynamo.reset()
+    step = torch.compile(_reference_step, dynamic=False, backend="inductor" if HAS_CUDA else "aot_eager")
+
+    def forward(x):
+        T, B, _ = x.shape
+        gx = x @ module.weight_ih_l0.t() + (module.bias_ih_l0 + module.bias_hh_l0)
+        w_hh_t = module.weight_hh_l0.float().t()
+        h = x.new_zeros(B, module.hidden_size)
+        c = x.new_zeros(B, module.hidden_size, dtype=torch.float32)
+        outputs = []
+        for t in range(T):
+            h, c = step(gx[t], h, c, w_hh_t)
+            outputs.append(h)
+        return torch.stack(outputs)
+
+    return forward
+
+
+def build(provider, T, B, H, dtype):
+    """``forward(x) -> y`` and the parameters it trains; every module has the same weights."""
+    if provider == "floor-barrier":
+        launch = lstm_kernels.barrier_floor(T, B, H, dtype, DEVICE)
+        return (lambda x: launch()), []
     torch.manual_seed(0)
-    if provider in ("cudnn", "torch"):
-        return torch.nn.LSTM(I, H, device=device, dtype=dtype)
-    backend = provider.removeprefix("fusedrnn-")
-    return fusedrnn.LSTM(I, H, backend=backend, device=device, dtype=dtype)
+    if provider == "cudnn":
+        module = torch.nn.LSTM(H, H, device=DEVICE, dtype=dtype)
+    else:
+        backend = "reference" if provider in SLOW else "triton"
+        module = fusedrnn.LSTM(H, H, backend=backend, device=DEVICE, dtype=dtype)
+    forward = compiled_reference(module) if provider == "reference-compile" else (lambda x: module(x)[0])
+    return forward, list(module.parameters())
 
 
-def sync():
-    if HAS_CUDA:
-        torch.cuda.synchronize()
+def make_call(mode, forward, x, parameters):
+    """One benchmarked call of ``mode``."""
+    if mode == "inference":
+
+        def call():
+            with torch.no_grad():
+                forward(x)
+
+        return call
+
+    inputs = [x, *parameters]
+    dy = torch.randn_like(x)  # the output has x's shape since I = H
+
+    def call():
+        torch.autograd.grad(forward(x), inputs, dy)  # returned, not accumulated into .grad
+
+    return call
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-I{}-H{}".format(*s))
-@pytest.mark.parametrize("mode", ["forward", "train"])
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_lstm_throughput(benchmark, provider, mode, shape, dtype):
-    T, B, I, H = shape
-    device = "cuda" if HAS_CUDA else "cpu"
-    module = make_module(provider, I, H, dtype, device)
-    x = torch.randn(T, B, I, device=device, dtype=dtype, requires_grad=mode == "train")
+def measure(call):
+    """Median ms per call by CUDA events, and the extra memory of one call (module docstring)."""
+    time_ms = triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    call()
+    torch.cuda.synchronize()
+    return time_ms, torch.cuda.max_memory_allocated() - before
 
-    def forward():
-        with torch.no_grad():
-            module(x)
-        sync()
 
-    def train():
-        y, (h_n, c_n) = module(x)
-        (y.float().sum() + h_n.float().sum() + c_n.float().sum()).backward()
-        sync()
+def test_lstm(benchmark, mode, dtype, T, B, H, provider):
+    strategy = provider.removeprefix("fusedrnn-") if provider in FUSEDRNN else None
+    time_ms = peak_memory_bytes = None
+    # The strategy holds for the whole case: warm-up, timing, memory and the backward.
+    with lstm_kernels.launch_strategy(strategy) if strategy else contextlib.nullcontext():
+        try:
+            forward, parameters = build(provider, T, B, H, dtype)
+            x = torch.randn(T, B, H, device=DEVICE, dtype=dtype, requires_grad=mode == "training")
+            call = make_call(mode, forward, x, parameters)
+            call()  # warm-up and compilation; a forced strategy that cannot run the shape raises
+        except lstm_kernels.StrategyUnavailable as err:
+            pytest.skip(f"{provider} cannot run T={T} B={B} H={H} {dtype_name(dtype)} here: {err}")
+        ran = lstm_kernels.last_strategy() if strategy is not None else None
+        if HAS_CUDA and not benchmark.disabled:
+            time_ms, peak_memory_bytes = measure(call)
 
-    step = forward if mode == "forward" else train
-    step()  # compile and warm up outside the timing
-    if HAS_CUDA:
-        torch.cuda.reset_peak_memory_stats()
-    benchmark.pedantic(step, rounds=10, warmup_rounds=2, iterations=1)
+        def synced_call():
+            call()
+            if HAS_CUDA:
+                torch.cuda.synchronize()
 
-    info = benchmark.extra_info
-    info.update(
-        provider=provider, mode=mode, T=T, B=B, I=I, H=H, dtype=str(dtype),
-        device=torch.cuda.get_device_name() if HAS_CUDA else "cpu",
-        torch=torch.__version__, fusedrnn=fusedrnn.__version__,
-        cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+        benchmark.pedantic(synced_call, rounds=3, iterations=1)  # runs once when disabled (CI)
+
+    benchmark.extra_info.update(
+        provider=provider, strategy=ran, mode=mode, T=T, B=B, I=H, H=H, dtype=dtype_name(dtype),
+        tf32=torch.backends.cudnn.allow_tf32, **ENVIRONMENT, time_ms=time_ms,
+        us_per_step=time_ms * 1e3 / T if time_ms is not None else None,
+        tokens_per_s=T * B / (time_ms / 1e3) if time_ms is not None else None,
+        peak_memory_bytes=peak_memory_bytes,
     )  # fmt: skip
-    if HAS_CUDA:
-        info["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
-    if benchmark.stats is not None:  # None when benchmarking is disabled
-        mean = benchmark.stats.stats.mean
-        info["tokens_per_s"] = T * B / mean
-        info["us_per_step"] = mean / T * 1e6

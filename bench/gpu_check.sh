@@ -2,17 +2,20 @@
 # The whole GPU check in one command, for a CUDA machine with torch, triton, pytest and
 # pytest-benchmark installed (no network needed):
 #
-#   bash bench/gpu_check.sh OUT_DIR
+#   bash bench/gpu_check.sh OUT_DIR [full]
 #
 # 1. installs fusedrnn from this checkout (no dependencies),
 # 2. runs the test suite on CUDA: kernels compiled natively, compared with the reference
 #    and with cuDNN (tests-cuda.txt, tests-cuda.xml),
 # 3. prints `python -m fusedrnn check` tables in fp32, bf16 and fp16 against cuDNN (check-*.txt),
 # 4. trains charlm for 300 steps on the kernels (charlm.txt, charlm/loss.png),
-# 5. times fusedrnn against cuDNN with pytest-benchmark (bench.json, bench.txt).
-# Copy OUT_DIR into bench/results/<gpu>-<date>/ and commit it.
+# 5. times fusedrnn against cuDNN with pytest-benchmark (bench/run_bench.sh): the quick grid
+#    (bench-quick.json, .txt); with `full` as second argument or BENCH_PART=K/N in the
+#    environment, the full grid or its part K of N instead (bench-full[-partKofN].json).
+# Commit the benchmark JSON as bench/results/<gpu>-<date>-<grid>.json (run_bench.sh prints the
+# command; bench/report.py reads bench/results/*.json), the rest under bench/results/<gpu>-<date>/.
 set -u
-out=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
+out=${1:?usage: bash bench/gpu_check.sh OUT_DIR [full]}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 status=0
@@ -47,7 +50,9 @@ else
   echo "charlm not run: tqdm/matplotlib missing on this machine" | tee "$out/charlm.txt"
 fi
 
-python3 -m pytest bench -q -p no:cacheprovider --benchmark-enable --benchmark-json="$out/bench.json" \
-  --benchmark-columns=mean,stddev,rounds > "$out/bench.txt" 2>&1 || status=1
-tail -n 30 "$out/bench.txt"
+if [ "${2:-}" = full ] || [ -n "${BENCH_PART:-}" ]; then
+  bash bench/run_bench.sh "$out" full ${BENCH_PART:-} || status=1
+else
+  bash bench/run_bench.sh "$out" quick || status=1
+fi
 exit $status

@@ -16,9 +16,16 @@ import pytest
 import torch
 
 SM90_MAX_SHARED_BYTES = 232448  # 227 KiB opt-in per block on H100/H200
-# (H, proj_size or None): smallest block, one launch with chunked K, largest one launch, per
-# step; with a projection in one launch and per step.
-SIZES = [(1, None), (100, None), (128, None), (300, None), (100, 60), (300, 200)]
+H100_SMS = 132
+# (B, H, proj_size or None, strategy): the auto strategy (smallest block, one launch with
+# chunked K, largest one launch, per step; with a projection in one launch and per step),
+# and the persistent kernel on 132 SMs with its smallest and largest tiles and a projection.
+SIZES = [
+    (16, 1, None, "auto"), (16, 100, None, "auto"), (16, 128, None, "auto"), (16, 300, None, "auto"),
+    (16, 100, 60, "auto"), (16, 300, 200, "auto"),
+    (8, 256, None, "persistent"), (16, 1024, None, "persistent"), (512, 2048, None, "persistent"),
+    (32, 300, 200, "persistent"),
+]  # fmt: skip
 
 COMPILE_ALL = r"""
 import json, sys
@@ -29,6 +36,7 @@ from triton.compiler import ASTSource
 from fusedrnn.kernels import lstm
 
 FP32_POINTERS = {"p_c", "p_dc", "p_dh"}  # the fp32 cell state and the fp32 gradient buffers
+lstm._resident_limits = lambda device, interpreted: (132, None)  # an H100's SMs, one program each
 NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 results = []
 
@@ -41,6 +49,8 @@ def compile_kernel(kernel, dtype, config, options):
             signature[name] = "constexpr"
         elif name == "p_lengths":
             signature[name] = "*i64"
+        elif name == "p_sync":
+            signature[name] = "*i32"
         elif name.startswith("p_"):
             signature[name] = "*fp32" if name in FP32_POINTERS else "*" + NAMES[dtype]
         else:
@@ -53,19 +63,23 @@ def compile_kernel(kernel, dtype, config, options):
 for dtype in NAMES:
     for tf32 in ([False, True] if dtype == torch.float32 else [True]):
         torch.backends.cudnn.allow_tf32 = tf32
-        for H, P in json.loads(sys.argv[1]):
-            config, one_launch = lstm.kernel_config(H, dtype, P=P)
+        for B, H, P, strategy in json.loads(sys.argv[1]):
+            if strategy == "auto":
+                strategy = lstm.choose_strategy(H, P)
+            config = lstm.kernel_config(B, H, dtype, strategy, P=P)
             options = {k: config.pop(k) for k in ("num_warps", "num_stages")}
+            options["launch_cooperative_grid"] = config["GRID_SYNC"]
             # REVERSE and VARLEN only add index arithmetic and masks: compile them with all
             # their code in one dtype, and the plain variant everywhere.
             variants = [(False, False)] + ([(True, True)] if dtype == torch.bfloat16 else [])
             for kernel, backward in ((lstm._lstm_fwd_kernel, False), (lstm._lstm_bwd_kernel, True)):
                 phases = lstm.kernel_phases(P is not None, backward)
-                for flags in [lstm.one_launch_flags(phases)] if one_launch else phases:
+                for flags in phases if strategy == "per-step" else [lstm.all_phase_flags(phases)]:
                     for reverse, varlen in variants:
                         constexprs = dict(config, **flags, REVERSE=reverse, VARLEN=varlen)
                         shared = compile_kernel(kernel, dtype, constexprs, options)
-                        results.append({"kernel": kernel.fn.__name__, "dtype": NAMES[dtype], "H": H, "P": P,
+                        results.append({"kernel": kernel.fn.__name__, "dtype": NAMES[dtype], "B": B, "H": H, "P": P,
+                                        "strategy": strategy,
                                         "flags": flags, "reverse": reverse, "varlen": varlen,
                                         "precision": config["INPUT_PRECISION"], "shared": shared})
 print(json.dumps(results))
@@ -82,7 +96,8 @@ def test_kernels_compile_for_sm90_within_shared_memory():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {(r["H"], r["P"]) for r in results} == {tuple(size) for size in SIZES}
+    assert {(r["B"], r["H"], r["P"]) for r in results} == {tuple(size[:3]) for size in SIZES}
+    assert {r["strategy"] for r in results} == {"one-launch", "per-step", "persistent"}
     assert {r["kernel"] for r in results} == {"_lstm_fwd_kernel", "_lstm_bwd_kernel"}
     too_big = [r for r in results if r["shared"] > SM90_MAX_SHARED_BYTES]
     assert not too_big, too_big

@@ -1,0 +1,301 @@
+"""bench/report.py on synthetic benchmark files (made up here, in tmp_path: no real GPU
+numbers), and the committed README's performance section against what it generates."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
+report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report)
+
+GPU = "Synthetic GPU"
+AUTO, CUDNN = "fusedrnn-auto", "cudnn"
+H_ALL = (256, 512, 1024, 2048)
+
+
+def info(provider, mode, dtype, B, H, time_ms, run_id, date="2030-01-01T00:00:00Z", **extra):
+    row = dict(
+        provider=provider, strategy="persistent" if provider == "fusedrnn-auto" else None,
+        mode=mode, T=512, B=B, I=H, H=H, dtype=dtype, tf32=True, gpu=GPU, sm_count=100,
+        torch="0.0-synthetic", triton="0.0", cuda="0.0", cudnn="0", fusedrnn="0.0",
+        date=date, run_id=run_id, timer="cuda-events", time_ms=time_ms,
+        us_per_step=None if time_ms is None else time_ms * 1e3 / 512,
+        tokens_per_s=None if time_ms is None else 512 * B / time_ms * 1e3,
+        peak_memory_bytes=None,
+    )  # fmt: skip
+    row.update(extra)
+    return row
+
+
+def write_results(path, infos):
+    benchmarks = [{"name": f"synthetic{i}", "params": {}, "stats": {}, "extra_info": x}
+                  for i, x in enumerate(infos)]  # fmt: skip
+    data = {"machine_info": {"node": "synthetic"}, "commit_info": {"id": "0" * 40},
+            "benchmarks": benchmarks, "datetime": "2030-01-01T00:00:00",
+            "version": "4.0.0"}  # fmt: skip
+    path.write_text(json.dumps(data))
+    return path
+
+
+def training_case(dtype, B, H):
+    return report.Case("training", dtype, True, 512, B, H, H)
+
+
+def training_speedup(B, H):
+    """The made-up speedup of each training shape: 2x for small H, 0.5x for large H."""
+    return 2.0 if H <= 512 else 0.5
+
+
+def full_grid(run_of_dtype):
+    """Both grids, every provider the targets need. cuDNN takes 10 ms everywhere."""
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        run = run_of_dtype[dtype]
+        for B in (1, 8, 32, 128, 512):
+            for H in H_ALL:
+                auto_ms = 10.0 / training_speedup(B, H)
+                rows += [
+                    info("cudnn", "training", dtype, B, H, 10.0, run, peak_memory_bytes=1000),
+                    info("fusedrnn-auto", "training", dtype, B, H, auto_ms, run,
+                         peak_memory_bytes=900 if H < 2048 else 1100),  # fmt: skip
+                ]
+        for B in (1, 8, 32):
+            for H in H_ALL:
+                # 1.6x faster than cuDNN; 1.5x the floor except B=32 H=2048 at 2.5x
+                floor_ms = 6.25 / (2.5 if (B, H) == (32, 2048) else 1.5)
+                rows += [
+                    info("cudnn", "inference", dtype, B, H, 10.0, run),
+                    info("fusedrnn-auto", "inference", dtype, B, H, 6.25, run),
+                    info("floor-barrier", "inference", dtype, B, H, floor_ms, run),
+                ]
+    # torch.compile'd reference on two cases only: 8x and 6x fusedrnn-auto
+    rows.append(info("reference-compile", "inference", "bfloat16", 1, 256, 50.0,
+                     run_of_dtype["bfloat16"]))  # fmt: skip
+    rows.append(info("reference-compile", "training", "float32", 8, 256, 30.0,
+                     run_of_dtype["float32"]))  # fmt: skip
+    return rows
+
+
+@pytest.fixture
+def split_results(tmp_path):
+    """The full grid split over two runs in two files: float32 in one, bfloat16 in the other."""
+    rows = full_grid({"float32": "run-a", "bfloat16": "run-b"})
+    fp32 = [r for r in rows if r["dtype"] == "float32"]
+    bf16 = [r for r in rows if r["dtype"] == "bfloat16"]
+    return [write_results(tmp_path / "a.json", fp32), write_results(tmp_path / "b.json", bf16)]
+
+
+def evaluated(paths):
+    selected = report.select_runs(report.load_rows(paths))
+    assert list(selected) == [report.Config(GPU, True)]
+    config, cases = next(iter(selected.items()))
+    return cases, {t.name: t for t in report.targets(config, cases)}
+
+
+def test_speedups_and_targets(split_results):
+    cases, results = evaluated(split_results)
+    expected = {
+        training_case(dtype, B, H): training_speedup(B, H)
+        for dtype in ("float32", "bfloat16")
+        for B in (1, 8, 32, 128, 512)
+        for H in H_ALL
+    }
+    for case, value in expected.items():
+        assert report.speedup(cases[case]) == pytest.approx(value)
+
+    # half the shapes at 2x, half at 0.5x: geometric mean exactly 1
+    gm = math.prod(expected.values()) ** (1 / len(expected))
+    assert gm == pytest.approx(1.0)
+    t = results["Training speedup vs cuDNN"]
+    assert (t.status, t.measured, t.expected, t.missing) == ("MISS", 40, 40, ())
+    assert t.value == pytest.approx(gm)
+    assert "by 0.30x" in t.result and "23.1%" in t.result  # 0.3 / 1.3
+
+    t = results["Training speedup vs cuDNN, worst shape"]
+    assert (t.status, t.value) == ("MISS", pytest.approx(0.5))
+    assert t.worst.H in (1024, 2048)
+    assert "by 0.30x" in t.result and "37.5%" in t.result  # 0.3 / 0.8
+
+    t = results["Inference speedup vs cuDNN, B <= 32"]
+    assert (t.status, t.value, t.measured, t.expected) == ("PASS", pytest.approx(1.6), 24, 24)
+
+    t = results["Inference time per step / floor, B <= 32"]
+    assert (t.status, t.value, (t.worst.B, t.worst.H)) == ("MISS", pytest.approx(2.5), (32, 2048))
+    assert "by 0.50x" in t.result and "25.0%" in t.result  # 0.5 / 2.0
+
+    t = results["Speedup vs torch.compile'd reference"]
+    assert (t.status, t.value, t.measured, t.expected) == ("PASS", pytest.approx(6.0), 2, None)
+
+    t = results["Peak training memory / cuDNN's"]
+    assert (t.status, t.value, t.worst.H) == ("MISS", pytest.approx(1.1), 2048)
+    assert "by 0.10x" in t.result and "10.0%" in t.result
+
+
+def test_all_targets_pass(tmp_path):
+    rows = full_grid({"float32": "r", "bfloat16": "r"})
+    for row in rows:
+        if row["provider"] == "fusedrnn-auto" and row["mode"] == "training":
+            row["time_ms"], row["peak_memory_bytes"] = 10.0 / 1.5, 900
+        if row["provider"] == "floor-barrier":
+            row["time_ms"] = 6.25 / 1.9
+        if row["provider"] == "reference-compile":
+            row["time_ms"] = 50.0  # >= 7.5x the fusedrnn-auto times above
+    _, results = evaluated([write_results(tmp_path / "r.json", rows)])
+    assert {t.status for t in results.values()} == {"PASS"}
+    assert results["Training speedup vs cuDNN"].value == pytest.approx(1.5)
+
+
+def test_missing_grid_case_is_not_measured(tmp_path):
+    rows = full_grid({"float32": "r", "bfloat16": "r"})
+    gone = training_case("bfloat16", 512, 2048)
+    rows = [row for row in rows if report.case_of(row) != gone]
+    for row in rows:
+        if row["provider"] == "fusedrnn-auto" and row["mode"] == "training":
+            row["time_ms"], row["peak_memory_bytes"] = 10.0 / 1.5, 900
+    _, results = evaluated([write_results(tmp_path / "r.json", rows)])
+    for name in ("Training speedup vs cuDNN", "Training speedup vs cuDNN, worst shape",
+                 "Peak training memory / cuDNN's"):  # fmt: skip
+        t = results[name]
+        assert (t.status, t.result, t.measured, t.missing) == (
+            "not measured", "not measured", 39, (gone,))  # fmt: skip
+        line = f"- {name}: not measured for training bfloat16 T=512: B=512 H=2048"
+        assert report.missing_lines([t]) == [line]
+
+
+def test_worst_shape_miss_is_decided_without_the_whole_grid(tmp_path):
+    rows = full_grid({"float32": "r", "bfloat16": "r"})
+    rows = [r for r in rows if not (r["mode"], r["B"]) == ("training", 512)]
+    _, results = evaluated([write_results(tmp_path / "r.json", rows)])
+    assert results["Training speedup vs cuDNN"].status == "not measured"  # a mean needs all
+    assert results["Training speedup vs cuDNN, worst shape"].status == "MISS"  # 0.5x seen
+    assert len(results["Training speedup vs cuDNN, worst shape"].missing) == 8
+
+
+def test_no_ratio_across_runs(tmp_path):
+    case = training_case("float32", 1, 256)
+    rows = [
+        info("fusedrnn-auto", "training", "float32", 1, 256, 5.0, "run-a"),
+        info("cudnn", "training", "float32", 1, 256, 10.0, "run-b"),
+        info("fusedrnn-auto", "training", "float32", 8, 256, 5.0, "run-b"),
+    ]
+    cases, results = evaluated([write_results(tmp_path / "a.json", rows[:1]),
+                                write_results(tmp_path / "b.json", rows[1:])])  # fmt: skip
+    assert report.speedup(cases[case]) is None
+    t = results["Training speedup vs cuDNN"]
+    assert (t.status, t.measured, t.value) == ("not measured", 0, None)
+    assert case in t.missing
+    assert report.missing_lines([t]) == [
+        "- Training speedup vs cuDNN: not measured for training float32 T=512: all 20 shapes; "
+        "training bfloat16 T=512: all 20 shapes"
+    ]
+
+
+def test_latest_run_with_cudnn_wins(tmp_path):
+    rows = [
+        (CUDNN, 10.0, "old", "2030-01-01"),
+        (AUTO, 5.0, "old", "2030-01-01"),
+        (CUDNN, 10.0, "new", "2030-02-01"),
+        (AUTO, 4.0, "new", "2030-02-01"),
+        (AUTO, 1.0, "newest-no-cudnn", "2030-03-01"),
+    ]
+    rows = [info(provider, "training", "float32", 1, 256, time_ms, run, date=f"{day}T00:00:00Z")
+            for provider, time_ms, run, day in rows]  # fmt: skip
+    cases, _ = evaluated([write_results(tmp_path / "r.json", rows)])
+    assert report.speedup(cases[training_case("float32", 1, 256)]) == pytest.approx(2.5)
+
+
+def test_null_times_are_ignored(tmp_path, split_results):
+    _, reference = evaluated(split_results)
+    nulls = [
+        # the same provider and case in the same run: a conflict if it were read
+        info("cudnn", "training", "float32", 1, 256, None, "run-a"),
+        # a later run with cuDNN: it would be chosen for this case if it were read
+        info("cudnn", "training", "float32", 8, 256, None, "run-z", date="2031-01-01T00:00:00Z"),
+    ]
+    _, results = evaluated([*split_results, write_results(tmp_path / "cpu.json", nulls)])
+    assert results == reference
+
+
+def test_conflicting_rows_in_one_run_are_an_error(tmp_path):
+    rows = [info("cudnn", "training", "float32", 1, 256, t, "r") for t in (10.0, 11.0)]
+    with pytest.raises(ValueError, match="two cudnn rows"):
+        report.select_runs(report.load_rows([write_results(tmp_path / "r.json", rows)]))
+
+
+def test_missing_extra_info_key_is_an_error(tmp_path):
+    row = info("cudnn", "training", "float32", 1, 256, 10.0, "r")
+    del row["run_id"]
+    with pytest.raises(ValueError, match="run_id"):
+        report.load_rows([write_results(tmp_path / "r.json", [row])])
+
+
+def test_merge_round_trips(tmp_path, split_results):
+    merged = tmp_path / "merged.json"
+    assert report.main(["merge", *map(str, split_results), "-o", str(merged)]) == 0
+    parts = [json.loads(p.read_text()) for p in split_results]
+    data = json.loads(merged.read_text())
+    assert data["benchmarks"] == parts[0]["benchmarks"] + parts[1]["benchmarks"]
+    assert {"machine_info", "commit_info", "datetime", "version"} <= set(data)
+    infos = [row.info for row in report.load_rows([merged])]
+    assert infos == [row.info for row in report.load_rows(split_results)]
+    assert evaluated([merged])[1] == evaluated(split_results)[1]
+    # a merged file next to its parts: the same rows, counted once
+    assert evaluated([merged, *split_results])[1] == evaluated(split_results)[1]
+
+
+def readme_with_markers(path):
+    section = f"{report.BEGIN}\nhand-typed\n{report.END}"
+    path.write_text(f"# x\n\n## Performance\n\n{section}\n\n## After\n")
+    return path
+
+
+def test_render_then_check(tmp_path, split_results, monkeypatch):
+    plots = []
+    monkeypatch.setattr(report, "write_plot", lambda series, path: plots.append(path))  # test_plot
+    readme = readme_with_markers(tmp_path / "README.md")
+    out = ["--out-md", str(tmp_path / "REPORT.md"), "--out-png", str(tmp_path / "speedup.png")]
+    files = list(map(str, split_results))
+    assert report.main(["render", *files, *out, "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "hand-typed" not in text and text.endswith(f"{report.END}\n\n## After\n")
+    assert "| Training speedup vs cuDNN | >= 1.30x geometric mean | 1.00x |" in text
+    assert "[REPORT.md](REPORT.md)" in text
+    md = (tmp_path / "REPORT.md").read_text()
+    assert "### training, bfloat16, T=512" in md and "### inference, float32, T=512" in md
+    assert report.main(["check", *files, *out, "--readme", str(readme)]) == 0
+    # rendering is deterministic and independent of the order of the files
+    assert report.main(["render", *reversed(files), *out, "--readme", str(readme)]) == 0
+    assert readme.read_text() == text and (tmp_path / "REPORT.md").read_text() == md
+
+    readme.write_text(text.replace("1.00x", "1.40x", 1))
+    assert report.main(["check", *files, *out, "--readme", str(readme)]) == 1
+    assert plots == [str(tmp_path / "speedup.png")] * 2
+
+
+def test_plot(tmp_path, split_results):
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (the cli extra)")
+    series = report.plot_series(report.select_runs(report.load_rows(split_results)))
+    assert len(series) == 4  # (training, inference) x (float32, bfloat16)
+    png = tmp_path / "speedup.png"
+    report.write_plot(series, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+
+def test_no_results_section(tmp_path):
+    readme = readme_with_markers(tmp_path / "README.md")
+    untimed = [info("cudnn", "training", "float32", 1, 256, None, "r")]
+    empty = write_results(tmp_path / "cpu.json", untimed)
+    out = ["--out-md", str(tmp_path / "REPORT.md"), "--out-png", str(tmp_path / "speedup.png")]
+    assert report.main(["render", str(empty), *out, "--readme", str(readme)]) == 0
+    assert "No GPU results are committed yet." in readme.read_text()
+    assert not (tmp_path / "REPORT.md").exists() and not (tmp_path / "speedup.png").exists()
+
+
+def test_committed_readme_is_generated():
+    """The README's performance section is what render makes of bench/results/*.json."""
+    assert report.main(["check", "--readme", str(ROOT / "README.md")]) == 0
