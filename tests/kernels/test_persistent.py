@@ -1,0 +1,91 @@
+"""The persistent launch: its grid barrier, its bounded spin, and how its grid is planned.
+
+The numerics of the persistent kernels are checked with every other strategy through the
+``strategy`` fixture (tests/conftest.py). Under the interpreter a persistent grid has one
+program per batch block, so several batch blocks (each with its own barrier counter) but no
+wait on another program; on a GPU the same tests run with several programs per barrier.
+"""
+
+import pytest
+import torch
+from helpers import DEVICE
+
+import fusedrnn
+from fusedrnn.kernels import lstm as K
+
+
+def sync_buffer(counters, error=0):
+    return torch.tensor([*counters, error], dtype=torch.int32, device=DEVICE)
+
+
+@pytest.mark.parametrize("n_batch_blocks", [1, 3])
+def test_barrier_counts_one_arrival_per_program_and_step(n_batch_blocks):
+    sync = sync_buffer([0] * n_batch_blocks)
+    K._barrier_floor_kernel[(n_batch_blocks, 1)](sync, 5, 100)
+    assert sync.tolist() == [5] * n_batch_blocks + [0]
+    K._check_barriers(sync)  # no error raised
+
+
+def test_barrier_that_never_fills_times_out_with_an_error_not_a_hang():
+    # One arrival short, as when a program of the grid is not resident: every barrier of the
+    # launch waits in vain; the first gives up after max_spins polls, the later ones at once.
+    sync = sync_buffer([-1])
+    K._barrier_floor_kernel[(1, 1)](sync, 3, 4)
+    assert sync.tolist() == [2, 1]  # three arrivals counted, error word raised
+    with pytest.raises(RuntimeError, match="grid barrier of the persistent LSTM kernel timed out"):
+        K._check_barriers(sync)
+
+
+def test_barrier_floor_runs_the_persistent_grid():
+    K.barrier_floor(4, 40, 20, torch.float32, DEVICE)()
+
+
+@pytest.fixture
+def h100(monkeypatch):
+    """Plan persistent grids as on an H100 (132 SMs, one program each), on any machine."""
+    monkeypatch.setattr(K, "_resident_limits", lambda device, interpreted: (132, None))
+
+
+@pytest.mark.parametrize(
+    "B, H, P, block_b, block_h, grid",
+    [
+        (1, 256, None, 16, 16, (1, 16)),  # the smallest blocks
+        (16, 1024, None, 16, 16, (1, 64)),
+        (32, 2048, None, 32, 16, (1, 128)),  # 128 programs of 16 units still fit
+        (128, 2048, None, 64, 32, (2, 64)),  # 16 units would take 256 programs
+        (512, 2048, None, 64, 128, (8, 16)),  # the largest blocks
+        (16, 300, 200, 16, 16, (1, 19)),  # cell and projected units share the programs
+    ],
+)  # fmt: skip
+def test_persistent_plan_takes_the_smallest_resident_blocks(h100, B, H, P, block_b, block_h, grid):
+    config = K.kernel_config(B, H, torch.bfloat16, "persistent", P=P)
+    assert (config["BLOCK_B"], config["BLOCK_H"], config["GRID_SYNC"]) == (block_b, block_h, True)
+    assert K._grid(config, "persistent", B, H, P if P is not None else H, cell_units=True) == grid
+
+
+def test_persistent_plan_refuses_grids_larger_than_the_gpu(h100):
+    with pytest.raises(K.StrategyUnavailable, match="16 batch blocks x 16 unit blocks"):
+        K.kernel_config(1024, 2048, torch.bfloat16, "persistent")
+
+
+def test_forced_strategies_run_and_are_reported():
+    torch.manual_seed(0)
+    lstm = fusedrnn.LSTM(5, 20, backend="triton", device=DEVICE)
+    x = torch.randn(3, 2, 5, device=DEVICE)
+    expected = lstm(x)[0]
+    for name in ("one-launch", "persistent", "per-step"):
+        with K.launch_strategy(name):
+            torch.testing.assert_close(lstm(x)[0], expected, rtol=1e-6, atol=1e-6)
+            assert K.last_strategy() == name
+    with K.launch_strategy("auto"):
+        lstm(x)
+        assert K.last_strategy() == "one-launch"  # H fits one program
+
+
+def test_forced_strategy_that_cannot_run_says_why():
+    lstm = fusedrnn.LSTM(5, 200, backend="triton", device=DEVICE)
+    with K.launch_strategy("one-launch"), pytest.raises(K.StrategyUnavailable, match="one-launch: H=200"):
+        lstm(torch.randn(2, 1, 5, device=DEVICE))
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        with K.launch_strategy("fastest"):
+            pass
