@@ -68,6 +68,10 @@ PER_STEP_BLOCK_H = 64
 BLOCK_B = 16
 PERSISTENT_MAX_BLOCK_B = 64
 PERSISTENT_MAX_BLOCK_U = 128
+# A program's live tiles (a K chunk of A and four of W in the input dtype, four fp32
+# accumulators) above this many bytes per thread reach ptxas's 255 registers and spill on
+# sm_90 (bench/results/kernel-resources-sm90.md, bench/NOTES.md).
+MAX_TILE_BYTES_PER_THREAD = 96
 # Polls of a grid barrier before it gives up and the launch reports an error: seconds on a
 # GPU, where a barrier takes microseconds.
 BARRIER_MAX_SPINS = 1 << 24
@@ -460,9 +464,23 @@ def _resident_limits(device, interpreted):
     return torch.cuda.get_device_properties(device).multi_processor_count, None
 
 
-def _persistent_blocks(B, H, P, device, interpreted):
-    """(BLOCK_B, BLOCK_U, num_warps) of a persistent grid: the smallest unit blocks (most
-    programs share the per-step work and the weight slices) whose grid is resident."""
+def _warps_and_k(block_b, block_u, max_block_k, itemsize, interpreted):
+    """(num_warps, BLOCK_K): the fewest warps and then the widest K chunk whose tiles stay
+    within MAX_TILE_BYTES_PER_THREAD, or None when none does (8 warps, K chunks of 16)."""
+    for num_warps in (4, 8):
+        block_k = max_block_k
+        while block_k >= MIN_DOT:
+            tile_bytes = (block_b + 4 * block_u) * block_k * itemsize + 4 * block_b * block_u * 4
+            if interpreted or tile_bytes <= MAX_TILE_BYTES_PER_THREAD * 32 * num_warps:
+                return num_warps, block_k
+            block_k //= 2
+    return None
+
+
+def _persistent_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
+    """(BLOCK_B, BLOCK_U, num_warps, BLOCK_K) of a persistent grid: the smallest unit blocks
+    (most programs share the per-step work and the weight slices) whose grid is resident, if
+    their tiles fit in registers."""
     block_b = min(PERSISTENT_MAX_BLOCK_B, _padded(B))
     n_b = triton.cdiv(B, block_b)
     max_programs, max_group = _resident_limits(device, interpreted)
@@ -471,8 +489,14 @@ def _persistent_blocks(B, H, P, device, interpreted):
         n_u = _units_programs(H, P, block_u)
         fits_group = max_group is None or n_u <= max_group
         if fits_group and (max_programs is None or n_b * n_u <= max_programs):
-            num_warps = 8 if block_b * min(block_u, _padded(H)) >= 64 * 64 else 4
-            return block_b, block_u, num_warps
+            units = min(block_u, max(_padded(H), _padded(P) if P is not None else 0))
+            tile = _warps_and_k(block_b, units, max_block_k, itemsize, interpreted)
+            if tile is None:
+                raise StrategyUnavailable(
+                    f"persistent: B={B}, H={H}, proj_size={P} fits the SMs only as {n_b}x{n_u} programs of "
+                    f"{block_b} rows x {units} units, more than registers hold"
+                )
+            return block_b, block_u, *tile
         if block_u >= PERSISTENT_MAX_BLOCK_U:
             limit = f"{max_programs} SMs" if fits_group else f"{max_group} program per batch block (interpreter)"
             raise StrategyUnavailable(
@@ -496,7 +520,10 @@ def kernel_config(B, H, dtype, strategy, *, P=None, device=None, interpreted=Fal
         raise TypeError(f"fusedrnn's Triton kernels support float32, float16 and bfloat16, got {dtype}")
     padded_h = _padded(H)
     padded_p = _padded(P) if P is not None else padded_h
-    block_b, num_warps = BLOCK_B, 4
+    # fp32 tiles take twice the bytes: halve K so that the pipelined W tiles fit in shared
+    # memory (fp32, BLOCK_H=128, BLOCK_K=64, 3 stages needs 264 KiB; sm_90 has 227 KiB).
+    max_block_k = min(MAX_BLOCK_K if dtype.itemsize == 2 else max(MIN_DOT, MAX_BLOCK_K // 2), max(padded_h, padded_p))
+    block_b = BLOCK_B
     if strategy == "one-launch":
         block_u = max(padded_h, padded_p)
         if block_u > ONE_LAUNCH_MAX_H:
@@ -504,15 +531,15 @@ def kernel_config(B, H, dtype, strategy, *, P=None, device=None, interpreted=Fal
     elif strategy == "per-step":
         block_u = PER_STEP_BLOCK_H
     elif strategy == "persistent":
-        block_b, block_u, num_warps = _persistent_blocks(B, H, P, device, interpreted)
+        block_b, block_u, num_warps, block_k = _persistent_blocks(B, H, P, max_block_k, dtype.itemsize, device, interpreted)
     else:
         raise ValueError(f"no kernel config for strategy {strategy!r}")
     block_h = min(padded_h, block_u)
     block_p = min(padded_p, block_u) if P is not None else block_h  # else dh, cell share units
-    # fp32 tiles take twice the bytes: halve K so that the pipelined W tiles fit in shared
-    # memory (fp32, BLOCK_H=128, BLOCK_K=64, 3 stages needs 264 KiB; sm_90 has 227 KiB).
-    max_block_k = MAX_BLOCK_K if dtype.itemsize == 2 else max(MIN_DOT, MAX_BLOCK_K // 2)
-    block_k = min(max_block_k, max(padded_h, padded_p))
+    if strategy != "persistent":
+        # The one program of "one-launch" (up to 128 units) may spill; it keeps its one launch.
+        num_warps_and_k = _warps_and_k(block_b, max(block_h, block_p), max_block_k, dtype.itemsize, interpreted)
+        num_warps, block_k = num_warps_and_k or (8, MIN_DOT)
     for value in (block_b, block_h, block_p, block_k):
         assert value >= MIN_DOT and value & (value - 1) == 0, "blocks: powers of two >= 16"
     # The interpreter computes 16-bit dots wrongly (bf16 is stored as uint16): dot in fp32 there.
@@ -680,19 +707,38 @@ def _check_resident(kernel, grid, args, config):
     compiled = kernel.warmup(*args, max_spins=BARRIER_MAX_SPINS, grid=grid, launch_cooperative_grid=True, **config)
     compiled._init_handles()  # loads the binary: fills n_regs
     props = torch.cuda.get_device_properties(device)
-    threads = 32 * compiled.metadata.num_warps
-    regs_per_warp = -(-compiled.n_regs * 32 // 256) * 256  # allocated per warp in units of 256
-    per_sm = min(
-        props.max_threads_per_multi_processor // threads,
-        props.regs_per_multiprocessor // max(1, regs_per_warp * compiled.metadata.num_warps),
-        props.shared_memory_per_multiprocessor // (compiled.metadata.shared + 1024),  # 1 KiB reserved per block
-    )
+    num_warps, shared = compiled.metadata.num_warps, compiled.metadata.shared
+    per_sm = programs_per_sm(compiled.n_regs, shared, num_warps, props.regs_per_multiprocessor,
+                             props.shared_memory_per_multiprocessor, props.max_threads_per_multi_processor)  # fmt: skip
     if grid[0] * grid[1] > per_sm * props.multi_processor_count:
         raise StrategyUnavailable(
             f"persistent: a grid of {grid[0]}x{grid[1]} programs; {props.multi_processor_count} SMs hold "
-            f"{per_sm} each ({compiled.n_regs} registers x {threads} threads, {compiled.metadata.shared} B shared)"
+            f"{per_sm} each ({compiled.n_regs} registers x {32 * num_warps} threads, {shared} B shared)"
         )
     _resident_checked.add(key)
+
+
+def programs_per_sm(n_regs, shared, num_warps, regs_per_sm, shared_per_sm, threads_per_sm):
+    """Programs of a compiled kernel one SM holds at once, by its registers (allocated per warp
+    in units of 256), shared memory (plus 1 KiB the driver reserves per block) and threads."""
+    regs_per_warp = -(-n_regs * 32 // 256) * 256
+    return min(
+        threads_per_sm // (32 * num_warps),
+        regs_per_sm // max(1, regs_per_warp * num_warps),
+        shared_per_sm // (shared + 1024),
+    )
+
+
+def compile_signature(kernel, dtype_name):
+    """Argument types of a launch of ``kernel`` with ``dtype_name`` ("fp32", "bf16", "fp16")
+    tensors, to compile it ahead of time (tests/kernels/test_compile.py,
+    bench/kernel_resources.py): the fp32 state and gradient buffers, int64 lengths, the int32
+    barrier counters, 32-bit scalars."""
+    types = {"p_c": "*fp32", "p_dc": "*fp32", "p_dh": "*fp32", "p_lengths": "*i64", "p_sync": "*i32"}
+    return {
+        p.name: "constexpr" if p.is_constexpr else types.get(p.name, "*" + dtype_name if p.name.startswith("p_") else "i32")
+        for p in kernel.params
+    }
 
 
 def _check_barriers(sync):

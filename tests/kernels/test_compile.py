@@ -23,7 +23,7 @@ H100_SMS = 132
 SIZES = [
     (16, 1, None, "auto"), (16, 100, None, "auto"), (16, 128, None, "auto"), (16, 300, None, "auto"),
     (16, 100, 60, "auto"), (16, 300, 200, "auto"),
-    (8, 256, None, "persistent"), (16, 1024, None, "persistent"), (512, 2048, None, "persistent"),
+    (8, 256, None, "persistent"), (16, 1024, None, "persistent"), (128, 1024, None, "persistent"),
     (32, 300, 200, "persistent"),
 ]  # fmt: skip
 
@@ -35,26 +35,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from fusedrnn.kernels import lstm
 
-FP32_POINTERS = {"p_c", "p_dc", "p_dh"}  # the fp32 cell state and the fp32 gradient buffers
 lstm._resident_limits = lambda device, interpreted: (132, None)  # an H100's SMs, one program each
 NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 results = []
 
 
 def compile_kernel(kernel, dtype, config, options):
-    signature = {}
-    for param in kernel.params:
-        name = param.name
-        if param.is_constexpr:
-            signature[name] = "constexpr"
-        elif name == "p_lengths":
-            signature[name] = "*i64"
-        elif name == "p_sync":
-            signature[name] = "*i32"
-        elif name.startswith("p_"):
-            signature[name] = "*fp32" if name in FP32_POINTERS else "*" + NAMES[dtype]
-        else:
-            signature[name] = "i32"
+    signature = lstm.compile_signature(kernel, NAMES[dtype])
     compiled = triton.compile(ASTSource(kernel, signature, config), target=GPUTarget("cuda", 90, 32), options=options)
     assert compiled.asm.get("cubin"), "no cubin"
     return compiled.metadata.shared

@@ -52,8 +52,8 @@ def h100(monkeypatch):
         (1, 256, None, 16, 16, (1, 16)),  # the smallest blocks
         (16, 1024, None, 16, 16, (1, 64)),
         (32, 2048, None, 32, 16, (1, 128)),  # 128 programs of 16 units still fit
-        (128, 2048, None, 64, 32, (2, 64)),  # 16 units would take 256 programs
-        (512, 2048, None, 64, 128, (8, 16)),  # the largest blocks
+        (128, 1024, None, 64, 16, (2, 64)),  # wider batch blocks for a larger batch
+        (512, 256, None, 64, 16, (8, 16)),
         (16, 300, 200, 16, 16, (1, 19)),  # cell and projected units share the programs
     ],
 )  # fmt: skip
@@ -66,6 +66,22 @@ def test_persistent_plan_takes_the_smallest_resident_blocks(h100, B, H, P, block
 def test_persistent_plan_refuses_grids_larger_than_the_gpu(h100):
     with pytest.raises(K.StrategyUnavailable, match="16 batch blocks x 16 unit blocks"):
         K.kernel_config(1024, 2048, torch.bfloat16, "persistent")
+
+
+def test_persistent_plan_refuses_tiles_that_would_spill(h100):
+    # 8 x 16 programs would fit the SMs, but with 64 x 128 tiles: four 64 x 128 fp32
+    # accumulators alone are 128 registers per thread of 8 warps.
+    with pytest.raises(K.StrategyUnavailable, match="8x16 programs of 64 rows x 128 units, more than registers hold"):
+        K.kernel_config(512, 2048, torch.bfloat16, "persistent")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("B", [1, 32, 128])
+def test_persistent_tiles_stay_within_the_register_budget(h100, B, dtype):
+    config = K.kernel_config(B, 1024, dtype, "persistent", interpreted=False)
+    tile_bytes = (config["BLOCK_B"] + 4 * config["BLOCK_H"]) * config["BLOCK_K"] * dtype.itemsize
+    tile_bytes += 4 * config["BLOCK_B"] * config["BLOCK_H"] * 4
+    assert tile_bytes <= K.MAX_TILE_BYTES_PER_THREAD * 32 * config["num_warps"]
 
 
 def test_forced_strategies_run_and_are_reported():

@@ -1,0 +1,260 @@
+"""Compile-time resources of the persistent LSTM kernels on an H100 (sm_90), without a GPU.
+
+    python bench/kernel_resources.py [--out bench/results/kernel-resources-sm90.md] [--jobs 2]
+
+For every shape of the benchmark grid (B in {1, 8, 32, 128, 512} x H in {256, 512, 1024,
+2048}, input = H, no projection), bf16 and fp32 (TF32 dots, as cudnn.allow_tf32 = True
+gives), forward and backward kernel: the config the persistent launcher picks on 132 SMs,
+the registers, spills and shared memory of the sm_90 build (Triton's compiler and its own
+ptxas), the programs per SM those allow and whether the grid is resident, and an analytic
+floor per step (weight bytes, L2 streaming time, tensor-core time). It compiles the kernels
+as tests/kernels/test_compile.py does; nothing runs on a GPU, so no time here is measured.
+"""
+
+import argparse
+import datetime
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+# The interpreter replaces @triton.jit kernels by Python functions that triton.compile cannot
+# take; it is read when the kernel module is imported, so drop it first.
+os.environ.pop("TRITON_INTERPRET", None)
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from fusedrnn.kernels import lstm  # noqa: E402
+
+# An H100 SXM as the launcher would see it: 132 SMs, one program each planned (as test_compile).
+H100_SMS = 132
+lstm._resident_limits = lambda device, interpreted: (H100_SMS, None)
+# Per-SM limits of sm_90 (CUDA occupancy calculator): registers are allocated per warp in
+# units of 256; each block reserves 1 KiB of shared memory on top of what it asks for.
+SM_REGS, SM_SHARED, SM_THREADS = 65536, 228 * 1024, 2048
+# Assumed peaks for the analytic floor (not measured here): H100 SXM dense tensor-core peaks
+# and an L2 read bandwidth estimate (the 50 MB L2 at ~5.5 TB/s; HBM3 is 3.35 TB/s).
+L2_BYTES_PER_S = 5.5e12
+MMA_FLOPS_PER_S = {"bf16": 990e12, "fp32": 495e12}  # fp32 dots run as TF32
+L2_SIZE_MIB = 50
+
+BATCHES, HIDDENS = (1, 8, 32, 128, 512), (256, 512, 1024, 2048)
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+KERNELS = {"fwd": (lstm._lstm_fwd_kernel, False), "bwd": (lstm._lstm_bwd_kernel, True)}
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
+
+
+def ptxas_info(ptx):
+    """Registers, spill store/load bytes and static shared bytes that ptxas reports for the PTX,
+    built for the arch its .target names (sm_90a: Triton uses the wgmma features)."""
+    arch = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        # -lineinfo as Triton's make_cubin passes it, so this is the build Triton made.
+        done = subprocess.run([PTXAS, "-lineinfo", "-v", "--gpu-name", arch, src, "-o", os.path.join(tmp, "k.o")],
+                              capture_output=True, text=True)  # fmt: skip
+    log = done.stdout + done.stderr
+    if done.returncode:
+        errors = [line for line in log.splitlines() if "error" in line] or log.strip().splitlines()[-1:]
+        raise RuntimeError(f"ptxas failed ({done.returncode}): " + " | ".join(errors))
+
+    def number(pattern):
+        found = re.search(pattern, log)
+        return int(found.group(1)) if found else 0
+
+    return dict(arch=arch, regs=number(r"Used (\d+) registers"), spill_st=number(r"(\d+) bytes spill stores"),
+                spill_ld=number(r"(\d+) bytes spill loads"), smem_static=number(r"(\d+) bytes smem"))  # fmt: skip
+
+
+def compile_one(job):
+    """Compile one kernel variant for sm_90 and read its resources; an error becomes a string."""
+    kernel_key, dtype_name, constexprs, options = job
+    kernel = KERNELS[kernel_key][0]
+    try:
+        source = ASTSource(kernel, lstm.compile_signature(kernel, dtype_name), constexprs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+        return dict(ptxas_info(compiled.asm["ptx"]), shared=compiled.metadata.shared)
+    except Exception as e:  # record it: a config that does not build is a finding, not a crash
+        return {"error": describe(e)}
+
+
+def describe(error):
+    """One line for a compile error. Triton chains a CompilationError per call frame ("at
+    line:col:", the source, a caret) down to the error itself: keep the innermost frame's
+    function and position and the last message."""
+    where = ""
+    while True:
+        text = str(error)
+        frame = re.match(r"at (\d+:\d+):\s*\n(?:.*\n)*?\s*def (\w+)", text)
+        if frame:
+            where = f"in {frame.group(2)} at {frame.group(1)}: "
+        if error.__cause__ is None:
+            break
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() not in ("", "^")]
+    return f"{type(error).__name__} {where}{lines[-1] if lines else ''}"[:400]
+
+
+def plan(dtype_name, B, H, kernel_key):
+    """The persistent config for a shape and the compile job it needs (None if unavailable)."""
+    torch.backends.cudnn.allow_tf32 = True  # fp32 recurrent dots in TF32 (kernel_config reads it)
+    try:
+        config = lstm.kernel_config(B, H, DTYPES[dtype_name], "persistent")
+    except lstm.StrategyUnavailable as e:
+        return {"unavailable": str(e)}, None
+    options = {k: config.pop(k) for k in ("num_warps", "num_stages")}
+    options["launch_cooperative_grid"] = True
+    flags = lstm.all_phase_flags(lstm.kernel_phases(False, KERNELS[kernel_key][1]))
+    constexprs = dict(config, **flags, REVERSE=False, VARLEN=False)
+    return dict(config, **options), (kernel_key, dtype_name, constexprs, options)
+
+
+def floor(dtype_name, B, H, block_h):
+    """Per-step analytic floor: W_hh bytes, W bytes per program, L2 and tensor-core times."""
+    itemsize = DTYPES[dtype_name].itemsize
+    w_bytes = 4 * H * H * itemsize
+    flops = 2 * B * 4 * H * H  # h @ W_hh^T forward; dG @ W_hh (dh) backward: the same
+    return dict(w_mib=w_bytes / 2**20, slice_kib=4 * block_h * H * itemsize / 1024,
+                stream_us=w_bytes / L2_BYTES_PER_S * 1e6, mma_us=flops / MMA_FLOPS_PER_S[dtype_name] * 1e6)  # fmt: skip
+
+
+def row_cells(r):
+    """The table cells of one (dtype, kernel, shape) result."""
+    head = [r["kernel"], r["B"], r["H"]]
+    if "unavailable" in r:
+        return head + ["unavailable: " + r["unavailable"]] + [""] * 13
+    cfg, f = r["config"], r["floor"]
+    grid = f"{r['grid'][0]}x{r['grid'][1]}"
+    cells = head + [cfg["BLOCK_B"], cfg["BLOCK_H"], cfg["BLOCK_K"], cfg["num_warps"], grid]
+    if "error" in r:
+        cells += ["compile error (below)", "", "", "", ""]
+    else:
+        spills = f"{r['spill_st']}/{r['spill_ld']}"
+        if r["spill_st"] or r["spill_ld"]:
+            spills = f"**{spills}**"
+        resident = "yes" if r["resident"] else "**NO**"
+        cells += [r["regs"], spills, f"{r['shared_total'] / 1024:.1f}", r["per_sm"], resident]
+    return cells + [f"{f['w_mib']:.2f}", f"{f['slice_kib']:.0f}", f"{f['stream_us']:.2f}", f"{f['mma_us']:.3f}"]
+
+
+COLUMNS = ["kernel", "B", "H", "BLOCK_B", "BLOCK_H", "BLOCK_K", "warps", "grid", "regs",
+           "spills st/ld (B)", "shared (KiB)", "programs/SM", "resident?", "W_hh (MiB)",
+           "W slice/program (KiB)", "stream us/step (L2)", "MMA us/step"]  # fmt: skip
+
+
+def versions():
+    ptxas = subprocess.run([PTXAS, "--version"], capture_output=True, text=True).stdout
+    release = re.search(r"release ([\w.]+), (V[\w.]+)", ptxas)
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return triton.__version__, torch.__version__, " ".join(release.groups()) if release else "unknown", commit
+
+
+def render(results, elapsed):
+    triton_v, torch_v, ptxas_v, commit = versions()
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    archs = sorted({r["arch"] for r in results if "arch" in r}) or ["none built"]
+    built = [r for r in results if "regs" in r]
+    spilled = [r for r in built if r["spill_st"] or r["spill_ld"]]
+    outside = [r for r in built if not r["resident"]]
+    on_chip = [r for r in built if r["shared_total"] >= r["floor"]["slice_kib"] * 1024]
+    out = [
+        "# Persistent LSTM kernels: sm_90 resources and per-step floor (H100)",
+        "",
+        f"Generated by `bench/kernel_resources.py` on {now} in {elapsed:.0f} s: triton {triton_v}, "
+        f"torch {torch_v}, ptxas {ptxas_v} (Triton's wheel), fusedrnn at {commit}. **Compiled for sm_90 on a "
+        "CPU machine, no GPU run**: nothing here is a measured time.",
+        "",
+        f"- Config: `lstm.kernel_config(B, H, dtype, \"persistent\")` with {H100_SMS} SMs "
+        "(`_resident_limits` patched as tests/kernels/test_compile.py does); input = H, no projection, "
+        "REVERSE = VARLEN = False; fwd = `_lstm_fwd_kernel` (DO_CELL), bwd = `_lstm_bwd_kernel` "
+        "(DO_DH + DO_CELL); fp32 with `cudnn.allow_tf32 = True` (INPUT_PRECISION tf32).",
+        "- Built with `triton.compile(..., GPUTarget(\"cuda\", 90, 32))`, num_warps/num_stages from the config, "
+        "`launch_cooperative_grid=True`; regs and spills from `ptxas -lineinfo -v` on the PTX (target "
+        f"{', '.join(archs)}). "
+        "Shared = Triton's dynamic shared memory + ptxas static smem.",
+        f"- programs/SM: `lstm.programs_per_sm` (the launcher's check) with {SM_REGS} regs/SM (per warp, in "
+        f"units of 256), {SM_SHARED // 1024} KiB shared/SM with 1 KiB reserved per block, {SM_THREADS} "
+        f"threads/SM; resident = grid (batch blocks x unit blocks) <= {H100_SMS} x programs/SM.",
+        f"- Floor per step (assumptions, not measurements): W_hh = 4H*H*itemsize; W slice/program = "
+        f"4*BLOCK_H*H*itemsize, what each program reads per step when W is not kept on chip; stream = W_hh read "
+        f"once at an assumed {L2_BYTES_PER_S / 1e12:.1f} TB/s L2 bandwidth (every batch block reads all of W_hh: "
+        f"multiply by the grid's batch blocks for the grid's traffic; W_hh over the {L2_SIZE_MIB} MB L2 comes "
+        f"from HBM, ~3.35 TB/s); MMA = 2*B*4H*H FLOPs (forward h @ W_hh^T, backward dG @ W_hh alike) at the "
+        f"H100 SXM dense peak, {MMA_FLOPS_PER_S['bf16'] / 1e12:.0f} TFLOP/s bf16, "
+        f"{MMA_FLOPS_PER_S['fp32'] / 1e12:.0f} TFLOP/s TF32.",
+        "- Bold: spills, grids that are not resident.",
+        "",
+        f"Summary: {len(built)} of {len(results)} (dtype, kernel, shape) built; {len(spilled)} spill; "
+        f"{len(outside)} not resident; {sum('unavailable' in r for r in results)} unavailable; "
+        f"{sum('error' in r for r in results)} compile errors; {len(on_chip)} have as much shared memory "
+        "as their W slice (otherwise W cannot be held in shared memory across steps).",
+    ]
+    for dtype_name in DTYPES:
+        rows = [r for r in results if r["dtype"] == dtype_name]
+        out += ["", f"## {dtype_name}" + (" (TF32 dots)" if dtype_name == "fp32" else ""), ""]
+        out += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        out += ["| " + " | ".join(str(c) for c in row_cells(r)) + " |" for r in rows]
+    errors = [r for r in results if "error" in r]
+    out += ["", "## Compile errors", ""]
+    out += [f"- {r['dtype']} {r['kernel']} B={r['B']} H={r['H']}: `{r['error']}`" for r in errors] or ["None."]
+    return "\n".join(out) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="also write the Markdown report to this file")
+    parser.add_argument("--jobs", type=int, default=2, help="compile processes (default 2)")
+    args = parser.parse_args()
+    start = time.time()
+
+    results, jobs = [], {}
+    for dtype_name in DTYPES:
+        for H in HIDDENS:
+            for B in BATCHES:
+                for kernel_key in KERNELS:
+                    config, job = plan(dtype_name, B, H, kernel_key)
+                    r = dict(dtype=dtype_name, kernel=kernel_key, B=B, H=H)
+                    if job is None:
+                        results.append(dict(r, **config))
+                        continue
+                    # H and B are runtime arguments: shapes with the same constexprs share a build.
+                    key = repr(job)
+                    jobs.setdefault(key, job)
+                    grid = (triton.cdiv(B, config["BLOCK_B"]), triton.cdiv(H, config["BLOCK_H"]))
+                    results.append(dict(r, config=config, job=key, grid=grid,
+                                        floor=floor(dtype_name, B, H, config["BLOCK_H"])))  # fmt: skip
+
+    with ProcessPoolExecutor(args.jobs) as pool:
+        built = dict(zip(jobs, pool.map(compile_one, jobs.values())))
+    for r in results:
+        if "job" not in r:
+            continue
+        r.update(built[r["job"]])
+        if "error" not in r:
+            r["shared_total"] = r["shared"] + r["smem_static"]
+            r["per_sm"] = lstm.programs_per_sm(r["regs"], r["shared_total"], r["config"]["num_warps"], SM_REGS, SM_SHARED, SM_THREADS)
+            r["resident"] = r["grid"][0] * r["grid"][1] <= H100_SMS * r["per_sm"]
+
+    report = render(results, time.time() - start)
+    print(report)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(report)
+    print(f"{len(jobs)} distinct builds in {time.time() - start:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
