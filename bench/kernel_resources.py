@@ -107,7 +107,7 @@ def plan(dtype_name, B, H, kernel_key):
     """The persistent config for a shape and the compile job it needs (None if unavailable)."""
     torch.backends.cudnn.allow_tf32 = True  # fp32 recurrent dots in TF32 (kernel_config reads it)
     try:
-        config = lstm.kernel_config(B, H, DTYPES[dtype_name], "persistent")
+        config = lstm.kernel_config(B, H, DTYPES[dtype_name], "persistent", backward=KERNELS[kernel_key][1])
     except lstm.StrategyUnavailable as e:
         return {"unavailable": str(e)}, None
     options = {k: config.pop(k) for k in ("num_warps", "num_stages")}
@@ -130,10 +130,11 @@ def row_cells(r):
     """The table cells of one (dtype, kernel, shape) result."""
     head = [r["kernel"], r["B"], r["H"]]
     if "unavailable" in r:
-        return head + ["unavailable: " + r["unavailable"]] + [""] * 13
+        return head + ["unavailable: " + r["unavailable"]] + [""] * 14
     cfg, f = r["config"], r["floor"]
     grid = f"{r['grid'][0]}x{r['grid'][1]}"
-    cells = head + [cfg["BLOCK_B"], cfg["BLOCK_H"], cfg["BLOCK_K"], cfg["num_warps"], grid]
+    w_on_chip = "yes" if cfg.get("W_RESIDENT") else "no"  # W_RESIDENT: the forward holds its W_hh slice
+    cells = head + [cfg["BLOCK_B"], cfg["BLOCK_H"], cfg["BLOCK_K"], cfg["num_warps"], grid, w_on_chip]
     if "error" in r:
         cells += ["compile error (below)", "", "", "", ""]
     else:
@@ -145,7 +146,7 @@ def row_cells(r):
     return cells + [f"{f['w_mib']:.2f}", f"{f['slice_kib']:.0f}", f"{f['stream_us']:.2f}", f"{f['mma_us']:.3f}"]
 
 
-COLUMNS = ["kernel", "B", "H", "BLOCK_B", "BLOCK_H", "BLOCK_K", "warps", "grid", "regs",
+COLUMNS = ["kernel", "B", "H", "BLOCK_B", "BLOCK_H", "BLOCK_K", "warps", "grid", "W on chip", "regs",
            "spills st/ld (B)", "shared (KiB)", "programs/SM", "resident?", "W_hh (MiB)",
            "W slice/program (KiB)", "stream us/step (L2)", "MMA us/step"]  # fmt: skip
 

@@ -72,6 +72,14 @@ PERSISTENT_MAX_BLOCK_U = 128
 # accumulators) above this many bytes per thread reach ptxas's 255 registers and spill on
 # sm_90 (bench/results/kernel-resources-sm90.md, bench/NOTES.md).
 MAX_TILE_BYTES_PER_THREAD = 96
+# Where a persistent forward program holds its W_hh slice in shared memory across the steps
+# (W_RESIDENT): the input dtypes, the batch block and the padded K (= P) for which ptxas on
+# sm_90 keeps the spills of the whole-K dots to about a hundred bytes per thread
+# (bench/results/kernel-resources-sm90.md). The slice and h's tile then take at most
+# 160 KiB of shared memory. Elsewhere (TF32, wider batch blocks, larger H) W streams from L2.
+RESIDENT_WEIGHT_DTYPES = (torch.float16, torch.bfloat16)
+RESIDENT_MAX_BLOCK_B = 16
+RESIDENT_MAX_K = 1024
 # Polls of a grid barrier before it gives up and the launch reports an error: seconds on a
 # GPU, where a barrier takes microseconds.
 BARRIER_MAX_SPINS = 1 << 24
@@ -176,6 +184,7 @@ def _lstm_fwd_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GRID_SYNC: tl.constexpr,
+    W_RESIDENT: tl.constexpr,
     DO_CELL: tl.constexpr,
     DO_PROJ: tl.constexpr,
     HAS_PROJ: tl.constexpr,
@@ -201,6 +210,20 @@ def _lstm_fwd_kernel(
             _, t_prev = _step_time(s_start, T, REVERSE)
             c = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
 
+    if W_RESIDENT:
+        # The program's slice of W_hh, loaded once: a (K, BLOCK_H) tile per gate over the whole
+        # (padded) K = BLOCK_K. Loop-invariant dot operands stay in shared memory across the
+        # steps (sm_90 TTGIR: local_alloc before the loop), so no step re-reads W from L2.
+        offs_kw = tl.arange(0, BLOCK_K)
+        mask_kw = offs_kw < P
+        p_w = p_w_hh + offs_h[None, :].to(tl.int64) * stride_w + offs_kw[:, None]
+        mask_w = mask_kw[:, None] & mask_h[None, :]
+        gate_rows = tl.cast(H, tl.int64) * stride_w
+        w_i = tl.load(p_w, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        w_f = tl.load(p_w + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        w_g = tl.load(p_w + 2 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        w_o = tl.load(p_w + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+
     n_synced, spins_left = 0, max_spins
     for s in range(s_start, s_end):
         t, t_prev = _step_time(s, T, REVERSE)
@@ -220,10 +243,20 @@ def _lstm_fwd_kernel(
             if VARLEN:
                 from_h0 = from_h0 | (t_prev >= length)
             p_hprev = tl.where(from_h0, p_h0 + rows_b * stride_h0b, p_out + t_prev * stride_ot + rows_b * stride_ob)
-            acc_i, acc_f, acc_g, acc_o = gates_matmul(
-                acc_i, acc_f, acc_g, acc_o, p_hprev, mask_b, p_w_hh + offs_h.to(tl.int64) * stride_w, stride_w,
-                mask_h, H, P, BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
-            )  # fmt: skip
+            if W_RESIDENT:
+                # All of h_{t-1} (other programs wrote it: from L2, .cg) against the held W.
+                p_hk = p_hprev[:, None] + offs_kw[None, :]
+                b_h = tl.load(p_hk, mask=mask_b[:, None] & mask_kw[None, :], other=0.0, cache_modifier=".cg")
+                b_h = b_h.to(DOT_DTYPE)
+                acc_i += tl.dot(b_h, w_i, input_precision=INPUT_PRECISION)
+                acc_f += tl.dot(b_h, w_f, input_precision=INPUT_PRECISION)
+                acc_g += tl.dot(b_h, w_g, input_precision=INPUT_PRECISION)
+                acc_o += tl.dot(b_h, w_o, input_precision=INPUT_PRECISION)
+            else:
+                acc_i, acc_f, acc_g, acc_o = gates_matmul(
+                    acc_i, acc_f, acc_g, acc_o, p_hprev, mask_b, p_w_hh + offs_h.to(tl.int64) * stride_w, stride_w,
+                    mask_h, H, P, BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
+                )  # fmt: skip
 
             h, c_new = cell_update(acc_i, acc_f, acc_g, acc_o, c)
             if VARLEN:
@@ -512,10 +545,11 @@ def _units_programs(H, P, block_u):
     return max(n_h, triton.cdiv(P, min(block_u, _padded(P)))) if P is not None else n_h
 
 
-def kernel_config(B, H, dtype, strategy, *, P=None, device=None, interpreted=False):
-    """Constexprs and launch options of both kernels for ``strategy`` (not "auto"), batch B,
-    hidden size H, projection size P (None: no projection) and input dtype. Raises
-    ``StrategyUnavailable`` when the strategy cannot run the shape (on ``device``)."""
+def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None, interpreted=False):
+    """Constexprs and launch options of the forward (or ``backward``) kernel for ``strategy``
+    (not "auto"), batch B, hidden size H, projection size P (None: no projection) and input
+    dtype. Raises ``StrategyUnavailable`` when the strategy cannot run the shape (on
+    ``device``)."""
     if dtype not in TRITON_DTYPES:
         raise TypeError(f"fusedrnn's Triton kernels support float32, float16 and bfloat16, got {dtype}")
     padded_h = _padded(H)
@@ -547,7 +581,7 @@ def kernel_config(B, H, dtype, strategy, *, P=None, device=None, interpreted=Fal
     # fp32 recurrent dots follow cuDNN's switch, as torch.nn.LSTM on CUDA does. For 16-bit
     # operands the precision setting has no effect: pass Triton's default.
     ieee = dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
-    return dict(
+    config = dict(
         BLOCK_B=block_b,
         BLOCK_H=block_h,
         BLOCK_P=block_p,
@@ -559,13 +593,28 @@ def kernel_config(B, H, dtype, strategy, *, P=None, device=None, interpreted=Fal
         num_warps=num_warps,
         num_stages=2,
     )
+    if not backward:
+        config.update(_resident_weights(config, strategy, P if P is not None else H, dtype))
+    return config
 
 
-def _plan(B, H, P, dtype, device, kernel):
+def _resident_weights(config, strategy, P, dtype):
+    """The forward's W_RESIDENT (with the whole padded K as BLOCK_K, and 8 warps, which spill
+    less than 4): a persistent program without a projection holds its W_hh slice, where
+    RESIDENT_WEIGHT_DTYPES, RESIDENT_MAX_BLOCK_B and RESIDENT_MAX_K allow."""
+    k = _padded(P)
+    held = dtype in RESIDENT_WEIGHT_DTYPES and config["BLOCK_B"] <= RESIDENT_MAX_BLOCK_B and k <= RESIDENT_MAX_K
+    if strategy != "persistent" or config["HAS_PROJ"] or not held:
+        return dict(W_RESIDENT=False)
+    return dict(W_RESIDENT=True, BLOCK_K=k, num_warps=8)
+
+
+def _plan(B, H, P, dtype, device, kernel, backward):
     """The strategy to run (forced, or chosen by shape) and its kernel config."""
     global _last_strategy
     strategy = _forced_strategy if _forced_strategy != "auto" else choose_strategy(H, P)
-    config = kernel_config(B, H, dtype, strategy, P=P, device=device, interpreted=is_interpreted(kernel))
+    config = kernel_config(B, H, dtype, strategy, P=P, backward=backward, device=device,
+                           interpreted=is_interpreted(kernel))  # fmt: skip
     _last_strategy = strategy
     return strategy, config
 
@@ -768,7 +817,7 @@ def lstm_fwd(gates, w_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False):
     w_hh, h0, c0 = w_hh.contiguous(), h0.contiguous(), c0.contiguous()
     w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
     out, c, m = forward_outputs(gates, H, P, has_proj)
-    strategy, config = _plan(B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_fwd_kernel)
+    strategy, config = _plan(B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_fwd_kernel, backward=False)
     sync = _sync_buffer(strategy, B, config, gates)
 
     def launch(s_start, s_end, flags):
@@ -801,7 +850,7 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, 
     has_proj = w_hr is not None
     w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
     d_gates, d_c, d_h = backward_outputs(gates, d_cn, P, has_proj)
-    strategy, config = _plan(B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_bwd_kernel)
+    strategy, config = _plan(B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_bwd_kernel, backward=True)
     sync = _sync_buffer(strategy, B, config, gates)
 
     def launch(s_start, s_end, flags):

@@ -36,7 +36,8 @@ def strategy(request, monkeypatch):
     'per-step' shrinks the blocks so that small test shapes split H over several programs,
     run one launch per timestep, and chunk K. 'persistent' runs every step in one launch
     through the grid-barrier code, with batch blocks of 16 rows (B=17 spans two, each with
-    its own barrier counter) and K chunked; under the interpreter its grid has one program
+    its own barrier counter), the forward holding its W_hh slice in every dtype
+    (W_RESIDENT; test_persistent.py runs the streamed one); under the interpreter its grid has one program
     per batch block (a barrier over more would wait for a program that runs later), on a GPU
     the smallest unit blocks, so several programs meet at each barrier."""
     from fusedrnn.kernels import lstm as lstm_kernels
@@ -46,6 +47,7 @@ def strategy(request, monkeypatch):
         monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)
     if request.param == "persistent":
         monkeypatch.setattr(lstm_kernels, "PERSISTENT_MAX_BLOCK_B", 16)
-        monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)
+        monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)  # the projection's phase: K chunked
+        monkeypatch.setattr(lstm_kernels, "RESIDENT_WEIGHT_DTYPES", (torch.float32, torch.float16, torch.bfloat16))
     with lstm_kernels.launch_strategy(request.param):
         yield request.param

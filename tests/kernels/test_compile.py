@@ -53,20 +53,20 @@ for dtype in NAMES:
         for B, H, P, strategy in json.loads(sys.argv[1]):
             if strategy == "auto":
                 strategy = lstm.choose_strategy(H, P)
-            config = lstm.kernel_config(B, H, dtype, strategy, P=P)
-            options = {k: config.pop(k) for k in ("num_warps", "num_stages")}
-            options["launch_cooperative_grid"] = config["GRID_SYNC"]
             # REVERSE and VARLEN only add index arithmetic and masks: compile them with all
             # their code in one dtype, and the plain variant everywhere.
             variants = [(False, False)] + ([(True, True)] if dtype == torch.bfloat16 else [])
             for kernel, backward in ((lstm._lstm_fwd_kernel, False), (lstm._lstm_bwd_kernel, True)):
+                config = lstm.kernel_config(B, H, dtype, strategy, P=P, backward=backward)
+                options = {k: config.pop(k) for k in ("num_warps", "num_stages")}
+                options["launch_cooperative_grid"] = config["GRID_SYNC"]
                 phases = lstm.kernel_phases(P is not None, backward)
                 for flags in phases if strategy == "per-step" else [lstm.all_phase_flags(phases)]:
                     for reverse, varlen in variants:
                         constexprs = dict(config, **flags, REVERSE=reverse, VARLEN=varlen)
                         shared = compile_kernel(kernel, dtype, constexprs, options)
                         results.append({"kernel": kernel.fn.__name__, "dtype": NAMES[dtype], "B": B, "H": H, "P": P,
-                                        "strategy": strategy,
+                                        "strategy": strategy, "w_resident": config.get("W_RESIDENT", False),
                                         "flags": flags, "reverse": reverse, "varlen": varlen,
                                         "precision": config["INPUT_PRECISION"], "shared": shared})
 print(json.dumps(results))
@@ -85,6 +85,7 @@ def test_kernels_compile_for_sm90_within_shared_memory():
     results = json.loads(done.stdout.strip().splitlines()[-1])
     assert {(r["B"], r["H"], r["P"]) for r in results} == {tuple(size[:3]) for size in SIZES}
     assert {r["strategy"] for r in results} == {"one-launch", "per-step", "persistent"}
+    assert any(r["w_resident"] for r in results) and not all(r["w_resident"] for r in results)
     assert {r["kernel"] for r in results} == {"_lstm_fwd_kernel", "_lstm_bwd_kernel"}
     too_big = [r for r in results if r["shared"] > SM90_MAX_SHARED_BYTES]
     assert not too_big, too_big

@@ -76,32 +76,31 @@ def test_persistent_plan_refuses_tiles_that_would_spill(h100):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("B", [1, 32, 128])
-def test_persistent_tiles_stay_within_the_register_budget(h100, B, dtype):
-    config = K.kernel_config(B, 1024, dtype, "persistent", interpreted=False)
-    tile_bytes = (config["BLOCK_B"] + 4 * config["BLOCK_H"]) * config["BLOCK_K"] * dtype.itemsize
-    tile_bytes += 4 * config["BLOCK_B"] * config["BLOCK_H"] * 4
-    assert tile_bytes <= K.MAX_TILE_BYTES_PER_THREAD * 32 * config["num_warps"]
+@pytest.mark.parametrize("B, H", [(1, 2048), (32, 2048), (128, 1024)])
+def test_streamed_tiles_stay_within_the_register_budget(h100, B, H, dtype):
+    for backward in (False, True):
+        config = K.kernel_config(B, H, dtype, "persistent", backward=backward, interpreted=False)
+        assert not config.get("W_RESIDENT", False)
+        tile_bytes = (config["BLOCK_B"] + 4 * config["BLOCK_H"]) * config["BLOCK_K"] * dtype.itemsize
+        tile_bytes += 4 * config["BLOCK_B"] * config["BLOCK_H"] * 4
+        assert tile_bytes <= K.MAX_TILE_BYTES_PER_THREAD * 32 * config["num_warps"]
 
 
-def test_forced_strategies_run_and_are_reported():
-    torch.manual_seed(0)
-    lstm = fusedrnn.LSTM(5, 20, backend="triton", device=DEVICE)
-    x = torch.randn(3, 2, 5, device=DEVICE)
-    expected = lstm(x)[0]
-    for name in ("one-launch", "persistent", "per-step"):
-        with K.launch_strategy(name):
-            torch.testing.assert_close(lstm(x)[0], expected, rtol=1e-6, atol=1e-6)
-            assert K.last_strategy() == name
-    with K.launch_strategy("auto"):
-        lstm(x)
-        assert K.last_strategy() == "one-launch"  # H fits one program
-
-
-def test_forced_strategy_that_cannot_run_says_why():
-    lstm = fusedrnn.LSTM(5, 200, backend="triton", device=DEVICE)
-    with K.launch_strategy("one-launch"), pytest.raises(K.StrategyUnavailable, match="one-launch: H=200"):
-        lstm(torch.randn(2, 1, 5, device=DEVICE))
-    with pytest.raises(ValueError, match="strategy must be one of"):
-        with K.launch_strategy("fastest"):
-            pass
+@pytest.mark.parametrize(
+    "B, H, P, dtype, held",
+    [
+        (8, 1024, None, torch.bfloat16, True),  # K = 1024: the slice is 128 KiB
+        (1, 256, None, torch.float16, True),
+        (8, 2048, None, torch.bfloat16, False),  # K too large
+        (32, 256, None, torch.bfloat16, False),  # a batch block of 32 rows spills
+        (8, 256, None, torch.float32, False),  # TF32 operands spill
+        (8, 256, 128, torch.bfloat16, False),  # projections stream W
+    ],
+)  # fmt: skip
+def test_forward_holds_its_weights_where_they_fit(h100, B, H, P, dtype, held):
+    forward = K.kernel_config(B, H, dtype, "persistent", P=P)
+    assert forward["W_RESIDENT"] == held
+    if held:  # one dot over the whole padded K
+        assert forward["BLOCK_K"] == max(16, 1 << (H - 1).bit_length())
+    assert "W_RESIDENT" not in K.kernel_config(B, H, dtype, "persistent", P=P, backward=True)
+    assert not K.kernel_config(B, H, dtype, "per-step", P=P)["W_RESIDENT"]
