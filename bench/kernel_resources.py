@@ -76,10 +76,11 @@ def ptxas_info(ptx):
 
 def compile_one(job):
     """Compile one kernel variant for sm_90 and read its resources; an error becomes a string."""
-    kernel_key, dtype_name, constexprs, options = job
+    kernel_key, dtype_name, constexprs, options, int_args = job
     kernel = KERNELS[kernel_key][0]
     try:
-        source = ASTSource(kernel, lstm.compile_signature(kernel, dtype_name), constexprs)
+        attrs = lstm.compile_attrs(kernel, dict(int_args))
+        source = ASTSource(kernel, lstm.compile_signature(kernel, dtype_name), constexprs, attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
         return dict(ptxas_info(compiled.asm["ptx"]), shared=compiled.metadata.shared)
     except Exception as e:  # record it: a config that does not build is a finding, not a crash
@@ -114,7 +115,17 @@ def plan(dtype_name, B, H, kernel_key):
     options["launch_cooperative_grid"] = True
     flags = lstm.all_phase_flags(lstm.kernel_phases(False, KERNELS[kernel_key][1]))
     constexprs = dict(config, **flags, REVERSE=False, VARLEN=False)
-    return dict(config, **options), (kernel_key, dtype_name, constexprs, options)
+    return dict(config, **options), (kernel_key, dtype_name, constexprs, options, layer_int_args(B, H))
+
+
+def layer_int_args(B, H):
+    """The integer arguments of the layer's launches that Triton specialises on (multiples of
+    16): sizes and the strides of time-major (T, B, *) tensors, no projection."""
+    return tuple(sorted(dict(
+        B=B, H=H, P=H, stride_gt=B * 4 * H, stride_gb=4 * H, stride_dgt=B * 4 * H, stride_dgb=4 * H,
+        stride_ot=B * H, stride_ob=H, stride_dyt=B * H, stride_dyb=H, stride_dyh=1, stride_w=H, stride_hr=H,
+        stride_h0b=H, stride_c0b=H, stride_dhnb=H,
+    ).items()))  # fmt: skip
 
 
 def floor(dtype_name, B, H, block_h):
@@ -181,7 +192,9 @@ def render(results, elapsed):
         "(`_resident_limits` patched as tests/kernels/test_compile.py does); input = H, no projection, "
         "REVERSE = VARLEN = False; fwd = `_lstm_fwd_kernel` (DO_CELL), bwd = `_lstm_bwd_kernel` "
         "(DO_DH + DO_CELL); fp32 with `cudnn.allow_tf32 = True` (INPUT_PRECISION tf32).",
-        "- Built with `triton.compile(..., GPUTarget(\"cuda\", 90, 32))`, num_warps/num_stages from the config, "
+        "- Built with `triton.compile(..., GPUTarget(\"cuda\", 90, 32))`, specialised as a launch is "
+        "(`lstm.compile_attrs`: aligned pointers, sizes and strides that are multiples of 16 marked so), "
+        "num_warps/num_stages from the config, "
         "`launch_cooperative_grid=True`; regs and spills from `ptxas -lineinfo -v` on the PTX (target "
         f"{', '.join(archs)}). "
         "Shared = Triton's dynamic shared memory + ptxas static smem.",
@@ -230,8 +243,8 @@ def main():
                     if job is None:
                         results.append(dict(r, **config))
                         continue
-                    # H and B are runtime arguments: shapes with the same constexprs share a build.
-                    key = repr(job)
+                    # Shapes with the same constexprs and the same multiples of 16 share a build.
+                    key = repr((job[:4], [name for name, value in job[4] if value % 16 == 0]))
                     jobs.setdefault(key, job)
                     grid = (triton.cdiv(B, config["BLOCK_B"]), triton.cdiv(H, config["BLOCK_H"]))
                     results.append(dict(r, config=config, job=key, grid=grid,

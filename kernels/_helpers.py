@@ -82,8 +82,8 @@ def gates_matmul(acc_i, acc_f, acc_g, acc_o, p_a, mask_a, p_w, stride_w, mask_u,
     for k0 in range(0, K, BLOCK_K):
         offs_kk = k0 + offs_k
         mask_k = offs_kk < K
-        # A may be h_{t-1}, written by other programs of a persistent launch: read it from L2
-        # (.cg), never from a stale L1 line.
+        # A may be h_{t-1}, written by other programs of a persistent launch: visible through
+        # the barrier's acquire; .cg keeps it out of L1, where it is never reused.
         b_a = tl.load(p_a[:, None] + offs_kk[None, :], mask=mask_a[:, None] & mask_k[None, :], other=0.0,
                       cache_modifier=".cg")
         b_a = b_a.to(DOT_DTYPE)

@@ -43,6 +43,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from ._helpers import (
     TRITON_DTYPES,
@@ -68,18 +69,21 @@ PER_STEP_BLOCK_H = 64
 BLOCK_B = 16
 PERSISTENT_MAX_BLOCK_B = 64
 PERSISTENT_MAX_BLOCK_U = 128
-# A program's live tiles (a K chunk of A and four of W in the input dtype, four fp32
-# accumulators) above this many bytes per thread reach ptxas's 255 registers and spill on
-# sm_90 (bench/results/kernel-resources-sm90.md, bench/NOTES.md).
-MAX_TILE_BYTES_PER_THREAD = 96
+# Register budget of a program, per thread, calibrated with ptxas on sm_90 builds specialised
+# as launches are (bench/results/kernel-resources-sm90.md, bench/NOTES.md): the four fp32
+# accumulators (a 64 x 64 tile over 8 warps, 64 values, spills in the backward; 32 do not),
+# and the bytes of one K chunk of A and of the four W tiles (272 spilled in an fp32 backward).
+MAX_ACCUMULATORS_PER_THREAD = 32
+MAX_CHUNK_BYTES_PER_THREAD = 256
 # Where a persistent forward program holds its W_hh slice in shared memory across the steps
-# (W_RESIDENT): the input dtypes, the batch block and the padded K (= P) for which ptxas on
-# sm_90 keeps the spills of the whole-K dots to about a hundred bytes per thread
-# (bench/results/kernel-resources-sm90.md). The slice and h's tile then take at most
-# 160 KiB of shared memory. Elsewhere (TF32, wider batch blocks, larger H) W streams from L2.
+# (W_RESIDENT): the input dtypes, batch blocks and padded K (= P) for which those builds do
+# not spill and the slice with h's tile fits (192 KiB at 32 rows and K = 1024). Elsewhere
+# (TF32 spills kilobytes, K = 2048 needs 320 KiB, H not a multiple of 16 spills) W streams
+# from L2.
 RESIDENT_WEIGHT_DTYPES = (torch.float16, torch.bfloat16)
-RESIDENT_MAX_BLOCK_B = 16
+RESIDENT_MAX_BLOCK_B = 32
 RESIDENT_MAX_K = 1024
+RESIDENT_ALIGNMENT = 16
 # Polls of a grid barrier before it gives up and the launch reports an error: seconds on a
 # GPU, where a barrier takes microseconds.
 BARRIER_MAX_SPINS = 1 << 24
@@ -143,7 +147,8 @@ def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K:
     for k0 in range(0, K, BLOCK_K):
         offs_kk = k0 + offs_k
         mask_k = offs_kk < K
-        # A is what other programs wrote this launch: read it from L2 (.cg), never a stale L1 line.
+        # A is what other programs wrote this launch. The barrier's acquire makes it visible;
+        # .cg (where Triton honours it) also keeps it out of L1, where it is never reused.
         b_a = tl.load(p_a[:, None] + offs_kk[None, :].to(tl.int64) * stride_ak,
                       mask=mask_a[:, None] & mask_k[None, :], other=0.0, cache_modifier=".cg")
         b_b = tl.load(p_b[None, :] + offs_kk[:, None].to(tl.int64) * stride_bk,
@@ -152,7 +157,9 @@ def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K:
     return acc
 
 
-@triton.jit(do_not_specialize=["s_start", "s_end", "T", "B", "H", "P", "max_spins"])
+# B, H and P stay specialised (divisible by 16 or not): that vectorises the masked loads,
+# and a model has few sizes. The step range and T change per call: never specialised.
+@triton.jit(do_not_specialize=["s_start", "s_end", "T", "max_spins"])
 def _lstm_fwd_kernel(
     p_gates,  # (T, B, 4H) view: Gx on entry, pre-activation gates (i, f, g, o) on exit
     p_w_hh,  # (4H, P)
@@ -291,7 +298,7 @@ def _lstm_fwd_kernel(
     _report_timeout(p_sync, spins_left, GRID_SYNC)
 
 
-@triton.jit(do_not_specialize=["s_start", "s_end", "T", "B", "H", "P", "max_spins"])
+@triton.jit(do_not_specialize=["s_start", "s_end", "T", "max_spins"])
 def _lstm_bwd_kernel(
     p_gates,  # (T, B, 4H) view: pre-activation gates (i, f, g, o) from the forward
     p_c,  # (T, B, H) fp32, contiguous: c_t from the forward
@@ -497,17 +504,29 @@ def _resident_limits(device, interpreted):
     return torch.cuda.get_device_properties(device).multi_processor_count, None
 
 
-def _warps_and_k(block_b, block_u, max_block_k, itemsize, interpreted):
-    """(num_warps, BLOCK_K): the fewest warps and then the widest K chunk whose tiles stay
-    within MAX_TILE_BYTES_PER_THREAD, or None when none does (8 warps, K chunks of 16)."""
+def _warps_and_k(block_b, block_u, max_block_k, itemsize, aligned, interpreted):
+    """(num_warps, BLOCK_K): the fewest warps and then the widest K chunk within the register
+    budget (MAX_ACCUMULATORS_PER_THREAD, MAX_CHUNK_BYTES_PER_THREAD), or None when none is.
+    Sizes that are not multiples of 16 (not ``aligned``) get half the budget: their loads do
+    not vectorise, and those builds spilled at the full one."""
+    share = 1 if aligned else 2
     for num_warps in (4, 8):
+        threads = 32 * num_warps
+        if not interpreted and 4 * block_b * block_u * share > MAX_ACCUMULATORS_PER_THREAD * threads:
+            continue
         block_k = max_block_k
         while block_k >= MIN_DOT:
-            tile_bytes = (block_b + 4 * block_u) * block_k * itemsize + 4 * block_b * block_u * 4
-            if interpreted or tile_bytes <= MAX_TILE_BYTES_PER_THREAD * 32 * num_warps:
+            chunk_bytes = (block_b + 4 * block_u) * block_k * itemsize * share
+            if interpreted or chunk_bytes <= MAX_CHUNK_BYTES_PER_THREAD * threads:
                 return num_warps, block_k
             block_k //= 2
     return None
+
+
+def _aligned(H, P):
+    """Whether the sizes the kernels stride and mask by are multiples of 16 (a launch then
+    specialises them, and its loads vectorise)."""
+    return H % 16 == 0 and (P is None or P % 16 == 0)
 
 
 def _persistent_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
@@ -523,7 +542,7 @@ def _persistent_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
         fits_group = max_group is None or n_u <= max_group
         if fits_group and (max_programs is None or n_b * n_u <= max_programs):
             units = min(block_u, max(_padded(H), _padded(P) if P is not None else 0))
-            tile = _warps_and_k(block_b, units, max_block_k, itemsize, interpreted)
+            tile = _warps_and_k(block_b, units, max_block_k, itemsize, _aligned(H, P), interpreted)
             if tile is None:
                 raise StrategyUnavailable(
                     f"persistent: B={B}, H={H}, proj_size={P} fits the SMs only as {n_b}x{n_u} programs of "
@@ -572,7 +591,8 @@ def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None,
     block_p = min(padded_p, block_u) if P is not None else block_h  # else dh, cell share units
     if strategy != "persistent":
         # The one program of "one-launch" (up to 128 units) may spill; it keeps its one launch.
-        num_warps_and_k = _warps_and_k(block_b, max(block_h, block_p), max_block_k, dtype.itemsize, interpreted)
+        num_warps_and_k = _warps_and_k(block_b, max(block_h, block_p), max_block_k, dtype.itemsize,
+                                       _aligned(H, P), interpreted)  # fmt: skip
         num_warps, block_k = num_warps_and_k or (8, MIN_DOT)
     for value in (block_b, block_h, block_p, block_k):
         assert value >= MIN_DOT and value & (value - 1) == 0, "blocks: powers of two >= 16"
@@ -601,9 +621,11 @@ def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None,
 def _resident_weights(config, strategy, P, dtype):
     """The forward's W_RESIDENT (with the whole padded K as BLOCK_K, and 8 warps, which spill
     less than 4): a persistent program without a projection holds its W_hh slice, where
-    RESIDENT_WEIGHT_DTYPES, RESIDENT_MAX_BLOCK_B and RESIDENT_MAX_K allow."""
+    RESIDENT_WEIGHT_DTYPES, RESIDENT_MAX_BLOCK_B and RESIDENT_MAX_K allow, for sizes that are
+    multiples of 16 (unvectorised whole-K loads spill)."""
     k = _padded(P)
     held = dtype in RESIDENT_WEIGHT_DTYPES and config["BLOCK_B"] <= RESIDENT_MAX_BLOCK_B and k <= RESIDENT_MAX_K
+    held = held and P % RESIDENT_ALIGNMENT == 0
     if strategy != "persistent" or config["HAS_PROJ"] or not held:
         return dict(W_RESIDENT=False)
     return dict(W_RESIDENT=True, BLOCK_K=k, num_warps=8)
@@ -754,7 +776,10 @@ def _check_resident(kernel, grid, args, config):
     if key in _resident_checked:
         return
     compiled = kernel.warmup(*args, max_spins=BARRIER_MAX_SPINS, grid=grid, launch_cooperative_grid=True, **config)
-    compiled._init_handles()  # loads the binary: fills n_regs
+    try:
+        compiled._init_handles()  # loads the binary: fills n_regs
+    except OutOfResources as err:  # e.g. held weights on a smaller GPU
+        raise StrategyUnavailable(f"persistent: {err}") from err
     props = torch.cuda.get_device_properties(device)
     num_warps, shared = compiled.metadata.num_warps, compiled.metadata.shared
     per_sm = programs_per_sm(compiled.n_regs, shared, num_warps, props.regs_per_multiprocessor,
@@ -790,13 +815,29 @@ def compile_signature(kernel, dtype_name):
     }
 
 
+def compile_attrs(kernel, int_args):
+    """The specialisation a launch gives ``kernel``, to compile it ahead of time as it runs:
+    every pointer 16-byte aligned (torch's allocations are) and each integer of ``int_args``
+    ({name: value}) that is a multiple of 16 marked so. Without it the masked loads of a
+    build do not vectorise and its registers and spills are not the launch's."""
+    aligned = [["tt.divisibility", 16]]
+    return {
+        (i,): aligned
+        for i, p in enumerate(kernel.params)
+        if not p.is_constexpr and (p.name.startswith("p_") or int_args.get(p.name, 1) % 16 == 0)
+    }
+
+
 def _check_barriers(sync):
-    """Fail, without a host sync, if a grid barrier of the launch timed out."""
+    """Fail, without a host sync, if a grid barrier of the launch timed out. On CUDA this is a
+    device-side assert: it surfaces at the next synchronisation and leaves the CUDA context
+    unusable, which beats a hang and beats returning the garbage of an unsynchronised step."""
     if sync is not None:
         torch._assert_async(
             sync[-1] == 0,
             "fusedrnn: a grid barrier of the persistent LSTM kernel timed out: not every program "
-            "of the grid was resident. Use fusedrnn.kernels.lstm.launch_strategy('per-step').",
+            "of the grid was resident. The CUDA context is lost: restart the process and use "
+            "fusedrnn.kernels.lstm.launch_strategy('per-step').",
         )
 
 

@@ -29,25 +29,29 @@ def ieee_fp32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-@pytest.fixture(params=["one-launch", "per-step", "persistent"])
+@pytest.fixture(params=["one-launch", "per-step", "persistent", "persistent-streamed"])
 def strategy(request, monkeypatch):
     """Every launch strategy of the LSTM kernels, forced with launch_strategy.
 
     'per-step' shrinks the blocks so that small test shapes split H over several programs,
     run one launch per timestep, and chunk K. 'persistent' runs every step in one launch
-    through the grid-barrier code, with batch blocks of 16 rows (B=17 spans two, each with
-    its own barrier counter), the forward holding its W_hh slice in every dtype
-    (W_RESIDENT; test_persistent.py runs the streamed one); under the interpreter its grid has one program
-    per batch block (a barrier over more would wait for a program that runs later), on a GPU
-    the smallest unit blocks, so several programs meet at each barrier."""
+    through the grid-barrier code, with batch blocks of 16 rows (B=17 spans two, each with its
+    own barrier counter); its forward holds the W_hh slice on chip (W_RESIDENT) in every dtype,
+    'persistent-streamed' streams it with K chunked. Under the interpreter a persistent grid
+    has one program per batch block (a barrier over more would wait for a program that runs
+    later); on a GPU the unit blocks are the smallest, so several programs meet at each
+    barrier."""
     from fusedrnn.kernels import lstm as lstm_kernels
 
-    if request.param == "per-step":
+    name = request.param
+    if name == "per-step":
         monkeypatch.setattr(lstm_kernels, "PER_STEP_BLOCK_H", 16)
         monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)
-    if request.param == "persistent":
+    if name.startswith("persistent"):
         monkeypatch.setattr(lstm_kernels, "PERSISTENT_MAX_BLOCK_B", 16)
-        monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)  # the projection's phase: K chunked
-        monkeypatch.setattr(lstm_kernels, "RESIDENT_WEIGHT_DTYPES", (torch.float32, torch.float16, torch.bfloat16))
-    with lstm_kernels.launch_strategy(request.param):
-        yield request.param
+        monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)
+        held = () if name == "persistent-streamed" else (torch.float32, torch.float16, torch.bfloat16)
+        monkeypatch.setattr(lstm_kernels, "RESIDENT_WEIGHT_DTYPES", held)
+        monkeypatch.setattr(lstm_kernels, "RESIDENT_ALIGNMENT", 1)  # odd test sizes too
+    with lstm_kernels.launch_strategy(name.removesuffix("-streamed")):
+        yield name

@@ -18,11 +18,16 @@ def sync_buffer(counters, error=0):
     return torch.tensor([*counters, error], dtype=torch.int32, device=DEVICE)
 
 
+# Programs per barrier: one under the interpreter (it runs programs one after another), eight
+# on a GPU, where they wait for each other.
+GROUP = 8 if torch.cuda.is_available() else 1
+
+
 @pytest.mark.parametrize("n_batch_blocks", [1, 3])
 def test_barrier_counts_one_arrival_per_program_and_step(n_batch_blocks):
     sync = sync_buffer([0] * n_batch_blocks)
-    K._barrier_floor_kernel[(n_batch_blocks, 1)](sync, 5, 100)
-    assert sync.tolist() == [5] * n_batch_blocks + [0]
+    K._barrier_floor_kernel[(n_batch_blocks, GROUP)](sync, 5, K.BARRIER_MAX_SPINS, launch_cooperative_grid=True)
+    assert sync.tolist() == [5 * GROUP] * n_batch_blocks + [0]
     K._check_barriers(sync)  # no error raised
 
 
@@ -32,12 +37,10 @@ def test_barrier_that_never_fills_times_out_with_an_error_not_a_hang():
     sync = sync_buffer([-1])
     K._barrier_floor_kernel[(1, 1)](sync, 3, 4)
     assert sync.tolist() == [2, 1]  # three arrivals counted, error word raised
+    if sync.is_cuda:  # there the check is a device-side assert, the end of this CUDA context
+        return
     with pytest.raises(RuntimeError, match="grid barrier of the persistent LSTM kernel timed out"):
         K._check_barriers(sync)
-
-
-def test_barrier_floor_runs_the_persistent_grid():
-    K.barrier_floor(4, 40, 20, torch.float32, DEVICE)()
 
 
 @pytest.fixture
@@ -75,26 +78,17 @@ def test_persistent_plan_refuses_tiles_that_would_spill(h100):
         K.kernel_config(512, 2048, torch.bfloat16, "persistent")
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("B, H", [(1, 2048), (32, 2048), (128, 1024)])
-def test_streamed_tiles_stay_within_the_register_budget(h100, B, H, dtype):
-    for backward in (False, True):
-        config = K.kernel_config(B, H, dtype, "persistent", backward=backward, interpreted=False)
-        assert not config.get("W_RESIDENT", False)
-        tile_bytes = (config["BLOCK_B"] + 4 * config["BLOCK_H"]) * config["BLOCK_K"] * dtype.itemsize
-        tile_bytes += 4 * config["BLOCK_B"] * config["BLOCK_H"] * 4
-        assert tile_bytes <= K.MAX_TILE_BYTES_PER_THREAD * 32 * config["num_warps"]
-
-
 @pytest.mark.parametrize(
     "B, H, P, dtype, held",
     [
         (8, 1024, None, torch.bfloat16, True),  # K = 1024: the slice is 128 KiB
         (1, 256, None, torch.float16, True),
         (8, 2048, None, torch.bfloat16, False),  # K too large
-        (32, 256, None, torch.bfloat16, False),  # a batch block of 32 rows spills
+        (32, 1024, None, torch.bfloat16, True),  # 32 rows: 192 KiB of shared memory
+        (128, 256, None, torch.bfloat16, False),  # a batch block of 64 rows
         (8, 256, None, torch.float32, False),  # TF32 operands spill
         (8, 256, 128, torch.bfloat16, False),  # projections stream W
+        (8, 1000, None, torch.bfloat16, False),  # unvectorised whole-K loads spill
     ],
 )  # fmt: skip
 def test_forward_holds_its_weights_where_they_fit(h100, B, H, P, dtype, held):
