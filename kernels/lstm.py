@@ -538,10 +538,11 @@ def _persistent_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
     max_programs, max_group = _resident_limits(device, interpreted)
     block_u = MIN_DOT
     while True:
-        n_u = _units_programs(H, P, block_u)
+        block_h, block_p = _unit_blocks(H, P, block_u)
+        n_u = max(triton.cdiv(H, block_h), triton.cdiv(P if P is not None else H, block_p))
         fits_group = max_group is None or n_u <= max_group
         if fits_group and (max_programs is None or n_b * n_u <= max_programs):
-            units = min(block_u, max(_padded(H), _padded(P) if P is not None else 0))
+            units = max(block_h, block_p)
             tile = _warps_and_k(block_b, units, max_block_k, itemsize, _aligned(H, P), interpreted)
             if tile is None:
                 raise StrategyUnavailable(
@@ -558,10 +559,11 @@ def _persistent_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
         block_u *= 2
 
 
-def _units_programs(H, P, block_u):
-    """Programs along the units when each owns block_u cell units and block_u projected units."""
-    n_h = triton.cdiv(H, min(block_u, _padded(H)))
-    return max(n_h, triton.cdiv(P, min(block_u, _padded(P)))) if P is not None else n_h
+def _unit_blocks(H, P, block_u):
+    """(BLOCK_H, BLOCK_P) of programs that own up to block_u cell and projected units: no wider
+    than the padded sizes; without a projection the backward's dh and cell phases share units."""
+    block_h = min(_padded(H), block_u)
+    return block_h, min(_padded(P), block_u) if P is not None else block_h
 
 
 def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None, interpreted=False):
@@ -587,8 +589,7 @@ def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None,
         block_b, block_u, num_warps, block_k = _persistent_blocks(B, H, P, max_block_k, dtype.itemsize, device, interpreted)
     else:
         raise ValueError(f"no kernel config for strategy {strategy!r}")
-    block_h = min(padded_h, block_u)
-    block_p = min(padded_p, block_u) if P is not None else block_h  # else dh, cell share units
+    block_h, block_p = _unit_blocks(H, P, block_u)
     if strategy != "persistent":
         # The one program of "one-launch" (up to 128 units) may spill; it keeps its one launch.
         num_warps_and_k = _warps_and_k(block_b, max(block_h, block_p), max_block_k, dtype.itemsize,
