@@ -69,6 +69,11 @@ PER_STEP_BLOCK_H = 64
 BLOCK_B = 16
 PERSISTENT_MAX_BLOCK_B = 64
 PERSISTENT_MAX_BLOCK_U = 128
+# Register cap of a persistent backward build (ptxas .maxnreg). Left alone, ptxas capped 8-warp
+# held-weights backward builds at 128 registers (two programs per SM) and spilled 8-12 B; a
+# persistent grid plans one program per SM, so let them take up to 255. Not the forward: its
+# builds do not spill uncapped, and with the cap ptxas scheduled one into 56 B of spills.
+PERSISTENT_BACKWARD_MAX_REGISTERS = 255
 # Register budget of a program, per thread, calibrated with ptxas on sm_90 builds specialised
 # as launches are (bench/results/kernel-resources-sm90.md, bench/NOTES.md): the four fp32
 # accumulators (a 64 x 64 tile over 8 warps, 64 values, spills in the backward; 32 do not),
@@ -335,6 +340,7 @@ def _lstm_bwd_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GRID_SYNC: tl.constexpr,
+    W_RESIDENT: tl.constexpr,
     DO_DH: tl.constexpr,
     DO_CELL: tl.constexpr,
     HAS_PROJ: tl.constexpr,
@@ -351,6 +357,19 @@ def _lstm_bwd_kernel(
         length = tl.load(p_lengths + rows_b, mask=mask_b, other=0)
     if DO_CELL:
         dc = tl.load(p_dc + offs_c, mask=mask_bh, other=0.0)
+    if W_RESIDENT:
+        # The program's columns of W_hh, loaded once as one (K, BLOCK_P) tile per gate over the
+        # whole (padded) K = BLOCK_K >= H: dh_t = sum over gates of dG_{t+1, gate} @ W_gate.
+        # Four dots of K = H rather than one of K = 4H, whose dG tile would not fit on chip.
+        offs_kw = tl.arange(0, BLOCK_K)
+        mask_kw = offs_kw < H
+        p_w = p_w_hh + offs_kw[:, None].to(tl.int64) * stride_w + offs_p[None, :]
+        mask_w = mask_kw[:, None] & mask_p[None, :]
+        gate_rows = tl.cast(H, tl.int64) * stride_w
+        w_i = tl.load(p_w, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        w_f = tl.load(p_w + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        w_g = tl.load(p_w + 2 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        w_o = tl.load(p_w + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
 
     # Steps run backwards: s = s_end - 1, ..., s_start.
     n_synced, spins_left = 0, max_spins
@@ -372,10 +391,25 @@ def _lstm_bwd_kernel(
                 dh += tl.load(p_dhn_tile, mask=mask_bp, other=0.0).to(tl.float32)
             else:
                 # Inactive rows of step s + 1 stored zero gradients: nothing flows from there.
-                dh = _matmul_acc(
-                    dh, p_dgates + t_next * stride_dgt + rows_b * stride_dgb, 1, mask_b,
-                    p_w_hh + offs_p, stride_w, mask_p, 4 * H, BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
-                )  # fmt: skip
+                p_dg_next = p_dgates + t_next * stride_dgt + rows_b * stride_dgb
+                if W_RESIDENT:
+                    # Each gate's dG_{t+1} (other programs wrote it: from L2, .cg) against its
+                    # held tile.
+                    p_dgk = p_dg_next[:, None] + offs_kw[None, :]
+                    mask_dgk = mask_b[:, None] & mask_kw[None, :]
+                    b_dg = tl.load(p_dgk, mask=mask_dgk, other=0.0, cache_modifier=".cg").to(DOT_DTYPE)
+                    dh += tl.dot(b_dg, w_i, input_precision=INPUT_PRECISION)
+                    b_dg = tl.load(p_dgk + H, mask=mask_dgk, other=0.0, cache_modifier=".cg").to(DOT_DTYPE)
+                    dh += tl.dot(b_dg, w_f, input_precision=INPUT_PRECISION)
+                    b_dg = tl.load(p_dgk + 2 * H, mask=mask_dgk, other=0.0, cache_modifier=".cg").to(DOT_DTYPE)
+                    dh += tl.dot(b_dg, w_g, input_precision=INPUT_PRECISION)
+                    b_dg = tl.load(p_dgk + 3 * H, mask=mask_dgk, other=0.0, cache_modifier=".cg").to(DOT_DTYPE)
+                    dh += tl.dot(b_dg, w_o, input_precision=INPUT_PRECISION)
+                else:
+                    dh = _matmul_acc(
+                        dh, p_dg_next, 1, mask_b, p_w_hh + offs_p, stride_w, mask_p, 4 * H, BLOCK_K, DOT_DTYPE,
+                        INPUT_PRECISION,
+                    )  # fmt: skip
                 if VARLEN and not REVERSE:
                     last = active & (t == length - 1)
                     dh += tl.load(p_dhn_tile, mask=last[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
@@ -559,6 +593,32 @@ def _persistent_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
         block_u *= 2
 
 
+def _per_step_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
+    """(BLOCK_B, BLOCK_U) of the per-step launches. Every step each program reads its slice
+    of W_hh and its rows of h from L2: over the grid n_b * |W_hh| + n_u * |h| elements, so
+    narrow batch blocks re-read W_hh (16-row blocks at B = 512: 32 times a step). Of the tiles
+    within the register budget, take the one that reads least among those whose grid has a
+    program per SM, else the one with the most programs. Under the interpreter (no SMs): the
+    fixed BLOCK_B x PER_STEP_BLOCK_H, which tests shrink to split small shapes."""
+    sms, _ = _resident_limits(device, interpreted)
+    if sms is None:
+        return BLOCK_B, PER_STEP_BLOCK_H
+    units = max(H, P if P is not None else H)
+    best = None
+    for block_b in (16, 32, 64, 128):
+        for block_u in (16, 32, 64):
+            if block_b > _padded(B) or block_u > min(PER_STEP_BLOCK_H, _padded(units)):
+                continue
+            if _warps_and_k(block_b, block_u, max_block_k, itemsize, _aligned(H, P), interpreted) is None:
+                continue
+            n_b, n_u = triton.cdiv(B, block_b), triton.cdiv(units, block_u)
+            reads = n_b * 4 * H + n_u * B  # times K: W_hh slices and h tiles of one step
+            rank = (n_b * n_u < sms, -n_b * n_u if n_b * n_u < sms else reads, reads)
+            if best is None or rank < best[0]:
+                best = rank, block_b, block_u
+    return (best[1], best[2]) if best else (BLOCK_B, MIN_DOT)
+
+
 def _unit_blocks(H, P, block_u):
     """(BLOCK_H, BLOCK_P) of programs that own up to block_u cell and projected units: no wider
     than the padded sizes; without a projection the backward's dh and cell phases share units."""
@@ -584,7 +644,7 @@ def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None,
         if block_u > ONE_LAUNCH_MAX_H:
             raise StrategyUnavailable(f"one-launch: H={H}, proj_size={P} exceed one program's {ONE_LAUNCH_MAX_H} units")
     elif strategy == "per-step":
-        block_u = PER_STEP_BLOCK_H
+        block_b, block_u = _per_step_blocks(B, H, P, max_block_k, dtype.itemsize, device, interpreted)
     elif strategy == "persistent":
         block_b, block_u, num_warps, block_k = _persistent_blocks(B, H, P, max_block_k, dtype.itemsize, device, interpreted)
     else:
@@ -614,16 +674,19 @@ def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None,
         num_warps=num_warps,
         num_stages=2,
     )
-    if not backward:
-        config.update(_resident_weights(config, strategy, P if P is not None else H, dtype))
+    if strategy == "persistent" and backward:
+        config["maxnreg"] = PERSISTENT_BACKWARD_MAX_REGISTERS
+    config.update(_resident_weights(config, strategy, P if P is not None else H, dtype))
     return config
 
 
 def _resident_weights(config, strategy, P, dtype):
-    """The forward's W_RESIDENT (with the whole padded K as BLOCK_K, and 8 warps, which spill
-    less than 4): a persistent program without a projection holds its W_hh slice, where
-    RESIDENT_WEIGHT_DTYPES, RESIDENT_MAX_BLOCK_B and RESIDENT_MAX_K allow, for sizes that are
-    multiples of 16 (unvectorised whole-K loads spill)."""
+    """W_RESIDENT (with the whole padded K as BLOCK_K, and 8 warps, which spill less than 4):
+    a persistent program without a projection holds its W_hh slice, in the forward and in the
+    backward, where RESIDENT_WEIGHT_DTYPES, RESIDENT_MAX_BLOCK_B and RESIDENT_MAX_K allow, for
+    sizes that are multiples of 16 (unvectorised whole-K loads spill). Without a projection
+    K = P = H in both: the forward's slice is (H, BLOCK_H) per gate, the backward's
+    (H, BLOCK_P)."""
     k = _padded(P)
     held = dtype in RESIDENT_WEIGHT_DTYPES and config["BLOCK_B"] <= RESIDENT_MAX_BLOCK_B and k <= RESIDENT_MAX_K
     held = held and P % RESIDENT_ALIGNMENT == 0
@@ -814,6 +877,16 @@ def compile_signature(kernel, dtype_name):
         p.name: "constexpr" if p.is_constexpr else types.get(p.name, "*" + dtype_name if p.name.startswith("p_") else "i32")
         for p in kernel.params
     }
+
+
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
+
+
+def split_launch_options(config):
+    """A ``kernel_config`` split into the kernel's constexprs and the compiler's options (for
+    ``triton.compile``, which takes them apart, unlike a launch)."""
+    constexprs = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
+    return constexprs, {k: v for k, v in config.items() if k in LAUNCH_OPTIONS}
 
 
 def compile_attrs(kernel, int_args):

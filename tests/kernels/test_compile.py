@@ -58,7 +58,7 @@ for dtype in NAMES:
             variants = [(False, False)] + ([(True, True)] if dtype == torch.bfloat16 else [])
             for kernel, backward in ((lstm._lstm_fwd_kernel, False), (lstm._lstm_bwd_kernel, True)):
                 config = lstm.kernel_config(B, H, dtype, strategy, P=P, backward=backward)
-                options = {k: config.pop(k) for k in ("num_warps", "num_stages")}
+                config, options = lstm.split_launch_options(config)
                 options["launch_cooperative_grid"] = config["GRID_SYNC"]
                 phases = lstm.kernel_phases(P is not None, backward)
                 for flags in phases if strategy == "per-step" else [lstm.all_phase_flags(phases)]:

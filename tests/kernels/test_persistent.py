@@ -91,10 +91,32 @@ def test_persistent_plan_refuses_tiles_that_would_spill(h100):
         (8, 1000, None, torch.bfloat16, False),  # unvectorised whole-K loads spill
     ],
 )  # fmt: skip
-def test_forward_holds_its_weights_where_they_fit(h100, B, H, P, dtype, held):
-    forward = K.kernel_config(B, H, dtype, "persistent", P=P)
-    assert forward["W_RESIDENT"] == held
-    if held:  # one dot over the whole padded K
-        assert forward["BLOCK_K"] == max(16, 1 << (H - 1).bit_length())
-    assert "W_RESIDENT" not in K.kernel_config(B, H, dtype, "persistent", P=P, backward=True)
-    assert not K.kernel_config(B, H, dtype, "per-step", P=P)["W_RESIDENT"]
+def test_persistent_kernels_hold_their_weights_where_they_fit(h100, B, H, P, dtype, held):
+    for backward in (False, True):
+        config = K.kernel_config(B, H, dtype, "persistent", P=P, backward=backward)
+        assert config["W_RESIDENT"] == held
+        if held:  # dots over the whole padded K (= H: the forward's h, each gate's dG in the backward)
+            assert config["BLOCK_K"] == max(16, 1 << (H - 1).bit_length())
+        assert not K.kernel_config(B, H, dtype, "per-step", P=P, backward=backward)["W_RESIDENT"]
+
+
+@pytest.mark.parametrize(
+    "B, H, dtype, blocks, grid",
+    [
+        (8, 1024, torch.bfloat16, (16, 16), (1, 64)),  # few rows: as many programs as the units allow
+        (128, 1024, torch.bfloat16, (32, 16), (4, 64)),  # a program per SM, W_hh read 4 times a step
+        (512, 1024, torch.bfloat16, (64, 32), (8, 32)),  # 16-row blocks would read W_hh 32 times
+        (512, 2048, torch.float32, (64, 32), (8, 64)),
+    ],
+)  # fmt: skip
+def test_per_step_tiles_read_the_weights_least_while_every_sm_has_a_program(h100, B, H, dtype, blocks, grid):
+    config = K.kernel_config(B, H, dtype, "per-step")
+    assert (config["BLOCK_B"], config["BLOCK_H"]) == blocks
+    assert K._grid(config, "per-step", B, H, H, cell_units=True) == grid
+    # Within the register budget: four fp32 accumulators of the tile, at most 32 per thread.
+    assert 4 * config["BLOCK_B"] * config["BLOCK_H"] <= K.MAX_ACCUMULATORS_PER_THREAD * 32 * config["num_warps"]
+
+
+def test_per_step_tiles_under_the_interpreter_are_the_fixed_ones():
+    config = K.kernel_config(512, 1024, torch.bfloat16, "per-step", interpreted=True)
+    assert (config["BLOCK_B"], config["BLOCK_H"]) == (K.BLOCK_B, K.PER_STEP_BLOCK_H)
