@@ -22,6 +22,7 @@ Commands (defaults relative to the repository root):
         [--out-png bench/results/speedup.png] [--readme README.md]
     python bench/report.py merge A.json B.json ... -o bench/results/<gpu>-<date>.json
     python bench/report.py check --readme README.md
+    python bench/report.py dispatch RESULTS.json ... -o kernels/tuned/<gpu slug>.json [--tf32 off]
 `check` exits 1 when the README section between the performance markers (or, when there
 are timed results, the Markdown report) differs from what `render` would write. Output
 depends on the data only (sorted, no rendering timestamp), so `check` is stable.
@@ -39,6 +40,15 @@ The issue gives a mean only for training; its other ratios are read as bounds on
 shape. The compile'd reference runs on short sequences only, so that target has no fixed
 grid. A target over a fixed grid with cases missing is "not measured", unless the cases that
 were measured already miss it (a worst-shape target). A miss says by how much.
+
+`dispatch` writes the "dispatch" of a GPU's tuning table (kernels/tuning.py), which `auto`
+follows: per (mode, dtype, B, H) at the largest T measured, the fastest of the forced
+strategies (fusedrnn-persistent, -per-step, -one-launch, within one run as above);
+inference rows give the forward kernel's entries ("fwd"), training rows the backward's
+("bwd"). float32 rows are taken at one TF32 setting (--tf32, default on: torch's default);
+16-bit rows at either, that one first (it does not change their kernels). Results from more
+than one GPU are refused. An existing output file must be the same GPU's: its "configs"
+(bench/tune.py's) are kept, its "dispatch" is replaced.
 """
 
 import argparse
@@ -525,6 +535,79 @@ def write_plot(series, path):
     plt.close(fig)
 
 
+# -------------------------------------------------------------------------------- dispatch
+
+DISPATCH_KERNELS = {"inference": "fwd", "training": "bwd"}
+
+
+def dispatch_choices(rows, tf32=True):
+    """{(mode, dtype, B, H): (case, {strategy provider: Row})}: per shape, the forced-strategy
+    rows of the largest T measured, one run (select_runs), I = H (the bench's layers)."""
+    gpus = sorted({row.info["gpu"] for row in rows})
+    if len(gpus) > 1:
+        raise ValueError(f"results from several GPUs ({', '.join(gpus)}): a table is one GPU's")
+    best = {}
+    for cases in select_runs(rows).values():
+        for case, providers in cases.items():
+            if case.I != case.H or (case.dtype == "float32" and case.tf32 != tf32):
+                continue
+            timed = {p: row for p, row in providers.items() if p in STRATEGIES}
+            rank = (case.T, case.tf32 == tf32)  # 16-bit: the wanted TF32 setting first
+            key = (case.mode, case.dtype, case.B, case.H)
+            if timed and (key not in best or rank > best[key][0]):
+                best[key] = (rank, case, timed)
+    return {key: value[1:] for key, value in best.items()}
+
+
+def dispatch_table(rows, tf32=True):
+    """The GPU's table without "configs": gpu, sm_count, dispatch and where it came from."""
+    choices = dispatch_choices(rows, tf32)
+    if not choices:
+        raise ValueError("no timed fusedrnn-{persistent,per-step,one-launch} rows to choose from")
+    entries, cases, used = [], [], []
+    for (mode, dtype, B, H), (case, timed) in choices.items():
+        fastest = min(timed, key=lambda p: (timed[p].info["time_ms"], STRATEGIES.index(p)))
+        shape = {"kernel": DISPATCH_KERNELS[mode], "dtype": dtype, "B": B, "H": H}
+        entries.append({**shape, "P": None, "strategy": fastest.removeprefix("fusedrnn-")})
+        ms = {p.removeprefix("fusedrnn-"): timed[p].info["time_ms"] for p in STRATEGIES if p in timed}
+        cases.append({**shape, "T": case.T, "tf32": case.tf32, "ms": ms})
+        used += timed.values()
+
+    def order(entry):
+        return ("fwd", "bwd").index(entry["kernel"]), DTYPES.index(entry["dtype"]), entry["B"], entry["H"]
+
+    return {
+        "gpu": used[0].info["gpu"],
+        "sm_count": used[0].info["sm_count"],
+        "dispatch_provenance": {
+            "made_by": "bench/report.py dispatch",
+            "source": sorted({row.source for row in used}),
+            "date": max(row.info["date"] for row in used),
+            "versions": {key: distinct(row.info[key] for row in used) for key in VERSION_KEYS},
+            "cases": sorted(cases, key=order),  # every strategy's median ms: by how much it won
+        },
+        "dispatch": sorted(entries, key=order),
+    }
+
+
+def cmd_dispatch(args):
+    from fusedrnn.kernels import tuning  # here, so that render and check need no torch
+
+    table = dispatch_table(load_rows(args.results), args.tf32 == "on")
+    output = Path(args.output)
+    if output.exists():
+        old = tuning.load_table(output)  # a bad table raises, naming the file
+        if old["gpu"] != table["gpu"]:
+            raise ValueError(f"{output} is {old['gpu']}'s table; these results are {table['gpu']}'s")
+        kept = {k: v for k, v in old.items() if k not in table}  # configs, their provenance
+        table = {**table, **kept}
+    table.setdefault("configs", [])
+    tuning.validate(table, output)
+    output.write_text(tuning.dumps(table))
+    print(f"{output}: {len(table['dispatch'])} dispatch entries, {len(table['configs'])} configs kept")
+    return 0
+
+
 # ------------------------------------------------------------------------------------- CLI
 
 
@@ -611,12 +694,17 @@ def parse_args(argv):
     merge = commands.add_parser("merge")
     merge.add_argument("inputs", nargs="+")
     merge.add_argument("-o", "--output", required=True)
+    dispatch = commands.add_parser("dispatch")
+    dispatch.add_argument("results", nargs="+", help="one GPU's benchmark JSON files")
+    dispatch.add_argument("-o", "--output", required=True, help="kernels/tuned/<gpu slug>.json")
+    dispatch.add_argument("--tf32", choices=["on", "off"], default="on", help="float32 rows of this setting")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    return {"render": cmd_render, "check": cmd_check, "merge": cmd_merge}[args.command](args)
+    commands = {"render": cmd_render, "check": cmd_check, "merge": cmd_merge, "dispatch": cmd_dispatch}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
+from . import tuning
 from ._helpers import (
     TRITON_DTYPES,
     cell_grads,
@@ -521,9 +522,10 @@ def _padded(n):
 
 
 def choose_strategy(H, P=None):
-    """The ``"auto"`` strategy. The persistent kernel has not been measured on a GPU yet
-    (bench/NOTES.md), so auto keeps to the strategies that have: one launch when one program
-    spans every unit, else one launch per step."""
+    """The ``"auto"`` strategy where this GPU's table (kernels/tuning.py) has no measurement
+    near the shape (see ``_plan``). The persistent kernel has not been measured on a GPU yet
+    (bench/NOTES.md), so the rule keeps to the strategies that have: one launch when one
+    program spans every unit, else one launch per step."""
     units = max(_padded(H), _padded(P) if P is not None else 0)
     return "one-launch" if units <= ONE_LAUNCH_MAX_H else "per-step"
 
@@ -677,6 +679,18 @@ def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None,
     if strategy == "persistent" and backward:
         config["maxnreg"] = PERSISTENT_BACKWARD_MAX_REGISTERS
     config.update(_resident_weights(config, strategy, P if P is not None else H, dtype))
+    # Block sizes measured faster on this GPU for this shape (kernels/tuning.py, made by
+    # bench/tune.py) replace the register budget's. The row and unit blocks set the grid,
+    # which the plan above checked: a table cannot change them. Under the interpreter only a
+    # table installed with tuning.use_table applies (device None: no committed table).
+    tuned = tuning.tuned_config("bwd" if backward else "fwd", strategy, B, H, P, dtype,
+                                None if interpreted else device)  # fmt: skip
+    if tuned:
+        if config.get("W_RESIDENT"):
+            tuned.pop("BLOCK_K", None)  # held weights are one dot over the whole padded K
+        if "BLOCK_K" in tuned:  # no K chunk wider than the padded operands
+            tuned["BLOCK_K"] = max(MIN_DOT, min(tuned["BLOCK_K"], max(padded_h, padded_p)))
+        config.update(tuned)
     return config
 
 
@@ -695,14 +709,48 @@ def _resident_weights(config, strategy, P, dtype):
     return dict(W_RESIDENT=True, BLOCK_K=k, num_warps=8)
 
 
-def _plan(B, H, P, dtype, device, kernel, backward):
-    """The strategy to run (forced, or chosen by shape) and its kernel config."""
+def _plans(B, H, P, dtype, device, kernel, backward):
+    """The strategies to try, in order, each with its kernel config: the forced one, or under
+    "auto" the one this GPU's table measured fastest for the shape (kernels/tuning.py), then
+    ``choose_strategy``'s rule. The measured one may still prove unavailable at the launch
+    (the compiled kernel's occupancy, checked there): ``_run_plans`` then runs the rule's.
+
+    The forward's table entries come from inference runs (forward only), the backward's from
+    training runs (forward and backward under one strategy): the backward alone is not timed,
+    so a training step may run its forward and backward under different strategies."""
+    interpreted = is_interpreted(kernel)
+
+    def plan(strategy):
+        return strategy, kernel_config(B, H, dtype, strategy, P=P, backward=backward, device=device,
+                                       interpreted=interpreted)  # fmt: skip
+
+    if _forced_strategy != "auto":
+        return [plan(_forced_strategy)]
+    rule = choose_strategy(H, P)
+    measured = tuning.measured_strategy("bwd" if backward else "fwd", B, H, P, dtype, None if interpreted else device)
+    plans = []
+    if measured is not None and measured != rule:
+        try:
+            plans.append(plan(measured))
+        except StrategyUnavailable:
+            pass  # measured at a neighbouring shape, where it fitted: the rule decides here
+    return plans + [plan(rule)]
+
+
+def _run_plans(plans, run):
+    """``run(strategy, config)`` with the first plan that can run; ``last_strategy()`` says
+    which. A persistent launch checks residency before it writes anything, so a plan refused
+    there leaves the tensors as they were for the next one."""
     global _last_strategy
-    strategy = _forced_strategy if _forced_strategy != "auto" else choose_strategy(H, P)
-    config = kernel_config(B, H, dtype, strategy, P=P, backward=backward, device=device,
-                           interpreted=is_interpreted(kernel))  # fmt: skip
-    _last_strategy = strategy
-    return strategy, config
+    for i, (strategy, config) in enumerate(plans):
+        try:
+            run(strategy, config)
+        except StrategyUnavailable:
+            if i == len(plans) - 1:
+                raise
+            continue
+        _last_strategy = strategy
+        return
 
 
 def _time_major_like(ref, last_dim, dtype):
@@ -932,21 +980,26 @@ def lstm_fwd(gates, w_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False):
     w_hh, h0, c0 = w_hh.contiguous(), h0.contiguous(), c0.contiguous()
     w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
     out, c, m = forward_outputs(gates, H, P, has_proj)
-    strategy, config = _plan(B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_fwd_kernel, backward=False)
-    sync = _sync_buffer(strategy, B, config, gates)
+    plans = _plans(B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_fwd_kernel, backward=False)
 
-    def launch(s_start, s_end, flags):
-        args = (
-            gates, w_hh, w_hr, h0, c0, lengths if lengths is not None else c, out,
-            m if has_proj else c, c, sync if sync is not None else c, s_start, s_end, T, B, H, P,
-            gates.stride(0), gates.stride(1), out.stride(0), out.stride(1),
-            w_hh.stride(0), w_hr.stride(0), h0.stride(0), c0.stride(0),
-        )  # fmt: skip
-        grid = _grid(config, strategy, B, H, P, cell_units=flags["DO_CELL"])
-        _launch(_lstm_fwd_kernel, grid, args, dict(**flags, REVERSE=reverse, VARLEN=lengths is not None, **config), sync)
+    def run(strategy, config):
+        sync = _sync_buffer(strategy, B, config, gates)
 
-    _run_steps(launch, T, strategy, kernel_phases(has_proj, backward=False), gates)
-    _check_barriers(sync)
+        def launch(s_start, s_end, flags):
+            args = (
+                gates, w_hh, w_hr, h0, c0, lengths if lengths is not None else c, out,
+                m if has_proj else c, c, sync if sync is not None else c, s_start, s_end, T, B, H, P,
+                gates.stride(0), gates.stride(1), out.stride(0), out.stride(1),
+                w_hh.stride(0), w_hr.stride(0), h0.stride(0), c0.stride(0),
+            )  # fmt: skip
+            grid = _grid(config, strategy, B, H, P, cell_units=flags["DO_CELL"])
+            constexprs = dict(**flags, REVERSE=reverse, VARLEN=lengths is not None, **config)
+            _launch(_lstm_fwd_kernel, grid, args, constexprs, sync)
+
+        _run_steps(launch, T, strategy, kernel_phases(has_proj, backward=False), gates)
+        _check_barriers(sync)
+
+    _run_plans(plans, run)
     return out, c, m
 
 
@@ -965,22 +1018,27 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, 
     has_proj = w_hr is not None
     w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
     d_gates, d_c, d_h = backward_outputs(gates, d_cn, P, has_proj)
-    strategy, config = _plan(B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_bwd_kernel, backward=True)
-    sync = _sync_buffer(strategy, B, config, gates)
+    plans = _plans(B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_bwd_kernel, backward=True)
 
-    def launch(s_start, s_end, flags):
-        args = (
-            gates, c, c0, w_hh, w_hr, lengths if lengths is not None else c, d_out, d_hn,
-            d_h if has_proj else d_c, d_gates, d_c, sync if sync is not None else d_c, s_start, s_end, T, B, H, P,
-            gates.stride(0), gates.stride(1), d_gates.stride(0), d_gates.stride(1),
-            d_out.stride(0), d_out.stride(1), d_out.stride(2),
-            d_hn.stride(0), c0.stride(0), w_hh.stride(0), w_hr.stride(0),
-        )  # fmt: skip
-        grid = _grid(config, strategy, B, H, P, cell_units=flags["DO_CELL"])
-        _launch(_lstm_bwd_kernel, grid, args, dict(**flags, REVERSE=reverse, VARLEN=lengths is not None, **config), sync)
+    def run(strategy, config):
+        sync = _sync_buffer(strategy, B, config, gates)
 
-    _run_steps(launch, T, strategy, kernel_phases(has_proj, backward=True), gates, backward=True)
-    _check_barriers(sync)
+        def launch(s_start, s_end, flags):
+            args = (
+                gates, c, c0, w_hh, w_hr, lengths if lengths is not None else c, d_out, d_hn,
+                d_h if has_proj else d_c, d_gates, d_c, sync if sync is not None else d_c, s_start, s_end, T, B, H, P,
+                gates.stride(0), gates.stride(1), d_gates.stride(0), d_gates.stride(1),
+                d_out.stride(0), d_out.stride(1), d_out.stride(2),
+                d_hn.stride(0), c0.stride(0), w_hh.stride(0), w_hr.stride(0),
+            )  # fmt: skip
+            grid = _grid(config, strategy, B, H, P, cell_units=flags["DO_CELL"])
+            constexprs = dict(**flags, REVERSE=reverse, VARLEN=lengths is not None, **config)
+            _launch(_lstm_bwd_kernel, grid, args, constexprs, sync)
+
+        _run_steps(launch, T, strategy, kernel_phases(has_proj, backward=True), gates, backward=True)
+        _check_barriers(sync)
+
+    _run_plans(plans, run)
     return d_gates, d_c, d_h
 
 

@@ -299,3 +299,102 @@ def test_no_results_section(tmp_path):
 def test_committed_readme_is_generated():
     """The README's performance section is what render makes of bench/results/*.json."""
     assert report.main(["check", "--readme", str(ROOT / "README.md")]) == 0
+
+
+# ----------------------------------------------------------- dispatch (tuning table "dispatch")
+
+
+def strategy_rows(mode, dtype, B, H, times, run_id="r", T=512, **extra):
+    """One row per forced strategy with the made-up times {strategy: ms} (None: not run)."""
+    return [info(f"fusedrnn-{name}", mode, dtype, B, H, ms, run_id, T=T, **extra)
+            for name, ms in times.items()]  # fmt: skip
+
+
+def dispatch(tmp_path, rows, *extra_args, output=None):
+    output = output or tmp_path / "table.json"
+    results = write_results(tmp_path / f"results{len(list(tmp_path.glob('results*')))}.json", rows)
+    assert report.main(["dispatch", str(results), "-o", str(output), *extra_args]) == 0
+    return json.loads(output.read_text())
+
+
+def test_dispatch_takes_the_fastest_strategy_per_mode_at_the_largest_t(tmp_path):
+    rows = [
+        # inference -> the forward's entries; training -> the backward's
+        *strategy_rows("inference", "bfloat16", 8, 512, {"persistent": 1.0, "per-step": 3.0, "one-launch": None}),
+        *strategy_rows("training", "bfloat16", 8, 512, {"persistent": 4.0, "per-step": 2.0}),
+        # T=64 says one-launch, T=512 (the largest) says per-step: T=512 decides
+        *strategy_rows("inference", "float32", 1, 256, {"one-launch": 1.0, "per-step": 9.0}, T=64),
+        *strategy_rows("inference", "float32", 1, 256, {"one-launch": 5.0, "per-step": 4.0}, T=512),
+        # the auto and cuDNN rows are not candidates, however fast
+        info("fusedrnn-auto", "inference", "bfloat16", 8, 512, 0.1, "r"),
+        info("cudnn", "inference", "bfloat16", 8, 512, 0.1, "r"),
+        # an input size other than H is not the bench's layer: ignored
+        *strategy_rows("inference", "bfloat16", 32, 512, {"per-step": 1.0}, I=256),
+    ]
+    table = dispatch(tmp_path, rows)
+    assert table["gpu"] == GPU and table["sm_count"] == 100 and table["configs"] == []
+    assert table["dispatch"] == [
+        {"kernel": "fwd", "dtype": "float32", "B": 1, "H": 256, "P": None, "strategy": "per-step"},
+        {"kernel": "fwd", "dtype": "bfloat16", "B": 8, "H": 512, "P": None, "strategy": "persistent"},
+        {"kernel": "bwd", "dtype": "bfloat16", "B": 8, "H": 512, "P": None, "strategy": "per-step"},
+    ]
+    provenance = table["dispatch_provenance"]
+    assert provenance["cases"][0] == {"kernel": "fwd", "dtype": "float32", "B": 1, "H": 256, "T": 512,
+                                      "tf32": True, "ms": {"per-step": 4.0, "one-launch": 5.0}}  # fmt: skip
+    assert provenance["versions"]["torch"] == "0.0-synthetic"
+    assert provenance["source"] == ["results0.json"]  # outside the repository: the file's name
+
+    from fusedrnn.kernels import tuning
+
+    with tuning.use_table(table):  # what auto then reads
+        assert tuning.measured_strategy("bwd", 8, 512, None, "bfloat16", None) == "per-step"
+
+
+def test_dispatch_float32_follows_one_tf32_setting(tmp_path):
+    rows = [
+        *strategy_rows("inference", "float32", 8, 512, {"persistent": 1.0, "per-step": 2.0}, tf32=True),
+        *strategy_rows("inference", "float32", 8, 512, {"persistent": 2.0, "per-step": 1.0}, tf32=False),
+        # 16-bit kernels ignore the setting: rows of the other one count where they are all
+        *strategy_rows("inference", "bfloat16", 8, 512, {"persistent": 2.0, "per-step": 1.0}, tf32=False),
+    ]
+    strategies = {(e["dtype"], e["strategy"]) for e in dispatch(tmp_path, rows)["dispatch"]}
+    assert strategies == {("float32", "persistent"), ("bfloat16", "per-step")}
+    strategies = {(e["dtype"], e["strategy"]) for e in dispatch(tmp_path, rows, "--tf32", "off")["dispatch"]}
+    assert strategies == {("float32", "per-step"), ("bfloat16", "per-step")}
+
+
+def test_dispatch_keeps_the_tuned_configs_of_the_same_gpu(tmp_path):
+    output = tmp_path / "table.json"
+    config = {"kernel": "fwd", "strategy": "per-step", "dtype": "bfloat16", "B": 8, "H": 512, "P": None,
+              "config": {"num_warps": 8}}  # fmt: skip
+    old_dispatch = {"kernel": "bwd", "dtype": "float16", "B": 1, "H": 256, "P": None, "strategy": "one-launch"}
+    output.write_text(json.dumps({"gpu": GPU, "dispatch": [old_dispatch], "configs": [config],
+                                  "configs_provenance": {"made_by": "bench/tune.py"}}))  # fmt: skip
+    rows = strategy_rows("inference", "bfloat16", 8, 512, {"persistent": 1.0, "per-step": 2.0})
+    table = dispatch(tmp_path, rows, output=output)
+    assert table["configs"] == [config] and table["configs_provenance"] == {"made_by": "bench/tune.py"}
+    assert [e["strategy"] for e in table["dispatch"]] == ["persistent"]  # rebuilt from the results
+
+    output.write_text(json.dumps({"gpu": "Another GPU", "dispatch": [], "configs": []}))
+    with pytest.raises(ValueError, match="Another GPU's table"):
+        dispatch(tmp_path, rows, output=output)
+    output.write_text(json.dumps({"gpu": GPU, "dispatch": [], "configs": [dict(config, config={"num_warps": 3})]}))
+    with pytest.raises(ValueError, match="table.json: configs.0.: num_warps must be one of"):
+        dispatch(tmp_path, rows, output=output)
+
+
+def test_dispatch_refuses_results_of_several_gpus(tmp_path):
+    rows = [
+        *strategy_rows("inference", "bfloat16", 8, 512, {"persistent": 1.0}),
+        *strategy_rows("inference", "bfloat16", 32, 512, {"persistent": 1.0}, gpu="Another GPU"),
+    ]
+    with pytest.raises(ValueError, match="several GPUs"):
+        dispatch(tmp_path, rows)
+    assert not (tmp_path / "table.json").exists()
+
+
+def test_dispatch_needs_timed_strategy_rows(tmp_path):
+    rows = [*strategy_rows("inference", "bfloat16", 8, 512, {"persistent": None}),
+            info("cudnn", "inference", "bfloat16", 8, 512, 1.0, "r")]  # fmt: skip
+    with pytest.raises(ValueError, match="no timed fusedrnn"):
+        dispatch(tmp_path, rows)

@@ -70,7 +70,7 @@ def test_converted_model_gives_the_same_outputs_and_trains(backend):
             loss.backward()
             opt.step()
             if model is ours:
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
         assert_close(a, b, rel=1e-4, name=name)  # five Adam steps in fp32 against float64
