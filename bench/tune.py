@@ -327,6 +327,8 @@ def main(argv=None):
             if not 1 <= k <= n:
                 raise SystemExit(f"--part K/N needs 1 <= K <= N, got {args.part}")
             cases = cases[k - 1 :: n]
+            if not cases:
+                raise SystemExit(f"--part {args.part}: no case falls in this part")
         gpu = torch.cuda.get_device_name()
         output = args.output or tuning.table_path(gpu)
         sm_count = torch.cuda.get_device_properties(0).multi_processor_count

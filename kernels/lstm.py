@@ -359,6 +359,8 @@ def _lstm_bwd_kernel(
     if DO_CELL:
         dc = tl.load(p_dc + offs_c, mask=mask_bh, other=0.0)
     if W_RESIDENT:
+        # BLOCK_K is sized from P by _resident_weights: the dots below need K = H.
+        tl.static_assert(not HAS_PROJ, "held weights in the backward need P == H (no projection)")
         # The program's columns of W_hh, loaded once as one (K, BLOCK_P) tile per gate over the
         # whole (padded) K = BLOCK_K >= H: dh_t = sum over gates of dG_{t+1, gate} @ W_gate.
         # Four dots of K = H rather than one of K = 4H, whose dG tile would not fit on chip.
@@ -601,19 +603,21 @@ def _per_step_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
     narrow batch blocks re-read W_hh (16-row blocks at B = 512: 32 times a step). Of the tiles
     within the register budget, take the one that reads least among those whose grid has a
     program per SM, else the one with the most programs. Under the interpreter (no SMs): the
-    fixed BLOCK_B x PER_STEP_BLOCK_H, which tests shrink to split small shapes."""
+    fixed BLOCK_B x PER_STEP_BLOCK_H, which tests shrink to split small shapes; with a
+    projection too."""
     sms, _ = _resident_limits(device, interpreted)
-    if sms is None:
+    if sms is None or P is not None:
+        # A projection's two phases have grids of their own (H and P units; the backward's dh
+        # reads K = 4H): this one-phase model does not cover them, so they keep the fixed tiles.
         return BLOCK_B, PER_STEP_BLOCK_H
-    units = max(H, P if P is not None else H)
     best = None
     for block_b in (16, 32, 64, 128):
         for block_u in (16, 32, 64):
-            if block_b > _padded(B) or block_u > min(PER_STEP_BLOCK_H, _padded(units)):
+            if block_b > _padded(B) or block_u > min(PER_STEP_BLOCK_H, _padded(H)):
                 continue
             if _warps_and_k(block_b, block_u, max_block_k, itemsize, _aligned(H, P), interpreted) is None:
                 continue
-            n_b, n_u = triton.cdiv(B, block_b), triton.cdiv(units, block_u)
+            n_b, n_u = triton.cdiv(B, block_b), triton.cdiv(H, block_u)
             reads = n_b * 4 * H + n_u * B  # times K: W_hh slices and h tiles of one step
             rank = (n_b * n_u < sms, -n_b * n_u if n_b * n_u < sms else reads, reads)
             if best is None or rank < best[0]:

@@ -36,7 +36,7 @@ def strategy(request, monkeypatch):
     'per-step' shrinks the blocks so that small test shapes split H over several programs,
     run one launch per timestep, and chunk K. 'persistent' runs every step in one launch
     through the grid-barrier code, with batch blocks of 16 rows (B=17 spans two, each with its
-    own barrier counter); its forward holds the W_hh slice on chip (W_RESIDENT) in every dtype,
+    own barrier counter); its forward and backward hold their W_hh slices on chip (W_RESIDENT) in every dtype,
     'persistent-streamed' streams it with K chunked. Under the interpreter a persistent grid
     has one program per batch block (a barrier over more would wait for a program that runs
     later); on a GPU the unit blocks are the smallest, so several programs meet at each

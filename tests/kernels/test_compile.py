@@ -85,7 +85,9 @@ def test_kernels_compile_for_sm90_within_shared_memory():
     results = json.loads(done.stdout.strip().splitlines()[-1])
     assert {(r["B"], r["H"], r["P"]) for r in results} == {tuple(size[:3]) for size in SIZES}
     assert {r["strategy"] for r in results} == {"one-launch", "per-step", "persistent"}
-    assert any(r["w_resident"] for r in results) and not all(r["w_resident"] for r in results)
+    for kernel in ("_lstm_fwd_kernel", "_lstm_bwd_kernel"):  # both hold their weights in some builds
+        held = [r["w_resident"] for r in results if r["kernel"] == kernel]
+        assert any(held) and not all(held), kernel
     assert {r["kernel"] for r in results} == {"_lstm_fwd_kernel", "_lstm_bwd_kernel"}
     too_big = [r for r in results if r["shared"] > SM90_MAX_SHARED_BYTES]
     assert not too_big, too_big

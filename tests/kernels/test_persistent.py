@@ -120,3 +120,9 @@ def test_per_step_tiles_read_the_weights_least_while_every_sm_has_a_program(h100
 def test_per_step_tiles_under_the_interpreter_are_the_fixed_ones():
     config = K.kernel_config(512, 1024, torch.bfloat16, "per-step", interpreted=True)
     assert (config["BLOCK_B"], config["BLOCK_H"]) == (K.BLOCK_B, K.PER_STEP_BLOCK_H)
+
+
+def test_per_step_tiles_with_a_projection_are_the_fixed_ones(h100):
+    # Its two phases (H cell units, P projected units; dh over K = 4H) are not in the model.
+    config = K.kernel_config(512, 1024, torch.bfloat16, "per-step", P=128, backward=True)
+    assert (config["BLOCK_B"], config["BLOCK_H"], config["BLOCK_P"]) == (K.BLOCK_B, K.PER_STEP_BLOCK_H, 64)

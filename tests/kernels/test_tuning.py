@@ -164,8 +164,19 @@ def test_kernel_config_applies_the_tuned_overrides():
         # held weights are one dot over the whole padded K: a tuned BLOCK_K is ignored there
         held = K.kernel_config(2, 32, torch.bfloat16, "persistent", interpreted=True)
         assert held["W_RESIDENT"] and (held["BLOCK_K"], held["num_warps"]) == (32, 4)
-    # the interpreter (device None, CPU) gets no committed table: only use_table's
-    assert K.kernel_config(2, 32, torch.float32, "per-step", interpreted=True, device=CPU) == default
+
+
+def test_interpreted_launches_ignore_committed_tables(synthetic_gpu):
+    synthetic_gpu.write_text(json.dumps(table(
+        dispatch=[entry("fwd", "float32", 2, 32, "per-step")],
+        configs=[config_entry("fwd", "per-step", "float32", 2, 32, {"num_stages": 3})],
+    )))  # fmt: skip
+    # The table is there for this (synthetic) device...
+    assert tuning.tuned_config("fwd", "per-step", 2, 32, None, torch.float32, CPU) == {"num_stages": 3}
+    # ...but an interpreted launch asks with no device: only use_table's table applies.
+    assert K.kernel_config(2, 32, torch.float32, "per-step", interpreted=True, device=CPU)["num_stages"] == 2
+    plans = K._plans(2, 32, None, torch.float32, CPU, K._lstm_fwd_kernel, False)
+    assert [strategy for strategy, _ in plans] == ["one-launch"] == [K.choose_strategy(32)]
 
 
 def problem(T=3, B=2, H=16, dtype=torch.float32, seed=0):
