@@ -144,6 +144,17 @@ def _report_timeout(p_sync, spins_left, GRID_SYNC: tl.constexpr):
 
 
 @triton.jit
+def _load_gate_tiles(p_w, gate_rows, mask_w, DOT_DTYPE: tl.constexpr):
+    """The four gates' (i, f, g, o) tiles of W_hh at p_w, gate_rows elements apart, as dot
+    operands: a program's held weights (W_RESIDENT)."""
+    w_i = tl.load(p_w, mask=mask_w, other=0.0).to(DOT_DTYPE)
+    w_f = tl.load(p_w + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+    w_g = tl.load(p_w + 2 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+    w_o = tl.load(p_w + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+    return w_i, w_f, w_g, w_o
+
+
+@triton.jit
 def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K: tl.constexpr,
                 DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """acc += A @ B over k < K in chunks of BLOCK_K. A's rows and B's columns are given as
@@ -231,11 +242,7 @@ def _lstm_fwd_kernel(
         mask_kw = offs_kw < P
         p_w = p_w_hh + offs_h[None, :].to(tl.int64) * stride_w + offs_kw[:, None]
         mask_w = mask_kw[:, None] & mask_h[None, :]
-        gate_rows = tl.cast(H, tl.int64) * stride_w
-        w_i = tl.load(p_w, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        w_f = tl.load(p_w + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        w_g = tl.load(p_w + 2 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        w_o = tl.load(p_w + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        w_i, w_f, w_g, w_o = _load_gate_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE)
 
     n_synced, spins_left = 0, max_spins
     for s in range(s_start, s_end):
@@ -368,11 +375,7 @@ def _lstm_bwd_kernel(
         mask_kw = offs_kw < H
         p_w = p_w_hh + offs_kw[:, None].to(tl.int64) * stride_w + offs_p[None, :]
         mask_w = mask_kw[:, None] & mask_p[None, :]
-        gate_rows = tl.cast(H, tl.int64) * stride_w
-        w_i = tl.load(p_w, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        w_f = tl.load(p_w + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        w_g = tl.load(p_w + 2 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        w_o = tl.load(p_w + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+        w_i, w_f, w_g, w_o = _load_gate_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE)
 
     # Steps run backwards: s = s_end - 1, ..., s_start.
     n_synced, spins_left = 0, max_spins
