@@ -72,6 +72,7 @@ import triton.testing
 import fusedrnn
 from fusedrnn.kernels import lstm as lstm_kernels
 from fusedrnn.kernels.reference import lstm_cell_update
+from fusedrnn.kernels.tuning import dtype_name
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -107,10 +108,6 @@ ENVIRONMENT = dict(
     run_id=RUN_START.strftime("%Y%m%dT%H%M%SZ"),
     timer="cuda-events" if HAS_CUDA else None,
 )
-
-
-def dtype_name(dtype):
-    return str(dtype).removeprefix("torch.")
 
 
 def cases(grid):
