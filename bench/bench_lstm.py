@@ -15,11 +15,11 @@ run: split it into parts (e.g. 1/6 ... 6/6) and merge their JSON with ``bench/re
 
 Grids. Input size I = H, one layer, time-major input, no initial state.
 - full: B in {1, 8, 32, 128, 512} x H in {256, 512, 1024, 2048} x T in {64, 512} x float32,
-  bfloat16, float16 x both modes x every provider; the two reference providers (Python loops
+  bfloat16, float16 x both modes x every provider but per-step-eager; the two reference providers (Python loops
   over T) only at T=64 and B <= 128, to keep the time bounded: the other cases are not
   generated, so nothing is recorded for them.
 - quick (for iterating): B in {8, 128} x H in {512, 2048}, T=512, bfloat16 and float32, the
-  fusedrnn strategies, cuDNN and the barrier floor.
+  fusedrnn strategies, per-step without CUDA graphs, cuDNN and the barrier floor.
 - ci: T=4, B=2, H=16, float32, every provider; with benchmarking disabled (pyproject's
   default) each case runs once, so the suite cannot rot. Providers that cannot run on CPU skip
   with the reason.
@@ -33,6 +33,11 @@ Providers
   ``fusedrnn.kernels.lstm.launch_strategy(name)``; "auto" lets the launchers choose, the
   others force a strategy and skip where it cannot run the shape on this device
   (``StrategyUnavailable``). The row's "strategy" is the one that ran (``last_strategy()``).
+  Per-step recurrences replay CUDA graphs of their launches once a call repeats
+  (fusedrnn/kernels/step_graphs.py); each row's "cuda_graphs" counts the case's recurrences
+  run eagerly, captured and replayed.
+- fusedrnn-per-step-eager (quick grid, CI): per-step with CUDA graphs off
+  (``step_graphs.enabled(False)``), the A/B of the graphs.
 - cudnn: ``torch.nn.LSTM`` with the same weights (cuDNN on CUDA; torch's CPU LSTM in CI).
 - reference-eager: ``fusedrnn.LSTM(backend="reference")``, the plain PyTorch loop.
 - reference-compile: the same loop with its step under ``torch.compile``. Compiling the
@@ -71,6 +76,7 @@ import triton.testing
 
 import fusedrnn
 from fusedrnn.kernels import lstm as lstm_kernels
+from fusedrnn.kernels import step_graphs
 from fusedrnn.kernels.reference import lstm_cell_update
 from fusedrnn.kernels.tuning import dtype_name
 
@@ -78,19 +84,20 @@ HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 FUSEDRNN = ["fusedrnn-auto", "fusedrnn-persistent", "fusedrnn-per-step", "fusedrnn-one-launch"]
+PER_STEP_EAGER = "fusedrnn-per-step-eager"  # per-step without CUDA graphs: their A/B
 SLOW = ["reference-compile", "reference-eager"]  # a Python loop over T
-PROVIDERS = [*FUSEDRNN, "cudnn", *SLOW, "floor-barrier"]
+PROVIDERS = [*FUSEDRNN, PER_STEP_EAGER, "cudnn", *SLOW, "floor-barrier"]
 MODES = ["inference", "training"]
 SLOW_MAX_T, SLOW_MAX_B = 64, 128
 
 GRIDS = {
     "full": dict(
         T=(64, 512), B=(1, 8, 32, 128, 512), H=(256, 512, 1024, 2048),
-        dtypes=(torch.float32, torch.bfloat16, torch.float16), providers=PROVIDERS,
+        dtypes=(torch.float32, torch.bfloat16, torch.float16), providers=[p for p in PROVIDERS if p != PER_STEP_EAGER],
     ),
     "quick": dict(
         T=(512,), B=(8, 128), H=(512, 2048),
-        dtypes=(torch.bfloat16, torch.float32), providers=[*FUSEDRNN, "cudnn", "floor-barrier"],
+        dtypes=(torch.bfloat16, torch.float32), providers=[*FUSEDRNN, PER_STEP_EAGER, "cudnn", "floor-barrier"],
     ),
     "ci": dict(T=(4,), B=(2,), H=(16,), dtypes=(torch.float32,), providers=PROVIDERS),
 }  # fmt: skip
@@ -200,11 +207,26 @@ def measure(call):
     return time_ms, torch.cuda.max_memory_allocated() - before
 
 
+def launch_settings(provider):
+    """The strategy a fusedrnn provider forces (None for the others) and the context that
+    forces it, with CUDA graphs of the per-step launches off for PER_STEP_EAGER."""
+    if provider == PER_STEP_EAGER:
+        settings = contextlib.ExitStack()
+        settings.enter_context(lstm_kernels.launch_strategy("per-step"))
+        settings.enter_context(step_graphs.enabled(False))
+        return "per-step", settings
+    if provider in FUSEDRNN:
+        strategy = provider.removeprefix("fusedrnn-")
+        return strategy, lstm_kernels.launch_strategy(strategy)
+    return None, contextlib.nullcontext()
+
+
 def test_lstm(benchmark, mode, dtype, T, B, H, provider):
-    strategy = provider.removeprefix("fusedrnn-") if provider in FUSEDRNN else None
+    strategy, settings = launch_settings(provider)
     time_ms = peak_memory_bytes = None
+    graph_counts = dict(step_graphs.cache.counts)
     # The strategy holds for the whole case: warm-up, timing, memory and the backward.
-    with lstm_kernels.launch_strategy(strategy) if strategy else contextlib.nullcontext():
+    with settings:
         try:
             forward, parameters = build(provider, T, B, H, dtype)
             x = torch.randn(T, B, H, device=DEVICE, dtype=dtype, requires_grad=mode == "training")
@@ -229,4 +251,5 @@ def test_lstm(benchmark, mode, dtype, T, B, H, provider):
         us_per_step=time_ms * 1e3 / T if time_ms is not None else None,
         tokens_per_s=T * B / (time_ms / 1e3) if time_ms is not None else None,
         peak_memory_bytes=peak_memory_bytes,
+        cuda_graphs={k: v - graph_counts[k] for k, v in step_graphs.cache.counts.items()},
     )  # fmt: skip

@@ -35,7 +35,9 @@ range ``[s_start, s_end)`` and the phases to run (constexprs), so the launchers 
   launch runs all steps and all phases, a CTA-wide barrier between phases makes each visible;
 - "persistent": one cooperative launch runs all steps and phases over every program of the
   grid, with a grid barrier per batch block (``GRID_SYNC``) between phases;
-- "per-step": one launch per step and phase (the kernel boundary is the grid-wide barrier).
+- "per-step": one launch per step and phase (the kernel boundary is the grid-wide barrier);
+  a call that repeats an earlier one's launches replays them from a CUDA graph
+  (``step_graphs.py``).
 """
 
 from contextlib import contextmanager, nullcontext
@@ -45,7 +47,7 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from . import tuning
+from . import step_graphs, tuning
 from ._helpers import (
     TRITON_DTYPES,
     cell_grads,
@@ -839,17 +841,30 @@ def all_phase_flags(phases):
     return {name: any(flags[name] for flags in phases) for name in phases[0]}
 
 
-def _run_steps(launch, T, strategy, phases, like, backward=False):
+def _run_steps(kernel, step_launch, sync, T, strategy, phases, like, backward=False):
     """Every step in the order of the recurrence (reversed for the backward): in one launch
     running all phases, or one launch per step and entry of ``phases`` (a list of constexpr
-    flag dicts, each one phase's flags). ``launch(s_start, s_end, flags)``."""
-    with _launch_context(like):
-        if strategy != "per-step":
-            launch(0, T, all_phase_flags(phases))
-            return
+    flag dicts, each one phase's flags). ``step_launch(s_start, s_end, flags)`` gives the
+    ``(grid, args, constexprs)`` of the launch of ``kernel`` for steps ``[s_start, s_end)``.
+    Per-step launches go through the CUDA graph cache (kernels/step_graphs.py)."""
+
+    def launch(s_start, s_end, flags):
+        _launch(kernel, *step_launch(s_start, s_end, flags), sync)
+
+    def launch_every_step():
         for s in reversed(range(T)) if backward else range(T):
             for flags in phases:
                 launch(s, s + 1, flags)
+
+    def sequence_key():
+        # The launches of a sequence differ only in their step: the first step's stand for all.
+        return T, backward, *(step_graphs.launch_key(kernel, *step_launch(0, 1, flags)) for flags in phases)
+
+    with _launch_context(like):
+        if strategy != "per-step":
+            launch(0, T, all_phase_flags(phases))
+        else:
+            step_graphs.run(sequence_key, launch_every_step, like.device)
 
 
 def _grid(config, strategy, B, H, P, cell_units):
@@ -992,7 +1007,7 @@ def lstm_fwd(gates, w_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False):
     def run(strategy, config):
         sync = _sync_buffer(strategy, B, config, gates)
 
-        def launch(s_start, s_end, flags):
+        def step_launch(s_start, s_end, flags):
             args = (
                 gates, w_hh, w_hr, h0, c0, lengths if lengths is not None else c, out,
                 m if has_proj else c, c, sync if sync is not None else c, s_start, s_end, T, B, H, P,
@@ -1000,10 +1015,10 @@ def lstm_fwd(gates, w_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False):
                 w_hh.stride(0), w_hr.stride(0), h0.stride(0), c0.stride(0),
             )  # fmt: skip
             grid = _grid(config, strategy, B, H, P, cell_units=flags["DO_CELL"])
-            constexprs = dict(**flags, REVERSE=reverse, VARLEN=lengths is not None, **config)
-            _launch(_lstm_fwd_kernel, grid, args, constexprs, sync)
+            return grid, args, dict(**flags, REVERSE=reverse, VARLEN=lengths is not None, **config)
 
-        _run_steps(launch, T, strategy, kernel_phases(has_proj, backward=False), gates)
+        phases = kernel_phases(has_proj, backward=False)
+        _run_steps(_lstm_fwd_kernel, step_launch, sync, T, strategy, phases, gates)
         _check_barriers(sync)
 
     _run_plans(plans, run)
@@ -1030,7 +1045,7 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, 
     def run(strategy, config):
         sync = _sync_buffer(strategy, B, config, gates)
 
-        def launch(s_start, s_end, flags):
+        def step_launch(s_start, s_end, flags):
             args = (
                 gates, c, c0, w_hh, w_hr, lengths if lengths is not None else c, d_out, d_hn,
                 d_h if has_proj else d_c, d_gates, d_c, sync if sync is not None else d_c, s_start, s_end, T, B, H, P,
@@ -1039,10 +1054,10 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, 
                 d_hn.stride(0), c0.stride(0), w_hh.stride(0), w_hr.stride(0),
             )  # fmt: skip
             grid = _grid(config, strategy, B, H, P, cell_units=flags["DO_CELL"])
-            constexprs = dict(**flags, REVERSE=reverse, VARLEN=lengths is not None, **config)
-            _launch(_lstm_bwd_kernel, grid, args, constexprs, sync)
+            return grid, args, dict(**flags, REVERSE=reverse, VARLEN=lengths is not None, **config)
 
-        _run_steps(launch, T, strategy, kernel_phases(has_proj, backward=True), gates, backward=True)
+        phases = kernel_phases(has_proj, backward=True)
+        _run_steps(_lstm_bwd_kernel, step_launch, sync, T, strategy, phases, gates, backward=True)
         _check_barriers(sync)
 
     _run_plans(plans, run)

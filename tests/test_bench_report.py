@@ -398,3 +398,19 @@ def test_dispatch_needs_timed_strategy_rows(tmp_path):
             info("cudnn", "inference", "bfloat16", 8, 512, 1.0, "r")]  # fmt: skip
     with pytest.raises(ValueError, match="no timed fusedrnn"):
         dispatch(tmp_path, rows)
+
+
+def test_case_table_shows_the_gain_of_per_step_graphs(tmp_path):
+    rows = [
+        info("cudnn", "inference", "bfloat16", 128, 2048, 10.0, "r"),
+        info("fusedrnn-auto", "inference", "bfloat16", 128, 2048, 5.0, "r"),
+        info("fusedrnn-per-step", "inference", "bfloat16", 128, 2048, 5.0, "r"),
+        info("fusedrnn-per-step-eager", "inference", "bfloat16", 128, 2048, 6.5, "r"),
+        info("cudnn", "inference", "bfloat16", 8, 2048, 10.0, "r"),  # no A/B: no gain shown
+        info("fusedrnn-per-step", "inference", "bfloat16", 8, 2048, 5.0, "r"),
+    ]
+    selected = report.select_runs(report.load_rows([write_results(tmp_path / "r.json", rows)]))
+    (cases,) = selected.values()
+    header, _, *body = report.case_table("inference", cases).splitlines()
+    gain = [c.strip() for c in header.split("|")].index("per-step graphs gain")
+    assert sorted(row.split("|")[gain].strip() for row in body) == ["-", "1.30x"]
