@@ -887,12 +887,12 @@ def _sync_buffer(strategy, B, config, like):
     return torch.zeros(triton.cdiv(B, config["BLOCK_B"]) + 1, dtype=torch.int32, device=like.device)
 
 
-_resident_checked = set()
+_residency = {}  # launch key -> None (resident) or why not: each compiled variant is checked once
 
 
 def _launch(kernel, grid, args, config, sync):
     """Launch ``kernel[grid](*args, **config)``; a persistent one (``sync`` given)
-    cooperatively, after checking once per compiled variant that the grid is resident."""
+    cooperatively, after checking that the grid is resident."""
     if sync is None:
         kernel[grid](*args, max_spins=0, **config)
         return
@@ -903,27 +903,34 @@ def _launch(kernel, grid, args, config, sync):
 
 def _check_resident(kernel, grid, args, config):
     """Raise StrategyUnavailable unless every program of ``grid`` fits on the device at once,
-    by the compiled kernel's registers, shared memory and warps."""
+    by the compiled kernel's registers, shared memory and warps. The answer is kept per
+    compiled variant and grid, refusals too: under "auto" a refused persistent plan falls
+    back to the rule's on every call, and should cost no more than a lookup."""
     device = next(a.device for a in args if isinstance(a, torch.Tensor))
     dtypes = tuple(str(a.dtype) for a in args if isinstance(a, torch.Tensor))
     key = (kernel.fn.__name__, device, grid, dtypes, tuple(sorted((k, str(v)) for k, v in config.items())))
-    if key in _resident_checked:
-        return
+    if key not in _residency:
+        _residency[key] = _why_not_resident(kernel, grid, args, config, device)
+    if _residency[key] is not None:
+        raise StrategyUnavailable(_residency[key])
+
+
+def _why_not_resident(kernel, grid, args, config, device):
     compiled = kernel.warmup(*args, max_spins=BARRIER_MAX_SPINS, grid=grid, launch_cooperative_grid=True, **config)
     try:
         compiled._init_handles()  # loads the binary: fills n_regs
     except OutOfResources as err:  # e.g. held weights on a smaller GPU
-        raise StrategyUnavailable(f"persistent: {err}") from err
+        return f"persistent: {err}"
     props = torch.cuda.get_device_properties(device)
     num_warps, shared = compiled.metadata.num_warps, compiled.metadata.shared
     per_sm = programs_per_sm(compiled.n_regs, shared, num_warps, props.regs_per_multiprocessor,
                              props.shared_memory_per_multiprocessor, props.max_threads_per_multi_processor)  # fmt: skip
     if grid[0] * grid[1] > per_sm * props.multi_processor_count:
-        raise StrategyUnavailable(
+        return (
             f"persistent: a grid of {grid[0]}x{grid[1]} programs; {props.multi_processor_count} SMs hold "
             f"{per_sm} each ({compiled.n_regs} registers x {32 * num_warps} threads, {shared} B shared)"
         )
-    _resident_checked.add(key)
+    return None
 
 
 def programs_per_sm(n_regs, shared, num_warps, regs_per_sm, shared_per_sm, threads_per_sm):

@@ -6,6 +6,8 @@ program per batch block, so several batch blocks (each with its own barrier coun
 wait on another program; on a GPU the same tests run with several programs per barrier.
 """
 
+import contextlib
+
 import pytest
 import torch
 from helpers import DEVICE
@@ -126,3 +128,57 @@ def test_per_step_tiles_with_a_projection_are_the_fixed_ones(h100):
     # Its two phases (H cell units, P projected units; dh over K = 4H) are not in the model.
     config = K.kernel_config(512, 1024, torch.bfloat16, "per-step", P=128, backward=True)
     assert (config["BLOCK_B"], config["BLOCK_H"], config["BLOCK_P"]) == (K.BLOCK_B, K.PER_STEP_BLOCK_H, 64)
+
+
+class FakeCompiled:
+    """What _check_resident reads of a compiled kernel."""
+
+    def __init__(self, n_regs, shared=0, num_warps=4, out_of_resources=False):
+        self.n_regs, self.out_of_resources = n_regs, out_of_resources
+        self.metadata = type("Metadata", (), dict(num_warps=num_warps, shared=shared))
+
+    def _init_handles(self):
+        if self.out_of_resources:
+            raise K.OutOfResources(300000, 232448, "shared memory")
+
+
+class FakeKernel:
+    def __init__(self, compiled):
+        self.compiled, self.warmups = compiled, 0
+        self.fn = type("Fn", (), dict(__name__="fake_persistent_kernel"))
+
+    def warmup(self, *args, **kwargs):
+        self.warmups += 1
+        return self.compiled
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """An H100's SM resources (132 SMs of 64K registers, 228 KiB shared, 2048 threads)."""
+    props = type("Props", (), dict(multi_processor_count=132, regs_per_multiprocessor=65536,
+                                   shared_memory_per_multiprocessor=233472, max_threads_per_multi_processor=2048))  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(K, "_residency", {})
+
+
+@pytest.mark.parametrize(
+    "compiled, grid, refusal",
+    [
+        (FakeCompiled(n_regs=255, num_warps=8), (2, 132), "a grid of 2x132 programs; 132 SMs hold 1 each"),
+        (FakeCompiled(n_regs=128, num_warps=8), (2, 132), None),  # two programs per SM
+        (FakeCompiled(n_regs=64, shared=200_000), (2, 132), "132 SMs hold 1 each"),  # shared memory
+        (FakeCompiled(n_regs=64, out_of_resources=True), (1, 1), "persistent: out of resource: shared memory"),
+    ],
+)  # fmt: skip
+def test_residency_is_checked_once_per_variant_refusals_included(fake_gpu, compiled, grid, refusal):
+    kernel, args = FakeKernel(compiled), (torch.zeros(1),)
+    for _ in range(3):
+        if refusal is None:
+            K._check_resident(kernel, grid, args, dict(BLOCK_B=16))
+        else:
+            with pytest.raises(K.StrategyUnavailable, match=refusal):
+                K._check_resident(kernel, grid, args, dict(BLOCK_B=16))
+    assert kernel.warmups == 1
+    with contextlib.suppress(K.StrategyUnavailable):  # another grid is another question
+        K._check_resident(kernel, (1, 2), args, dict(BLOCK_B=16))
+    assert kernel.warmups == 2
