@@ -14,9 +14,11 @@ clamped to the padded sizes, and ignored where the weights are held, W_RESIDENT)
 candidate that fails (compilation, out of resources, a grid that is not resident) or whose
 outputs disagree with the default config's is dropped and reported. The others are timed
 with ``triton.testing.do_bench`` (median), as is the default config before and after them
-(the faster of the two counts). The fastest candidate becomes the table entry only if it
-beats the default by more than MIN_GAIN; otherwise the entry of that key is removed and the
-default (the register budget of kernels/lstm.py) stays.
+(the faster of the two counts). Timed per-step calls repeat on the same memory, so they
+replay CUDA graphs of their launches (kernels/step_graphs.py), as a training loop does. The
+fastest candidate becomes the table entry only if it beats the default by more than
+MIN_GAIN; otherwise the entry of that key is removed and the default (the register budget of
+kernels/lstm.py) stays.
 
 The table (default kernels/tuned/<slug of the GPU name>.json) is merged: entries of the keys
 tuned now are replaced or removed, the others and its "dispatch" (bench/report.py dispatch)
