@@ -9,6 +9,7 @@ and the comparison with eager launches would fail. On CUDA the real graphs run.
 
 import pytest
 import torch
+import triton
 from helpers import DEVICE, HAS_CUDA
 
 from fusedrnn.kernels import lstm as K
@@ -36,7 +37,7 @@ def test_a_sequence_runs_eagerly_then_is_captured_then_replayed():
         cache.run("k", lambda i=i: calls.append(i), "cuda")
     # call 0 eager; call 1 captured (nothing runs) and replayed; calls 2, 3 replay call 1's
     assert calls == [0, 1, 1, 1]
-    assert cache.counts == dict(eager=1, captured=1, replayed=3)
+    assert cache.counts == dict(eager=1, captured=1, replayed=3, failed=0)
 
 
 def test_keys_are_counted_apart_and_old_graphs_dropped():
@@ -53,7 +54,7 @@ def test_a_sequence_seen_once_never_captures():
     cache = step_graphs.GraphCache(capture=ReplayedClosure)
     for i in range(5):
         cache.run(("fresh", i), lambda: None, "cuda")
-    assert cache.counts == dict(eager=5, captured=0, replayed=0) and len(cache) == 0
+    assert cache.counts == dict(eager=5, captured=0, replayed=0, failed=0) and len(cache) == 0
 
 
 def test_launch_key_changes_with_every_argument():
@@ -74,13 +75,45 @@ def test_launch_key_changes_with_every_argument():
 
 
 def test_not_active_on_cpu_nor_when_switched_off(monkeypatch):
+    cuda = torch.device("cuda")  # only the switches are read before the device type: no CUDA call
     assert not step_graphs.active(torch.device("cpu"))
     with step_graphs.enabled(True):
         assert not step_graphs.active(torch.device("cpu"))  # nothing to capture without CUDA
+    with step_graphs.enabled(False):
+        assert not step_graphs.active(cuda)
     monkeypatch.setenv(step_graphs.ENV_VAR, "0")
-    with step_graphs.enabled(True):
-        assert step_graphs._forced is True
-    assert step_graphs._forced is None
+    assert not step_graphs.active(cuda)
+
+
+def test_not_active_while_triton_launch_hooks_are_installed(monkeypatch):
+    monkeypatch.setattr(step_graphs, "_forced", True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert step_graphs.active(torch.device("cuda"))
+    hook = lambda *args: None  # noqa: E731 (a profiler's launch hook)
+    triton.knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        assert not step_graphs.active(torch.device("cuda"))
+    finally:
+        triton.knobs.runtime.launch_enter_hook.remove(hook)
+    assert step_graphs.active(torch.device("cuda"))
+
+
+def test_a_failed_capture_falls_back_to_eager_launches_for_good():
+    def broken_capture(launch_all, device):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    runs = []
+    cache = step_graphs.GraphCache(capture=broken_capture)
+    with pytest.warns(RuntimeWarning, match="capturing a per-step recurrence as a CUDA graph failed"):
+        for i in range(4):
+            cache.run("k", lambda i=i: runs.append(i), "cuda")
+    assert runs == [0, 1, 2, 3]  # every call ran, once
+    assert cache.counts == dict(eager=4, captured=0, replayed=0, failed=1) and len(cache) == 0
+
+
+def test_capture_needs_an_eager_run_first():
+    with pytest.raises(ValueError, match="capture_after must be >= 2"):
+        step_graphs.GraphCache(capture_after=1)
 
 
 @pytest.fixture
@@ -146,7 +179,7 @@ def test_per_step_launchers_replay_with_the_current_contents(stand_in_graphs, fi
             expected = _eager(values)
             for got, want in zip(forward_backward(buffers, values), expected):
                 torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert stand_in_graphs.counts == dict(eager=2, captured=2, replayed=4)  # forward and backward each
+    assert stand_in_graphs.counts == dict(eager=2, captured=2, replayed=4, failed=0)  # forward and backward each
 
 
 def test_per_step_launchers_do_not_replay_for_another_tensor(stand_in_graphs, fixed_outputs):
@@ -181,16 +214,19 @@ def test_persistent_and_one_launch_do_not_use_the_cache(stand_in_graphs):
     for strategy in ("one-launch", "persistent"):
         with K.launch_strategy(strategy):
             forward_backward({n: torch.empty_like(t) for n, t in values.items()}, values)
-    assert stand_in_graphs.counts == dict(eager=0, captured=0, replayed=0)
+    assert stand_in_graphs.counts == dict(eager=0, captured=0, replayed=0, failed=0)
 
 
 @NEEDS_CUDA_GRAPHS
-def test_cuda_graphs_replay_a_loop_exactly(fixed_outputs):
+@pytest.mark.parametrize("side_stream", [False, True], ids=["current-stream", "side-stream"])
+def test_cuda_graphs_replay_a_loop_exactly(fixed_outputs, side_stream):
     T, B, H = 16, 8, 64
     step_graphs.cache.clear()
     before = dict(step_graphs.cache.counts)
     buffers = lstm_inputs(T, B, H, seed=0)
-    with K.launch_strategy("per-step"), step_graphs.enabled(True):
+    stream = torch.cuda.Stream() if side_stream else torch.cuda.current_stream()
+    # on a side stream the replays must follow the copies into the buffers on that stream
+    with K.launch_strategy("per-step"), step_graphs.enabled(True), torch.cuda.stream(stream):
         for seed in range(1, 5):
             values = lstm_inputs(T, B, H, seed)
             got = forward_backward(buffers, values)
@@ -210,9 +246,11 @@ def test_per_step_launches_go_into_the_callers_own_graph():
     with K.launch_strategy("per-step"), step_graphs.enabled(True):
         expected = forward_backward({n: torch.empty_like(t) for n, t in values.items()}, values)
         forward_backward(buffers, values)  # compiles before the capture
+        counts, graphs = dict(step_graphs.cache.counts), len(step_graphs.cache)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             captured = forward_backward(buffers, values)
         graph.replay()
+    assert (step_graphs.cache.counts, len(step_graphs.cache)) == (counts, graphs)  # ours were bypassed
     for g, w in zip(captured, expected):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
