@@ -6,12 +6,16 @@
 #
 # 1. installs fusedrnn from this checkout (no dependencies),
 # 2. runs the test suite on CUDA: kernels compiled natively, compared with the reference
-#    and with cuDNN (tests-cuda.txt, tests-cuda.xml),
+#    and with cuDNN, in TEST_SHARDS (default 8) parallel pytest processes, since compiling
+#    the kernel variants takes most of the time (bench/run_tests_sharded.sh: tests-shard*.txt,
+#    .xml, tests-summary.txt),
 # 3. prints `python -m fusedrnn check` tables in fp32, bf16 and fp16 against cuDNN (check-*.txt),
 # 4. trains charlm for 300 steps on the kernels (charlm.txt, charlm/loss.png),
 # 5. times fusedrnn against cuDNN with pytest-benchmark (bench/run_bench.sh): the quick grid
 #    (bench-quick.json, .txt); with `full` as second argument or BENCH_PART=K/N in the
 #    environment, the full grid or its part K of N instead (bench-full[-partKofN].json).
+# STAGES (environment) picks stages 2-5, in this order: default "tests check charlm bench";
+# e.g. STAGES=bench BENCH_PART=2/6 for one more part of the full grid in a later call.
 # Commit the benchmark JSON as bench/results/<gpu>-<date>-<grid>.json (run_bench.sh prints the
 # command; bench/report.py reads bench/results/*.json), the rest under bench/results/<gpu>-<date>/.
 set -u
@@ -30,10 +34,15 @@ cat "$out/environment.txt"
 
 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$out/install.txt" 2>&1 || { cat "$out/install.txt"; exit 1; }
 
-python3 -m pytest tests -q -p no:cacheprovider --junitxml="$out/tests-cuda.xml" > "$out/tests-cuda.txt" 2>&1 || status=1
-tail -n 15 "$out/tests-cuda.txt"
+stages=" ${STAGES:-tests check charlm bench} "
+stage() { [[ $stages == *" $1 "* ]]; }
 
-for dtype in float32 bfloat16 float16; do
+if stage tests; then
+  # interrupted (with a report) after SHARD_TIMEOUT s, to leave a 10-minute call time for the rest
+  SHARD_TIMEOUT=${SHARD_TIMEOUT:-420} bash bench/run_tests_sharded.sh "$out" "${TEST_SHARDS:-8}" || status=1
+fi
+
+stage check && for dtype in float32 bfloat16 float16; do
   python3 -m fusedrnn check --backend triton --dtype "$dtype" -T 64 -B 16 -I 256 -H 256 > "$out/check-$dtype.txt" 2>&1 || status=1
   tail -n 1 "$out/check-$dtype.txt"
   # every kernel path at once: two layers, both directions, a projection, packed lengths
@@ -43,14 +52,18 @@ for dtype in float32 bfloat16 float16; do
 done
 
 # charlm on the kernels (needs tqdm and matplotlib, the "cli" extra; the image may lack them)
-if python3 -c "import tqdm, matplotlib" 2>/dev/null; then
+if ! stage charlm; then
+  :
+elif python3 -c "import tqdm, matplotlib" 2>/dev/null; then
   python3 -m fusedrnn charlm --no-progress --steps 300 --out "$out/charlm" > "$out/charlm.txt" 2>&1 || status=1
   grep "validation loss .* -> " "$out/charlm.txt"
 else
   echo "charlm not run: tqdm/matplotlib missing on this machine" | tee "$out/charlm.txt"
 fi
 
-if [ "${2:-}" = full ] || [ -n "${BENCH_PART:-}" ]; then
+if ! stage bench; then
+  :
+elif [ "${2:-}" = full ] || [ -n "${BENCH_PART:-}" ]; then
   bash bench/run_bench.sh "$out" full ${BENCH_PART:-} || status=1
 else
   bash bench/run_bench.sh "$out" quick || status=1

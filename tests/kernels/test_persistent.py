@@ -169,6 +169,7 @@ def fake_gpu(monkeypatch):
         (FakeCompiled(n_regs=64, shared=200_000), (2, 132), "132 SMs hold 1 each"),  # shared memory
         (FakeCompiled(n_regs=64, out_of_resources=True), (1, 1), "persistent: out of resource: shared memory"),
     ],
+    ids=["registers", "two-per-sm", "shared-memory", "out-of-resources"],
 )  # fmt: skip
 def test_residency_is_checked_once_per_variant_refusals_included(fake_gpu, compiled, grid, refusal):
     kernel, args = FakeKernel(compiled), (torch.zeros(1),)
