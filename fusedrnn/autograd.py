@@ -13,7 +13,9 @@ is dG at each row's first step. All reductions are GEMMs or sums: deterministic,
 
 The two launches run as custom operators, ``torch.ops.fusedrnn.lstm_fwd`` (the Gx GEMM and the
 forward recurrence) and ``torch.ops.fusedrnn.lstm_bwd``: torch.compile keeps them opaque and
-traces the rest of this Function around them, with no graph break. The backward is once
+traces the rest of this Function around them, with no graph break. A backward that frees the
+graph (no ``retain_graph``, not compiled) runs ``torch.ops.fusedrnn.lstm_bwd_`` instead, which
+writes dG over the saved gates: peak training memory then holds one (T, B, 4H) buffer, not two. The backward is once
 differentiable; a second differentiation raises ``fusedrnn._double_backward.DOUBLE_BACKWARD_ERROR``.
 """
 
@@ -84,6 +86,41 @@ def _(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse
     return _time_major(d_gates, batch_first), d_c0, d_h if d_h is not None else c.new_empty(0)
 
 
+@torch.library.custom_op("fusedrnn::lstm_bwd_", mutates_args=("gates",))
+def lstm_bwd_inplace_op(
+    gates: Tensor, c: Tensor, c0: Tensor, w_hh: Tensor, d_out: Tensor, d_hn: Tensor, d_cn: Tensor,
+    w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool, reverse: bool,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``lstm_bwd`` writing d_gates over ``gates`` (the backward's largest buffer saved).
+    Returns ``d_c0`` and ``d_h`` (or an empty tensor)."""
+    _, d_c0, d_h = lstm_kernels.lstm_bwd(
+        _time_major(gates, batch_first), c, c0, w_hh, _time_major(d_out, batch_first), d_hn, d_cn,
+        w_hr=w_hr, lengths=lengths, reverse=reverse, d_gates_into_gates=True,
+    )  # fmt: skip
+    return d_c0, d_h if d_h is not None else c.new_empty(0)
+
+
+@lstm_bwd_inplace_op.register_fake
+def _(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse):
+    _, d_c0, d_h = lstm_kernels.backward_outputs(_time_major(gates, batch_first), d_cn, w_hh.shape[1],
+                                                 w_hr is not None, d_gates_into_gates=True)  # fmt: skip
+    return d_c0, d_h if d_h is not None else c.new_empty(0)
+
+
+def gates_free_after_backward():
+    """Whether the running backward frees the graph's saved tensors (no ``retain_graph``), so
+    that the saved gates may take their own gradient. Not under torch.compile, whose backward
+    graph is traced once for every later call; nor where torch does not say (a private
+    function of its autograd engine, present in the torch versions this project runs)."""
+    if torch.compiler.is_compiling():
+        return False
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    try:
+        return keep_graph is not None and not keep_graph()
+    except RuntimeError:  # not inside a backward pass
+        return False
+
+
 def first_and_last_steps(T, B, lengths, reverse, device):
     """Per row, the time index of its first and of its last step (lengths: (B,) or None)."""
     full = torch.full((B,), T - 1, dtype=torch.long, device=device)
@@ -138,9 +175,12 @@ def _backward(ctx, d_out, d_hn, d_cn):
     need = ctx.needs_input_grad
     T, B = c.shape[:2]
     # d_gates_x has the layout of x, so the flat views pair the same (t, b) rows.
-    d_gates_x, d_c0, d_h = torch.ops.fusedrnn.lstm_bwd(
-        gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, ctx.batch_first, ctx.reverse
-    )
+    args = (gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, ctx.batch_first, ctx.reverse)
+    if gates_free_after_backward():
+        d_c0, d_h = torch.ops.fusedrnn.lstm_bwd_(*args)
+        d_gates_x = gates
+    else:
+        d_gates_x, d_c0, d_h = torch.ops.fusedrnn.lstm_bwd(*args)
     d_gates = _time_major(d_gates_x, ctx.batch_first)
     rows = torch.arange(B, device=x.device)
     first, _ = first_and_last_steps(T, B, lengths, ctx.reverse, x.device)
@@ -170,16 +210,18 @@ def _backward(ctx, d_out, d_hn, d_cn):
 def _weight_hh_grad(d_gates_x, d_gates_first, out_x, h0, ctx):
     """sum_t dG_t^T h_prev(t). A row's first step pairs with h0; every other step with the
     output one step earlier in the recurrence (zero where the row was inactive, so a reverse
-    row's first step adds nothing there)."""
+    row's first step adds nothing there). The sum accumulates in place (addmm_): a second
+    (4H, P) product and their sum would be two more weight-sized buffers at the peak, which
+    at small B*T dominate the backward's memory."""
     dw_hh = d_gates_first.t() @ h0
     time_dim = 1 if ctx.batch_first else 0
     if out_x.shape[time_dim] == 1:
         return dw_hh
     if not ctx.batch_first:  # time-major: the shifted pairs are flat views, no copy
         later, earlier = (d_gates_x[:-1], out_x[1:]) if ctx.reverse else (d_gates_x[1:], out_x[:-1])
-        return dw_hh + _flat(later).t() @ _flat(earlier)
+        return dw_hh.addmm_(_flat(later).t(), _flat(earlier))
     # Batch-major: a shift along T breaks the flat view. Shift h (P wide), not dG (4H wide);
     # the column that wraps around pairs with steps already counted against h0: zero it.
     h_prev = out_x.roll(-1 if ctx.reverse else 1, dims=1)
     h_prev[:, -1 if ctx.reverse else 0] = 0
-    return dw_hh + _flat(d_gates_x).t() @ _flat(h_prev)
+    return dw_hh.addmm_(_flat(d_gates_x).t(), _flat(h_prev))

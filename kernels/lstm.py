@@ -780,11 +780,12 @@ def forward_outputs(gates, H, P, has_proj):
     return out, c, m
 
 
-def backward_outputs(gates, d_cn, P, has_proj):
-    """What ``lstm_bwd`` allocates: d_gates, the carried fp32 dc (d_cn's copy, updated in
-    place), d_h (or None). Also the fake version of the backward op."""
+def backward_outputs(gates, d_cn, P, has_proj, d_gates_into_gates=False):
+    """What ``lstm_bwd`` allocates: d_gates (or, ``d_gates_into_gates``, ``gates`` itself),
+    the carried fp32 dc (d_cn's copy, updated in place), d_h (or None). Also the fake version
+    of the backward op."""
     T, B = gates.shape[:2]
-    d_gates = _time_major_like(gates, gates.shape[2], gates.dtype)
+    d_gates = gates if d_gates_into_gates else _time_major_like(gates, gates.shape[2], gates.dtype)
     d_c = d_cn.to(torch.float32, copy=True).contiguous()
     d_h = empty_output(T, B, P, dtype=torch.float32, device=gates.device) if has_proj else None
     return d_gates, d_c, d_h
@@ -1032,7 +1033,8 @@ def lstm_fwd(gates, w_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False):
     return out, c, m
 
 
-def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, reverse=False):
+def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, reverse=False,
+             d_gates_into_gates=False):  # fmt: skip
     """Run the backward recurrence.
 
     gates, c: as returned/overwritten by ``lstm_fwd``; c0, w_hh, w_hr, lengths, reverse: as
@@ -1041,12 +1043,17 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, 
     and layout (zero at inactive steps), ``d_c0`` (B, H) fp32, and for a projection ``d_h``
     (T, B, P) fp32, the gradient of each ``h_t`` (else None). Everything else is a GEMM of
     these.
+
+    ``d_gates_into_gates``: write d_gates over ``gates`` (and return it), saving a (T, B, 4H)
+    buffer, the largest of the backward, when the caller needs the gates no more. Safe
+    because a program reads the gates of its own (step, rows, units) tile before it writes
+    that tile's gradient, and what other programs read at step t is d_gates of step t + 1.
     """
     T, B, H, P = _check_common(gates, w_hh, w_hr, lengths, [d_hn], [c0, d_cn])
     w_hh, c0, d_hn = w_hh.contiguous(), c0.contiguous(), d_hn.contiguous()
     has_proj = w_hr is not None
     w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
-    d_gates, d_c, d_h = backward_outputs(gates, d_cn, P, has_proj)
+    d_gates, d_c, d_h = backward_outputs(gates, d_cn, P, has_proj, d_gates_into_gates)
     plans = _plans(B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_bwd_kernel, backward=True)
 
     def run(strategy, config):

@@ -158,7 +158,7 @@ def test_torch_nn_lstm_does_not_compile_as_one_graph():
 )
 def test_custom_ops_pass_opcheck(batch_first, proj, lengths, reverse):
     """Schemas, fake implementations (shapes, dtypes and strides equal to the real ones) and
-    AOT dispatch of both ops. T=1 batch-first is the odd stride case of the output layout."""
+    AOT dispatch of the three ops. T=1 batch-first is the odd stride case of the output layout."""
     from fusedrnn import autograd  # noqa: F401  (registers the ops)
 
     steps = 1 if batch_first and lengths is None else 3
@@ -174,3 +174,4 @@ def test_custom_ops_pass_opcheck(batch_first, proj, lengths, reverse):
     out, gates, c, _ = torch.ops.fusedrnn.lstm_fwd(*fwd_args)
     bwd_args = (gates, c, c0, w_hh, rand(*out.shape), rand(2, width), rand(2, H), w_hr, lengths, batch_first, reverse)
     torch.library.opcheck(torch.ops.fusedrnn.lstm_bwd.default, bwd_args)
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_bwd_.default, (gates.clone(), *bwd_args[1:]))

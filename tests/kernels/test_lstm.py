@@ -133,6 +133,33 @@ def test_backward_twice_with_retain_graph():
     assert_close(tensors["weight_hh"].grad, 2 * first, rel=1e-6, name="accumulated grad")
 
 
+@pytest.mark.parametrize("case", [(5, 3, 7, 20, None), (4, 17, 5, 37, 11)], ids=["plain", "projection"])
+def test_gates_take_their_own_gradient_only_when_the_graph_is_freed(case, strategy, monkeypatch):
+    """A backward that keeps the graph (retain_graph) writes dG to a new buffer; one that frees
+    it writes dG over the saved gates. Both give bitwise the same gradients: the second
+    backward accumulates exactly twice the first."""
+    from fusedrnn.kernels import lstm as lstm_kernels
+
+    into_gates = []
+    real_bwd = lstm_kernels.lstm_bwd
+
+    def spy(*args, **kwargs):
+        into_gates.append(kwargs.get("d_gates_into_gates", False))
+        return real_bwd(*args, **kwargs)
+
+    monkeypatch.setattr(lstm_kernels, "lstm_bwd", spy)
+    T, B = case[:2]
+    tensors = cast(extended_problem(*case, batch_first=True), dtype=torch.float32, device=DEVICE)
+    output, h_n, c_n = run_extended(tensors, "triton", batch_first=True, reverse=True, lengths=lengths_for(T, B))
+    cotangents = random_cotangents(output, h_n, c_n)
+    torch.autograd.backward((output, h_n, c_n), cotangents, retain_graph=True)
+    first = {name: t.grad.clone() for name, t in tensors.items()}
+    torch.autograd.backward((output, h_n, c_n), cotangents)
+    assert into_gates == [False, True]
+    for name, t in tensors.items():
+        assert torch.equal(t.grad, 2 * first[name]), name
+
+
 # ----------------------------------------------------------------------------------------
 # Reverse direction, per-row lengths and the LSTMP projection (the kernels' REVERSE, VARLEN
 # and HAS_PROJ paths), in both launch strategies. Per-step, P=11 and P=20 give one and two
