@@ -4,6 +4,8 @@ Without CUDA these run under the Triton interpreter on CPU; with CUDA, natively.
 kernel output starts as NaN (conftest), and both launch strategies are exercised.
 """
 
+import contextlib
+
 import pytest
 import torch
 from helpers import DEVICE, backward_all, cast, grads, random_cotangents, random_problem
@@ -158,6 +160,62 @@ def test_gates_take_their_own_gradient_only_when_the_graph_is_freed(case, strate
     assert into_gates == [False, True]
     for name, t in tensors.items():
         assert torch.equal(t.grad, 2 * first[name]), name
+
+
+def _offloading_hooks():
+    """Saved-tensor hooks that hand autograd a copy of every saved tensor, as CPU offloading does."""
+    return torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t)
+
+
+def _checkpointed(run_fn, use_reentrant):
+    def wrapped(tensors):
+        names = list(tensors)
+
+        def body(*values):
+            return run_fn(dict(zip(names, values)))
+
+        return torch.utils.checkpoint.checkpoint(body, *tensors.values(), use_reentrant=use_reentrant)
+
+    return wrapped
+
+
+@pytest.mark.parametrize("how", ["checkpoint", "checkpoint-reentrant", "saved-tensor-hooks"])
+def test_gates_taking_their_gradient_is_safe_under_checkpoint_and_saved_tensor_hooks(how, strategy, monkeypatch):
+    """Activation checkpointing recomputes the gates inside the backward (the reentrant kind in
+    a nested backward of its own), and offloading hooks hand the backward a copy: in each the
+    backward still frees what it reads, writes dG over it, and the gradients are bitwise those
+    of a plain run."""
+    from fusedrnn.kernels import lstm as lstm_kernels
+
+    into_gates = []
+    real_bwd = lstm_kernels.lstm_bwd
+
+    def spy(*args, **kwargs):
+        into_gates.append(kwargs.get("d_gates_into_gates", False))
+        return real_bwd(*args, **kwargs)
+
+    monkeypatch.setattr(lstm_kernels, "lstm_bwd", spy)
+    problem = random_problem(5, 3, 7, 20)
+
+    def run_triton(tensors):
+        return run(tensors, "triton")
+
+    def gradients(run_fn, context):
+        tensors = cast(problem, dtype=torch.float32, device=DEVICE)
+        with context:
+            outputs = run_fn(tensors)
+        backward_all(outputs, random_cotangents(*outputs, seed=3))
+        return grads(tensors)
+
+    plain = gradients(run_triton, contextlib.nullcontext())
+    if how == "saved-tensor-hooks":
+        wrapped = gradients(run_triton, _offloading_hooks())
+    else:
+        wrapped = gradients(_checkpointed(run_triton, how == "checkpoint-reentrant"), contextlib.nullcontext())
+    assert into_gates == [True, True]
+    assert plain.keys() == wrapped.keys()
+    for name in plain:
+        assert torch.equal(wrapped[name], plain[name]), name
 
 
 # ----------------------------------------------------------------------------------------
