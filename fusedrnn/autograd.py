@@ -111,7 +111,9 @@ def gates_free_after_backward():
     """Whether the running backward frees the graph's saved tensors (no ``retain_graph``), so
     that the saved gates may take their own gradient. Not under torch.compile, whose backward
     graph is traced once for every later call; nor where torch does not say (a private
-    function of its autograd engine, present in the torch versions this project runs)."""
+    function of its autograd engine, present in the torch versions this project runs; torch's
+    AOTAutograd asks it the same question before it lets a compiled backward free what it
+    saved)."""
     if torch.compiler.is_compiling():
         return False
     keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
