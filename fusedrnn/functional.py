@@ -136,8 +136,18 @@ def lstm_layers(
             c_n.append(c)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
         if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = torch.nn.functional.dropout(layer_input, p=dropout, training=True)
+            layer_input = _dropout_time_major(layer_input, dropout, batch_first)
     return layer_input, (torch.stack(h_n), torch.stack(c_n))
+
+
+def _dropout_time_major(layer_output, p, batch_first):
+    """Dropout with the mask drawn over time-major (T, B, *) storage, as torch.nn.LSTM draws
+    it whatever its batch_first: under one seed, the same mask as torch's on the same device
+    generator. Batch-first results stay a (B, T, *) view of time-major storage, as torch's."""
+    if not batch_first:
+        return torch.nn.functional.dropout(layer_output, p=p, training=True)
+    time_major = layer_output.transpose(0, 1).contiguous()
+    return torch.nn.functional.dropout(time_major, p=p, training=True).transpose(0, 1)
 
 
 def check_lengths(lengths, T, B, device):

@@ -7,6 +7,21 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from fusedrnn import functional as F
 
 
+def _state_pair(hx):
+    """(h0, c0) from ``hx``, with the exception types torch.nn.LSTM raises on padded input:
+    for a single tensor IndexError where ``hx[1]`` does not exist, else TypeError (a stacked
+    (2, L*D, B, H) one included); IndexError for fewer than two states, RuntimeError for more."""
+    if isinstance(hx, torch.Tensor) and (hx.dim() == 0 or hx.shape[0] < 2):
+        raise IndexError("LSTM: hx must be a tuple (h0, c0) of tensors, got one tensor")
+    if isinstance(hx, torch.Tensor) or not isinstance(hx, (tuple, list)):
+        raise TypeError(f"LSTM: hx must be a tuple (h0, c0) of tensors, got {type(hx).__name__}")
+    if len(hx) < 2:
+        raise IndexError(f"LSTM: hx must be a tuple (h0, c0) of tensors, got {len(hx)} tensor(s)")
+    if len(hx) > 2:
+        raise RuntimeError("lstm expects two hidden states")
+    return hx[0], hx[1]
+
+
 class LSTM(nn.RNNBase):
     """Drop-in replacement for :class:`torch.nn.LSTM`.
 
@@ -65,9 +80,7 @@ class LSTM(nn.RNNBase):
         if hx is None:
             self.check_input(input, None)
         else:
-            if not isinstance(hx, torch.Tensor) and len(hx) != 2:
-                raise RuntimeError("lstm expects two hidden states")
-            h0, c0 = hx[0], hx[1]  # a single tensor fails here with IndexError, as in torch
+            h0, c0 = _state_pair(hx)
             want = 3 if is_batched else 2
             if h0.dim() != want or c0.dim() != want:
                 kind = "batched 3-D" if is_batched else "unbatched 2-D"
@@ -88,7 +101,7 @@ class LSTM(nn.RNNBase):
         (masked in the kernels), pack the output again; hx permuted as torch does."""
         data, batch_sizes, sorted_indices, unsorted_indices = packed
         if hx is not None:
-            hx = self.permute_hidden(hx, sorted_indices)
+            hx = self.permute_hidden(_state_pair(hx), sorted_indices)
             self.check_forward_args(data, hx, batch_sizes)
         else:
             self.check_input(data, batch_sizes)

@@ -169,6 +169,26 @@ def test_dropout_between_layers_only_in_training(backend):
     assert not torch.allclose(y1, y3) and not torch.allclose(y1, ours.eval()(xs)[0])
 
 
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+def test_dropout_masks_are_torch_s_under_the_same_seed(batch_first):
+    """Training with dropout under one seed gives torch.nn.LSTM's result: the masks are drawn
+    from the same generator in the same (time-major) order, batch_first or not. CPU only: the
+    reference in float64 against torch's float64 CPU LSTM (on CUDA cuDNN draws its own)."""
+    kwargs = dict(num_layers=3, dropout=0.4, bidirectional=True, batch_first=batch_first)
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTM(I, H, dtype=torch.float64, **kwargs)
+    ours = fusedrnn.LSTM(I, H, backend="reference", dtype=torch.float64, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=torch.float64)
+    results = []
+    for lstm in (theirs, ours):
+        torch.manual_seed(5)
+        results.append(lstm(x)[0])
+    assert_close(results[1], results[0], rel=1e-10, name="output")
+    torch.manual_seed(6)
+    assert not torch.allclose(ours(x)[0], results[0])  # another seed, other masks
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dropout_one_zeroes_the_next_layer_s_input(backend):
     """With p=1 every layer but the first sees zeros in training: deterministic, so torch's
@@ -226,11 +246,39 @@ def test_constructor_rejects_what_torch_rejects(bad_kwargs):
     ],
     ids=["h0-size", "c0-size", "layers"],
 )
-def test_bad_hidden_states_rejected_like_torch(make_hx):
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_bad_hidden_states_rejected_like_torch(make_hx, packed):
     kwargs = dict(num_layers=2, bidirectional=True, proj_size=P)
     x = torch.randn(T, B, I)
+    if packed:
+        x = pack_padded_sequence(x, [T, T - 1, 1], enforce_sorted=False)
     hx = make_hx()
     with pytest.raises(Exception) as theirs:
         torch.nn.LSTM(I, H, **kwargs)(x, hx)
     with pytest.raises(type(theirs.value)):
         fusedrnn.LSTM(I, H, **kwargs)(x, hx)
+
+
+@pytest.mark.parametrize(
+    "make_hx",
+    [
+        lambda: torch.randn(2, 2, B, H),  # (h0, c0) stacked in one tensor
+        lambda: (torch.randn(2, B, H),),
+        lambda: (torch.randn(2, B, H),) * 3,
+    ],
+    ids=["stacked", "one-state", "three-states"],
+)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_hidden_state_must_be_a_pair(make_hx, packed):
+    """hx is a tuple of two tensors. On padded input torch.nn.LSTM raises TypeError for one
+    tensor (even one that stacks h0 and c0), IndexError for one state, RuntimeError for three;
+    with packed input it raises other errors or ignores a third state: fusedrnn raises the
+    padded input's errors for both."""
+    x = torch.randn(T, B, I)
+    hx = make_hx()
+    with pytest.raises(Exception) as theirs:
+        torch.nn.LSTM(I, H, num_layers=2)(x, hx)
+    if packed:
+        x = pack_padded_sequence(x, [T, T - 1, 1], enforce_sorted=False)
+    with pytest.raises(type(theirs.value), match="hx must be a tuple|two hidden states"):
+        fusedrnn.LSTM(I, H, num_layers=2)(x, hx)
