@@ -603,31 +603,48 @@ def _persistent_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
 
 
 def _per_step_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
-    """(BLOCK_B, BLOCK_U) of the per-step launches. Every step each program reads its slice
-    of W_hh and its rows of h from L2: over the grid n_b * |W_hh| + n_u * |h| elements, so
-    narrow batch blocks re-read W_hh (16-row blocks at B = 512: 32 times a step). Of the tiles
-    within the register budget, take the one that reads least among those whose grid has a
-    program per SM, else the one with the most programs. Under the interpreter (no SMs): the
-    fixed BLOCK_B x PER_STEP_BLOCK_H, which tests shrink to split small shapes; with a
-    projection too."""
+    """(BLOCK_B, BLOCK_H, BLOCK_P) of the per-step launches. Every step each program of a
+    phase reads its slice of the phase's weights and its rows of the phase's input from L2:
+    over the grid n_b * |W| + n_u * |rows| elements, so narrow batch blocks re-read the
+    weights (16-row blocks at B = 512: 32 times a step). Of the tiles within the register
+    budget, each phase takes the one that reads least among those whose grid has a program
+    per SM, else the one with the most programs. The cell phase (W_hh, 4H x P, and h, B x P)
+    picks the batch block; with a projection, the projection phase (W_hr, P x H, and m,
+    B x H) then picks its unit block for that batch block. The backward's phases read the
+    same weights; its activation rows (dG, 4H wide, for dh) are not in the model. Under the
+    interpreter (no SMs): the fixed BLOCK_B x PER_STEP_BLOCK_H, which tests shrink to split
+    small shapes."""
     sms, _ = _resident_limits(device, interpreted)
-    if sms is None or P is not None:
-        # A projection's two phases have grids of their own (H and P units; the backward's dh
-        # reads K = 4H): this one-phase model does not cover them, so they keep the fixed tiles.
-        return BLOCK_B, PER_STEP_BLOCK_H
-    best = None
-    for block_b in (16, 32, 64, 128):
-        for block_u in (16, 32, 64):
-            if block_b > _padded(B) or block_u > min(PER_STEP_BLOCK_H, _padded(H)):
-                continue
-            if _warps_and_k(block_b, block_u, max_block_k, itemsize, _aligned(H, P), interpreted) is None:
-                continue
-            n_b, n_u = triton.cdiv(B, block_b), triton.cdiv(H, block_u)
-            reads = n_b * 4 * H + n_u * B  # times K: W_hh slices and h tiles of one step
-            rank = (n_b * n_u < sms, -n_b * n_u if n_b * n_u < sms else reads, reads)
-            if best is None or rank < best[0]:
-                best = rank, block_b, block_u
-    return (best[1], best[2]) if best else (BLOCK_B, MIN_DOT)
+    if sms is None:
+        return (BLOCK_B, *_unit_blocks(H, P, PER_STEP_BLOCK_H))
+
+    def fits(block_b, units):
+        return _warps_and_k(block_b, units, max_block_k, itemsize, _aligned(H, P), interpreted) is not None
+
+    def fewest_reads(tiles):
+        """The best of (programs, elements read, tile) by the rule above, or None."""
+        ranked = [((programs < sms, -programs if programs < sms else reads, reads), tile)
+                  for programs, reads, tile in tiles]  # fmt: skip
+        return min(ranked, key=lambda ranked_tile: ranked_tile[0])[1] if ranked else None
+
+    K = P if P is not None else H
+    blocks_u = [u for u in (16, 32, 64) if u <= min(PER_STEP_BLOCK_H, _padded(H))]
+    cell_tiles = [
+        (n_b * n_h, n_b * 4 * H * K + n_h * B * K, (block_b, block_h))
+        for block_b in (16, 32, 64, 128) if block_b <= _padded(B)
+        for block_h in blocks_u if fits(block_b, block_h)
+        for n_b, n_h in [(triton.cdiv(B, block_b), triton.cdiv(H, block_h))]
+    ]  # fmt: skip
+    block_b, block_h = fewest_reads(cell_tiles) or (BLOCK_B, MIN_DOT)
+    if P is None:
+        return block_b, block_h, block_h
+    n_b = triton.cdiv(B, block_b)
+    proj_tiles = [
+        (n_b * n_p, n_b * P * H + n_p * B * H, block_p)
+        for block_p in blocks_u if block_p <= _padded(P) and fits(block_b, max(block_h, block_p))
+        for n_p in [triton.cdiv(P, block_p)]
+    ]  # fmt: skip
+    return block_b, block_h, fewest_reads(proj_tiles) or MIN_DOT
 
 
 def _unit_blocks(H, P, block_u):
@@ -655,12 +672,13 @@ def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None,
         if block_u > ONE_LAUNCH_MAX_H:
             raise StrategyUnavailable(f"one-launch: H={H}, proj_size={P} exceed one program's {ONE_LAUNCH_MAX_H} units")
     elif strategy == "per-step":
-        block_b, block_u = _per_step_blocks(B, H, P, max_block_k, dtype.itemsize, device, interpreted)
+        block_b, block_h, block_p = _per_step_blocks(B, H, P, max_block_k, dtype.itemsize, device, interpreted)
     elif strategy == "persistent":
         block_b, block_u, num_warps, block_k = _persistent_blocks(B, H, P, max_block_k, dtype.itemsize, device, interpreted)
     else:
         raise ValueError(f"no kernel config for strategy {strategy!r}")
-    block_h, block_p = _unit_blocks(H, P, block_u)
+    if strategy != "per-step":
+        block_h, block_p = _unit_blocks(H, P, block_u)
     if strategy != "persistent":
         # The one program of "one-launch" (up to 128 units) may spill; it keeps its one launch.
         num_warps_and_k = _warps_and_k(block_b, max(block_h, block_p), max_block_k, dtype.itemsize,

@@ -271,6 +271,30 @@ def test_reverse_lengths_projection_match_reference(case, reverse, varlen, strat
         assert (out[padding.to(out.device)] == 0).all()
 
 
+@pytest.mark.parametrize(
+    "tiles", [(16, 16, 32), (32, 32, 16)], ids=["projection-tile-wider", "cell-tile-wider"]
+)  # fmt: skip
+def test_per_step_projection_tiles_of_their_own(tiles, monkeypatch):
+    """The per-step planner sizes the cell and the projection units' tiles apart (on a GPU):
+    either may be the wider one, over batch blocks wider than 16 rows."""
+    from fusedrnn.kernels import lstm as lstm_kernels
+
+    monkeypatch.setattr(lstm_kernels, "_per_step_blocks", lambda *args: tiles)
+    case = (3, 20, 4, 40, 36)  # two 32-unit or three 16-unit blocks of H and of P
+    oracle = extended_problem(*case, batch_first=False)
+    ours = cast(oracle, dtype=torch.float32, device=DEVICE)
+    kwargs = dict(reverse=True, lengths=lengths_for(*case[:2]))
+    with lstm_kernels.launch_strategy("per-step"):
+        actual = run_extended(ours, "triton", **kwargs)
+        expected = run_extended(oracle, "reference", **kwargs)
+        cotangents = random_cotangents(*expected)
+        backward_all(expected, cotangents)
+        backward_all(actual, cotangents)
+    config = lstm_kernels.kernel_config(20, 40, torch.float32, "per-step", P=36)
+    assert (config["BLOCK_B"], config["BLOCK_H"], config["BLOCK_P"]) == tiles
+    assert_all_close((actual, grads(ours)), (expected, grads(oracle)), rel=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_half_precision_projection_reverse_lengths(dtype, strategy):
     """The three-way bound of test_half_precision_close_to_reference_in_same_dtype on the
