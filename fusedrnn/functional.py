@@ -141,13 +141,17 @@ def lstm_layers(
 
 
 def _dropout_time_major(layer_output, p, batch_first):
-    """Dropout with the mask drawn over time-major (T, B, *) storage, as torch.nn.LSTM draws
-    it whatever its batch_first: under one seed, the same mask as torch's on the same device
-    generator. Batch-first results stay a (B, T, *) view of time-major storage, as torch's."""
-    if not batch_first:
+    """Dropout between layers. On CPU, torch.nn.LSTM draws the mask over time-major (T, B, *)
+    order whatever its batch_first (its CPU dropout: a Bernoulli tensor scaled by 1 / (1 - p));
+    a batch-first output gets its mask the same way here, read through a transpose, so that
+    one seed gives torch's masks without copying the activations. On CUDA cuDNN draws its own
+    masks (nothing to match): torch's fused dropout."""
+    if not batch_first or layer_output.device.type != "cpu":
         return torch.nn.functional.dropout(layer_output, p=p, training=True)
-    time_major = layer_output.transpose(0, 1).contiguous()
-    return torch.nn.functional.dropout(time_major, p=p, training=True).transpose(0, 1)
+    if p == 1:
+        return layer_output * layer_output.new_zeros(())  # as torch: NaN and inf still propagate
+    mask = layer_output.new_empty(layer_output.transpose(0, 1).shape).bernoulli_(1 - p).div_(1 - p)
+    return layer_output * mask.transpose(0, 1)
 
 
 def check_lengths(lengths, T, B, device):

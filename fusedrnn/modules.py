@@ -7,19 +7,21 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from fusedrnn import functional as F
 
 
-def _state_pair(hx):
-    """(h0, c0) from ``hx``, with the exception types torch.nn.LSTM raises on padded input:
-    for a single tensor IndexError where ``hx[1]`` does not exist, else TypeError (a stacked
-    (2, L*D, B, H) one included); IndexError for fewer than two states, RuntimeError for more."""
-    if isinstance(hx, torch.Tensor) and (hx.dim() == 0 or hx.shape[0] < 2):
-        raise IndexError("LSTM: hx must be a tuple (h0, c0) of tensors, got one tensor")
-    if isinstance(hx, torch.Tensor) or not isinstance(hx, (tuple, list)):
-        raise TypeError(f"LSTM: hx must be a tuple (h0, c0) of tensors, got {type(hx).__name__}")
-    if len(hx) < 2:
-        raise IndexError(f"LSTM: hx must be a tuple (h0, c0) of tensors, got {len(hx)} tensor(s)")
-    if len(hx) > 2:
+def _check_state_count(hx):
+    """More than two states: torch.nn.LSTM's error on padded input (with packed input torch
+    ignores the third; fusedrnn refuses it there too). One state fails as ``hx[1]`` is read,
+    with torch's IndexError; one tensor holding both states, ``hx[0]`` and ``hx[1]``, runs as
+    in torch, except where torch refuses it (``_refuse_one_tensor``)."""
+    if not isinstance(hx, torch.Tensor) and len(hx) > 2:
         raise RuntimeError("lstm expects two hidden states")
-    return hx[0], hx[1]
+
+
+def _refuse_one_tensor(hx):
+    """torch.nn.LSTM's TypeError for one tensor as the state, after the shape checks, as torch
+    raises it: for batched padded input, and packed input in order (out of order, permuting
+    the state has made a pair of it, which runs)."""
+    if isinstance(hx, torch.Tensor):
+        raise TypeError("LSTM: hx must be a tuple (h0, c0) of tensors, got one tensor")
 
 
 class LSTM(nn.RNNBase):
@@ -80,7 +82,7 @@ class LSTM(nn.RNNBase):
         if hx is None:
             self.check_input(input, None)
         else:
-            h0, c0 = _state_pair(hx)
+            h0, c0 = hx[0], hx[1]  # one state: IndexError, as in torch
             want = 3 if is_batched else 2
             if h0.dim() != want or c0.dim() != want:
                 kind = "batched 3-D" if is_batched else "unbatched 2-D"
@@ -88,8 +90,12 @@ class LSTM(nn.RNNBase):
                     f"For {kind} input, hx and cx should also be {want}-D "
                     f"but got ({h0.dim()}-D, {c0.dim()}-D) tensors"
                 )
-            hx = (h0, c0) if is_batched else (h0.unsqueeze(1), c0.unsqueeze(1))
-            self.check_forward_args(input, hx, None)
+            state = (h0, c0) if is_batched else (h0.unsqueeze(1), c0.unsqueeze(1))
+            self.check_forward_args(input, state, None)
+            _check_state_count(hx)
+            if is_batched:
+                _refuse_one_tensor(hx)
+            hx = state
 
         output, (h_n, c_n) = self._layers(input, hx, lengths, self.batch_first)
         if not is_batched:
@@ -101,8 +107,10 @@ class LSTM(nn.RNNBase):
         (masked in the kernels), pack the output again; hx permuted as torch does."""
         data, batch_sizes, sorted_indices, unsorted_indices = packed
         if hx is not None:
-            hx = self.permute_hidden(_state_pair(hx), sorted_indices)
+            _check_state_count(hx)
+            hx = self.permute_hidden(hx, sorted_indices)  # a pair, unless not permuted
             self.check_forward_args(data, hx, batch_sizes)
+            _refuse_one_tensor(hx)
         else:
             self.check_input(data, batch_sizes)
         padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))

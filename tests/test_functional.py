@@ -29,7 +29,7 @@ BAD_INPUTS = {
     "2-D hx with batched input": (lambda m: m(x3(T, B, I), (x3(B, H), x3(B, H))), "3-D"),
     "3-D hx with unbatched input": (lambda m: m(x3(T, I), (x3(1, 1, H), x3(1, 1, H))), "2-D"),
     "three hidden states": (lambda m: m(x3(T, B, I), (x3(1, B, H),) * 3), "two hidden states"),
-    "hx a single tensor": (lambda m: m(x3(T, B, I), x3(1, B, H)), "hx must be a tuple"),
+    "hx a single tensor": (lambda m: m(x3(T, B, I), x3(1, B, H)), "index"),
     "input dtype differs from weights": (lambda m: m(x3(T, B, I, dtype=torch.float64)), "dtype"),
     "h0 dtype differs": (lambda m: m(x3(T, B, I), (x3(1, B, H, dtype=torch.float64), x3(1, B, H))), r"hidden\[0\] dtype"),
     "c0 dtype differs": (lambda m: m(x3(T, B, I), (x3(1, B, H), x3(1, B, H, dtype=torch.float64))), r"hidden\[1\] dtype"),

@@ -189,11 +189,12 @@ def test_dropout_masks_are_torch_s_under_the_same_seed(batch_first):
     assert not torch.allclose(ours(x)[0], results[0])  # another seed, other masks
 
 
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_dropout_one_zeroes_the_next_layer_s_input(backend):
+def test_dropout_one_zeroes_the_next_layer_s_input(backend, batch_first):
     """With p=1 every layer but the first sees zeros in training: deterministic, so torch's
     training run gives the same result."""
-    ours, theirs = make_pair(backend, num_layers=2, dropout=1.0)
+    ours, theirs = make_pair(backend, num_layers=2, dropout=1.0, batch_first=batch_first)
     ours.train(), theirs.train()
     assert_matches_torch(ours, theirs, torch.randn(T, B, I, dtype=torch.float64), None)
 
@@ -262,23 +263,60 @@ def test_bad_hidden_states_rejected_like_torch(make_hx, packed):
 @pytest.mark.parametrize(
     "make_hx",
     [
-        lambda: torch.randn(2, 2, B, H),  # (h0, c0) stacked in one tensor
-        lambda: (torch.randn(2, B, H),),
-        lambda: (torch.randn(2, B, H),) * 3,
+        lambda: torch.randn(2, 2, B, H),  # (h0, c0) stacked in one tensor: TypeError
+        lambda: torch.randn(2, B, H),  # h0 alone, for two layers: the shape check's RuntimeError
+        lambda: (torch.randn(2, B, H),),  # IndexError
+        lambda: (torch.randn(2, B, H),) * 3,  # RuntimeError
     ],
-    ids=["stacked", "one-state", "three-states"],
+    ids=["stacked", "h0-alone", "one-state", "three-states"],
 )
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_hidden_state_must_be_a_pair(make_hx, packed):
-    """hx is a tuple of two tensors. On padded input torch.nn.LSTM raises TypeError for one
-    tensor (even one that stacks h0 and c0), IndexError for one state, RuntimeError for three;
-    with packed input it raises other errors or ignores a third state: fusedrnn raises the
-    padded input's errors for both."""
+def test_hidden_state_must_be_a_pair(make_hx):
     x = torch.randn(T, B, I)
     hx = make_hx()
     with pytest.raises(Exception) as theirs:
         torch.nn.LSTM(I, H, num_layers=2)(x, hx)
-    if packed:
-        x = pack_padded_sequence(x, [T, T - 1, 1], enforce_sorted=False)
-    with pytest.raises(type(theirs.value), match="hx must be a tuple|two hidden states"):
+    with pytest.raises(type(theirs.value), match=r"one tensor|two hidden states|3-D|index"):
         fusedrnn.LSTM(I, H, num_layers=2)(x, hx)
+
+
+def test_one_tensor_holding_both_states_with_packed_input_in_order_is_refused_like_torch():
+    packed = pack_padded_sequence(torch.randn(T, B, I), [T, T - 1, 1])
+    stacked = torch.randn(2, 2, B, H)
+    with pytest.raises(TypeError):
+        torch.nn.LSTM(I, H, num_layers=2)(packed, stacked)
+    with pytest.raises(TypeError, match="one tensor"):
+        fusedrnn.LSTM(I, H, num_layers=2)(packed, stacked)
+
+
+def test_three_states_with_packed_input_are_refused():
+    """torch.nn.LSTM ignores a third state with packed input; fusedrnn refuses it, as torch
+    does for padded input."""
+    packed = pack_padded_sequence(torch.randn(T, B, I), [T, T - 1, 1], enforce_sorted=False)
+    with pytest.raises(RuntimeError, match="two hidden states"):
+        fusedrnn.LSTM(I, H, num_layers=2)(packed, (torch.randn(2, B, H),) * 3)
+
+
+@pytest.mark.parametrize("form", ["unbatched", "packed"])
+def test_one_tensor_holding_both_states_runs_where_torch_runs_it(form):
+    """Unbatched, or packed out of order, torch.nn.LSTM takes hx[0] and hx[1] of one tensor as
+    h0 and c0 (permuting the packed input's state makes a pair of it): so does fusedrnn, with
+    the same results as the pair."""
+    theirs = torch.nn.LSTM(I, H, num_layers=2, dtype=torch.float64)
+    ours = fusedrnn.LSTM(I, H, num_layers=2, backend="reference", dtype=torch.float64)
+    ours.load_state_dict(theirs.state_dict())
+    stacked = torch.randn(2, 2, H, dtype=torch.float64) if form == "unbatched" else torch.randn(2, 2, B, H, dtype=torch.float64)
+    x = torch.randn(T, I, dtype=torch.float64) if form == "unbatched" else torch.randn(T, B, I, dtype=torch.float64)
+    if form == "packed":
+        x = pack_padded_sequence(x, [T, T - 1, 1], enforce_sorted=False)
+    with torch.no_grad():
+        expected = theirs(x, stacked)
+        actual = ours(x, stacked)
+        as_pair = ours(x, (stacked[0], stacked[1]))
+    for a, p, e in zip(*map(_flat_outputs, (actual, as_pair, expected))):
+        assert torch.equal(a, p)
+        assert_close(a, e, rel=1e-10, name=form)
+
+
+def _flat_outputs(result):
+    output, (h_n, c_n) = result
+    return [output.data if isinstance(output, torch.nn.utils.rnn.PackedSequence) else output, h_n, c_n]
