@@ -602,18 +602,21 @@ def _persistent_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
         block_u *= 2
 
 
-def _per_step_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
+def _per_step_blocks(B, H, P, max_block_k, itemsize, device, interpreted, backward=False):
     """(BLOCK_B, BLOCK_H, BLOCK_P) of the per-step launches. Every step each program of a
     phase reads its slice of the phase's weights and its rows of the phase's input from L2:
-    over the grid n_b * |W| + n_u * |rows| elements, so narrow batch blocks re-read the
-    weights (16-row blocks at B = 512: 32 times a step). Of the tiles within the register
-    budget, each phase takes the one that reads least among those whose grid has a program
-    per SM, else the one with the most programs. The cell phase (W_hh, 4H x P, and h, B x P)
-    picks the batch block; with a projection, the projection phase (W_hr, P x H, and m,
-    B x H) then picks its unit block for that batch block. The backward's phases read the
-    same weights; its activation rows (dG, 4H wide, for dh) are not in the model. Under the
-    interpreter (no SMs): the fixed BLOCK_B x PER_STEP_BLOCK_H, which tests shrink to split
-    small shapes."""
+    over the grid n_b * |W| + n_u * B * K elements (K the input's width), so narrow batch
+    blocks re-read the weights (16-row blocks at B = 512: 32 times a step). Of the tiles
+    within the register budget, a phase takes the one that reads least among those whose
+    grid has a program per SM, else the one with the most programs.
+
+    Without a projection one phase (the backward's too: its dG rows, 4H wide, are not in
+    the model). With one, two phases, each a launch over its own units: the heavier, which
+    reads W_hh (4H x P), picks the batch block and its unit block; the other then picks its
+    unit block for that batch block. Forward: the cell units (W_hh, h: K = P), then the
+    projected units (W_hr, m: K = H). Backward: the projected units' dh (W_hh, dG: K = 4H),
+    then the cell units' dm (W_hr, dh: K = P). Under the interpreter (no SMs): the fixed
+    BLOCK_B x PER_STEP_BLOCK_H, which tests shrink to split small shapes."""
     sms, _ = _resident_limits(device, interpreted)
     if sms is None:
         return (BLOCK_B, *_unit_blocks(H, P, PER_STEP_BLOCK_H))
@@ -621,30 +624,28 @@ def _per_step_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
     def fits(block_b, units):
         return _warps_and_k(block_b, units, max_block_k, itemsize, _aligned(H, P), interpreted) is not None
 
-    def fewest_reads(tiles):
-        """The best of (programs, elements read, tile) by the rule above, or None."""
-        ranked = [((programs < sms, -programs if programs < sms else reads, reads), tile)
-                  for programs, reads, tile in tiles]  # fmt: skip
+    def plan_phase(units, weights, K, blocks_b, other_block_u=MIN_DOT):
+        """(block_b, block_u) of one phase over ``units`` reading ``weights`` elements of W
+        and rows K wide, by the rule above; None when no tile fits the register budget."""
+        ranked = []
+        for block_b in blocks_b:
+            for block_u in (16, 32, 64):
+                if block_u > min(PER_STEP_BLOCK_H, _padded(units)) or not fits(block_b, max(block_u, other_block_u)):
+                    continue
+                n_b, n_u = triton.cdiv(B, block_b), triton.cdiv(units, block_u)
+                programs, reads = n_b * n_u, n_b * weights + n_u * B * K
+                ranked.append(((programs < sms, -programs if programs < sms else reads, reads), (block_b, block_u)))
         return min(ranked, key=lambda ranked_tile: ranked_tile[0])[1] if ranked else None
 
-    K = P if P is not None else H
-    blocks_u = [u for u in (16, 32, 64) if u <= min(PER_STEP_BLOCK_H, _padded(H))]
-    cell_tiles = [
-        (n_b * n_h, n_b * 4 * H * K + n_h * B * K, (block_b, block_h))
-        for block_b in (16, 32, 64, 128) if block_b <= _padded(B)
-        for block_h in blocks_u if fits(block_b, block_h)
-        for n_b, n_h in [(triton.cdiv(B, block_b), triton.cdiv(H, block_h))]
-    ]  # fmt: skip
-    block_b, block_h = fewest_reads(cell_tiles) or (BLOCK_B, MIN_DOT)
+    blocks_b = [block_b for block_b in (16, 32, 64, 128) if block_b <= _padded(B)]
     if P is None:
+        block_b, block_h = plan_phase(H, 4 * H * H, H, blocks_b) or (BLOCK_B, MIN_DOT)
         return block_b, block_h, block_h
-    n_b = triton.cdiv(B, block_b)
-    proj_tiles = [
-        (n_b * n_p, n_b * P * H + n_p * B * H, block_p)
-        for block_p in blocks_u if block_p <= _padded(P) and fits(block_b, max(block_h, block_p))
-        for n_p in [triton.cdiv(P, block_p)]
-    ]  # fmt: skip
-    return block_b, block_h, fewest_reads(proj_tiles) or MIN_DOT
+    # (units, weights, K) of the heavier phase, then of the other; which of them is P's
+    heavy, light = ((P, 4 * H * P, 4 * H), (H, P * H, P)) if backward else ((H, 4 * H * P, P), (P, P * H, H))
+    block_b, heavy_u = plan_phase(*heavy, blocks_b) or (BLOCK_B, MIN_DOT)
+    light_u = (plan_phase(*light, [block_b], heavy_u) or (block_b, MIN_DOT))[1]
+    return (block_b, light_u, heavy_u) if backward else (block_b, heavy_u, light_u)
 
 
 def _unit_blocks(H, P, block_u):
@@ -672,7 +673,8 @@ def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None,
         if block_u > ONE_LAUNCH_MAX_H:
             raise StrategyUnavailable(f"one-launch: H={H}, proj_size={P} exceed one program's {ONE_LAUNCH_MAX_H} units")
     elif strategy == "per-step":
-        block_b, block_h, block_p = _per_step_blocks(B, H, P, max_block_k, dtype.itemsize, device, interpreted)
+        block_b, block_h, block_p = _per_step_blocks(B, H, P, max_block_k, dtype.itemsize, device, interpreted,
+                                                     backward)  # fmt: skip
     elif strategy == "persistent":
         block_b, block_u, num_warps, block_k = _persistent_blocks(B, H, P, max_block_k, dtype.itemsize, device, interpreted)
     else:

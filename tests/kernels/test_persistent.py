@@ -125,23 +125,25 @@ def test_per_step_tiles_under_the_interpreter_are_the_fixed_ones():
 
 
 @pytest.mark.parametrize(
-    "B, H, P, blocks, grids",
+    "B, H, P, backward, blocks, grids",
     [
-        (8, 1024, 256, (16, 16, 16), ((1, 64), (1, 16))),  # few rows: most programs in both phases
-        (128, 1024, 256, (32, 16, 16), ((4, 64), (4, 16))),  # the cell phase: a program per SM
-        (512, 1024, 128, (64, 32, 16), ((8, 32), (8, 8))),  # fixed 16 x 64 tiles: 32 reads of W a step
-        (512, 2048, 512, (64, 32, 16), ((8, 64), (8, 32))),
+        (8, 1024, 256, False, (16, 16, 16), ((1, 64), (1, 16))),  # few rows: most programs in both phases
+        (512, 1024, 128, False, (64, 32, 16), ((8, 32), (8, 8))),  # fixed 16 x 64 tiles: 32 reads of W a step
+        (512, 2048, 1024, False, (64, 32, 32), ((8, 64), (8, 32))),
+        # the backward's heavy phase is dh over the P units (W_hh, K = 4H): it picks BLOCK_B
+        (512, 1024, 128, True, (16, 64, 16), ((32, 16), (32, 8))),  # 32 x 16 would leave SMs idle
+        (512, 2048, 1024, True, (32, 64, 64), ((16, 32), (16, 16))),
     ],
 )  # fmt: skip
-def test_per_step_tiles_with_a_projection_plan_each_phase(h100, B, H, P, blocks, grids):
-    """The cell phase (W_hh, 4H x P) picks the batch block by the rule above; the projection
-    phase (W_hr, P x H) then its own unit block, in the forward and the backward alike."""
-    for backward in (False, True):
-        config = K.kernel_config(B, H, torch.bfloat16, "per-step", P=P, backward=backward)
-        assert (config["BLOCK_B"], config["BLOCK_H"], config["BLOCK_P"]) == blocks
-        assert tuple(K._grid(config, "per-step", B, H, P, cell_units=c) for c in (True, False)) == grids
-        units = max(config["BLOCK_H"], config["BLOCK_P"])
-        assert 4 * config["BLOCK_B"] * units <= K.MAX_ACCUMULATORS_PER_THREAD * 32 * config["num_warps"]
+def test_per_step_tiles_with_a_projection_plan_each_phase(h100, B, H, P, backward, blocks, grids):
+    """The phase that reads W_hh (the forward's cell units, the backward's dh over the
+    projected units) picks the batch block by the rule above; the other phase then its own
+    unit block. Grids: (cell units, projected units)."""
+    config = K.kernel_config(B, H, torch.bfloat16, "per-step", P=P, backward=backward)
+    assert (config["BLOCK_B"], config["BLOCK_H"], config["BLOCK_P"]) == blocks
+    assert tuple(K._grid(config, "per-step", B, H, P, cell_units=c) for c in (True, False)) == grids
+    units = max(config["BLOCK_H"], config["BLOCK_P"])
+    assert 4 * config["BLOCK_B"] * units <= K.MAX_ACCUMULATORS_PER_THREAD * 32 * config["num_warps"]
 
 
 def test_per_step_tiles_with_a_projection_under_the_interpreter_are_the_fixed_ones():
