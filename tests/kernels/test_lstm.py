@@ -135,21 +135,27 @@ def test_backward_twice_with_retain_graph():
     assert_close(tensors["weight_hh"].grad, 2 * first, rel=1e-6, name="accumulated grad")
 
 
-@pytest.mark.parametrize("case", [(5, 3, 7, 20, None), (4, 17, 5, 37, 11)], ids=["plain", "projection"])
-def test_gates_take_their_own_gradient_only_when_the_graph_is_freed(case, strategy, monkeypatch):
-    """A backward that keeps the graph (retain_graph) writes dG to a new buffer; one that frees
-    it writes dG over the saved gates. Both give bitwise the same gradients: the second
-    backward accumulates exactly twice the first."""
+@pytest.fixture
+def into_gates(monkeypatch):
+    """Whether each backward of the kernels wrote dG over the saved gates, in call order."""
     from fusedrnn.kernels import lstm as lstm_kernels
 
-    into_gates = []
+    calls = []
     real_bwd = lstm_kernels.lstm_bwd
 
     def spy(*args, **kwargs):
-        into_gates.append(kwargs.get("d_gates_into_gates", False))
+        calls.append(kwargs.get("d_gates_into_gates", False))
         return real_bwd(*args, **kwargs)
 
     monkeypatch.setattr(lstm_kernels, "lstm_bwd", spy)
+    return calls
+
+
+@pytest.mark.parametrize("case", [(5, 3, 7, 20, None), (4, 17, 5, 37, 11)], ids=["plain", "projection"])
+def test_gates_take_their_own_gradient_only_when_the_graph_is_freed(case, strategy, into_gates):
+    """A backward that keeps the graph (retain_graph) writes dG to a new buffer; one that frees
+    it writes dG over the saved gates. Both give bitwise the same gradients: the second
+    backward accumulates exactly twice the first."""
     T, B = case[:2]
     tensors = cast(extended_problem(*case, batch_first=True), dtype=torch.float32, device=DEVICE)
     output, h_n, c_n = run_extended(tensors, "triton", batch_first=True, reverse=True, lengths=lengths_for(T, B))
@@ -180,21 +186,11 @@ def _checkpointed(run_fn, use_reentrant):
 
 
 @pytest.mark.parametrize("how", ["checkpoint", "checkpoint-reentrant", "saved-tensor-hooks"])
-def test_gates_taking_their_gradient_is_safe_under_checkpoint_and_saved_tensor_hooks(how, strategy, monkeypatch):
+def test_gates_taking_their_gradient_is_safe_under_checkpoint_and_saved_tensor_hooks(how, strategy, into_gates):
     """Activation checkpointing recomputes the gates inside the backward (the reentrant kind in
     a nested backward of its own), and offloading hooks hand the backward a copy: in each the
     backward still frees what it reads, writes dG over it, and the gradients are bitwise those
     of a plain run."""
-    from fusedrnn.kernels import lstm as lstm_kernels
-
-    into_gates = []
-    real_bwd = lstm_kernels.lstm_bwd
-
-    def spy(*args, **kwargs):
-        into_gates.append(kwargs.get("d_gates_into_gates", False))
-        return real_bwd(*args, **kwargs)
-
-    monkeypatch.setattr(lstm_kernels, "lstm_bwd", spy)
     problem = random_problem(5, 3, 7, 20)
 
     def run_triton(tensors):
