@@ -65,6 +65,22 @@ def _(x, w_ih, bias, w_hh, h0, c0, w_hr, lengths, batch_first, reverse):
     return _time_major(out, batch_first), gates, c, m if m is not None else x.new_empty(0)
 
 
+def _backward_kernels(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse,
+                      into_gates, fake=False):  # fmt: skip
+    """The two backward ops' body (``fake``: only their allocations): ``d_gates`` in the
+    layout of x (``gates`` itself when ``into_gates``), ``d_c0``, ``d_h`` or an empty tensor."""
+    gates_tm = _time_major(gates, batch_first)
+    if fake:
+        outputs = lstm_kernels.backward_outputs(gates_tm, d_cn, w_hh.shape[1], w_hr is not None, into_gates)
+    else:
+        outputs = lstm_kernels.lstm_bwd(
+            gates_tm, c, c0, w_hh, _time_major(d_out, batch_first), d_hn, d_cn,
+            w_hr=w_hr, lengths=lengths, reverse=reverse, d_gates_into_gates=into_gates,
+        )  # fmt: skip
+    d_gates, d_c0, d_h = outputs
+    return _time_major(d_gates, batch_first), d_c0, d_h if d_h is not None else c.new_empty(0)
+
+
 @torch.library.custom_op("fusedrnn::lstm_bwd", mutates_args=())
 def lstm_bwd_op(
     gates: Tensor, c: Tensor, c0: Tensor, w_hh: Tensor, d_out: Tensor, d_hn: Tensor, d_cn: Tensor,
@@ -72,18 +88,12 @@ def lstm_bwd_op(
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Backward recurrence. gates, d_out in the layout of x. Returns ``d_gates`` in the layout
     of x, ``d_c0`` (B, H) fp32, and ``d_h`` (T, B, P) fp32 for a projection or an empty tensor."""
-    d_gates, d_c0, d_h = lstm_kernels.lstm_bwd(
-        _time_major(gates, batch_first), c, c0, w_hh, _time_major(d_out, batch_first), d_hn, d_cn,
-        w_hr=w_hr, lengths=lengths, reverse=reverse,
-    )  # fmt: skip
-    return _time_major(d_gates, batch_first), d_c0, d_h if d_h is not None else c.new_empty(0)
+    return _backward_kernels(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse, False)
 
 
 @lstm_bwd_op.register_fake
-def _(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse):
-    gates_tm = _time_major(gates, batch_first)
-    d_gates, d_c0, d_h = lstm_kernels.backward_outputs(gates_tm, d_cn, w_hh.shape[1], w_hr is not None)
-    return _time_major(d_gates, batch_first), d_c0, d_h if d_h is not None else c.new_empty(0)
+def _(*args):
+    return _backward_kernels(*args, into_gates=False, fake=True)
 
 
 @torch.library.custom_op("fusedrnn::lstm_bwd_", mutates_args=("gates",))
@@ -93,18 +103,12 @@ def lstm_bwd_inplace_op(
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``lstm_bwd`` writing d_gates over ``gates`` (the backward's largest buffer saved).
     Returns ``d_c0`` and ``d_h`` (or an empty tensor)."""
-    _, d_c0, d_h = lstm_kernels.lstm_bwd(
-        _time_major(gates, batch_first), c, c0, w_hh, _time_major(d_out, batch_first), d_hn, d_cn,
-        w_hr=w_hr, lengths=lengths, reverse=reverse, d_gates_into_gates=True,
-    )  # fmt: skip
-    return d_c0, d_h if d_h is not None else c.new_empty(0)
+    return _backward_kernels(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse, True)[1:]
 
 
 @lstm_bwd_inplace_op.register_fake
-def _(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse):
-    _, d_c0, d_h = lstm_kernels.backward_outputs(_time_major(gates, batch_first), d_cn, w_hh.shape[1],
-                                                 w_hr is not None, d_gates_into_gates=True)  # fmt: skip
-    return d_c0, d_h if d_h is not None else c.new_empty(0)
+def _(*args):
+    return _backward_kernels(*args, into_gates=True, fake=True)[1:]
 
 
 def gates_free_after_backward():
