@@ -2,14 +2,16 @@
 
     python bench/kernel_resources.py [--out bench/results/kernel-resources-sm90.md] [--jobs 2]
     python bench/kernel_resources.py --strategy per-step --out bench/results/kernel-resources-sm90-per-step.md
+    python bench/kernel_resources.py --strategy per-step --projection --out bench/results/kernel-resources-sm90-per-step-proj.md
 
 For every shape of the benchmark grid (B in {1, 8, 32, 128, 512} x H in {256, 512, 1024,
-2048}, input = H, no projection), bf16 and fp32 (TF32 dots, as cudnn.allow_tf32 = True
-gives), forward and backward kernel: the config the launcher picks on 132 SMs for the
-strategy (default "persistent"),
-the registers, spills and shared memory of the sm_90 build (Triton's compiler and its own
-ptxas), the programs per SM those allow and whether the grid is resident, and an analytic
-floor per step (weight bytes, L2 streaming time, tensor-core time). It compiles the kernels
+2048}, input = H, no projection), or with --projection for the layers with a projection of
+bench/NOTES.md's v1.3 table, bf16 and fp32 (TF32 dots, as cudnn.allow_tf32 = True gives),
+forward and backward kernel, each launch of a step (a per-step layer with a projection
+launches two phases a step): the config the launcher picks on 132 SMs for the strategy
+(default "persistent"), the registers, spills and shared memory of the sm_90 build (Triton's
+compiler and its own ptxas), the programs per SM those allow and whether the grid is
+resident, and an analytic floor per step (weight bytes, L2 streaming time, tensor-core time). It compiles the kernels
 as tests/kernels/test_compile.py does; nothing runs on a GPU, so no time here is measured.
 """
 
@@ -47,6 +49,11 @@ MMA_FLOPS_PER_S = {"bf16": 990e12, "fp32": 495e12}  # fp32 dots run as TF32
 L2_SIZE_MIB = 50
 
 BATCHES, HIDDENS = (1, 8, 32, 128, 512), (256, 512, 1024, 2048)
+GRID_SHAPES = [(B, H, None) for H in HIDDENS for B in BATCHES]  # (B, H, proj_size)
+# (B, H, proj_size): the shapes of bench/NOTES.md's v1.3 table (per-step tiles planned per
+# phase), a wider projection, and a projection whose phases get unequal programs.
+PROJECTION_SHAPES = [(8, 1024, 256), (128, 1024, 256), (512, 1024, 128), (512, 2048, 512), (512, 2048, 1024),
+                     (100, 4096, 1024)]  # fmt: skip
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 KERNELS = {"fwd": (lstm._lstm_fwd_kernel, False), "bwd": (lstm._lstm_bwd_kernel, True)}
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
@@ -106,49 +113,75 @@ def describe(error):
     return f"{type(error).__name__} {where}{lines[-1] if lines else ''}"[:400]
 
 
-def plan(dtype_name, B, H, kernel_key, strategy="persistent"):
-    """The strategy's config for a shape and the compile job it needs (None if unavailable).
-    Without a projection every strategy runs one phase per step: the flags are the same."""
+def plan(dtype_name, B, H, P, kernel_key, strategy="persistent"):
+    """The strategy's config for a shape and a compile job per launch of a step: one launch
+    running every phase (persistent, or a layer without a projection), or one per phase
+    (per-step with a projection). Returns (config, [(flags, job)]), or ({"unavailable": why}, [])."""
     torch.backends.cudnn.allow_tf32 = True  # fp32 recurrent dots in TF32 (kernel_config reads it)
+    backward = KERNELS[kernel_key][1]
     try:
-        config = lstm.kernel_config(B, H, DTYPES[dtype_name], strategy, backward=KERNELS[kernel_key][1])
+        config = lstm.kernel_config(B, H, DTYPES[dtype_name], strategy, P=P, backward=backward)
     except lstm.StrategyUnavailable as e:
-        return {"unavailable": str(e)}, None
+        return {"unavailable": str(e)}, []
     config, options = lstm.split_launch_options(config)
     options["launch_cooperative_grid"] = config["GRID_SYNC"]
-    flags = lstm.all_phase_flags(lstm.kernel_phases(False, KERNELS[kernel_key][1]))
-    constexprs = dict(config, **flags, REVERSE=False, VARLEN=False)
-    return dict(config, **options), (kernel_key, dtype_name, constexprs, options, layer_int_args(B, H))
+    phases = lstm.kernel_phases(P is not None, backward)
+    launches = phases if strategy == "per-step" else [lstm.all_phase_flags(phases)]
+    int_args = layer_int_args(B, H, P if P is not None else H)
+    jobs = [(flags, (kernel_key, dtype_name, dict(config, **flags, REVERSE=False, VARLEN=False), options, int_args))
+            for flags in launches]  # fmt: skip
+    return dict(config, **options), jobs
 
 
-def layer_int_args(B, H):
+def layer_int_args(B, H, P):
     """The integer arguments of the layer's launches that Triton specialises on (multiples of
-    16): sizes and the strides of time-major (T, B, *) tensors, no projection."""
+    16): sizes and the strides of time-major (T, B, *) tensors; P = H without a projection
+    (W_hh is 4H x P, W_hr P x H, h and its gradients P wide, c H wide)."""
     return tuple(sorted(dict(
-        B=B, H=H, P=H, stride_gt=B * 4 * H, stride_gb=4 * H, stride_dgt=B * 4 * H, stride_dgb=4 * H,
-        stride_ot=B * H, stride_ob=H, stride_dyt=B * H, stride_dyb=H, stride_dyh=1, stride_w=H, stride_hr=H,
-        stride_h0b=H, stride_c0b=H, stride_dhnb=H,
+        B=B, H=H, P=P, stride_gt=B * 4 * H, stride_gb=4 * H, stride_dgt=B * 4 * H, stride_dgb=4 * H,
+        stride_ot=B * P, stride_ob=P, stride_dyt=B * P, stride_dyb=P, stride_dyh=1, stride_w=P, stride_hr=H,
+        stride_h0b=P, stride_c0b=H, stride_dhnb=P,
     ).items()))  # fmt: skip
 
 
-def floor(dtype_name, B, H, block_h):
-    """Per-step analytic floor: W_hh bytes, W bytes per program, L2 and tensor-core times."""
+def launch_name(kernel_key, flags):
+    """"fwd cell", "bwd dh+cell", ...: the kernel and the phases one launch runs."""
+    return kernel_key + " " + "+".join(name for name in ("cell", "proj", "dh") if flags.get("DO_" + name.upper()))
+
+
+def weight_parts(backward, flags, H, P):
+    """(unit block, units, elements of W per unit) of each phase in a launch: what the launch
+    reads of the weights each step. Forward: a cell unit's four W_hh rows (4 x P), a projected
+    unit's W_hr row (H). Backward: a projected unit's (or, without a projection, an h unit's)
+    W_hh column (4H) for dh, a cell unit's W_hr column (P) for dm. P None: no projection."""
+    if not backward:
+        parts = [("BLOCK_H", H, 4 * (P or H))] if flags["DO_CELL"] else []
+        return parts + ([("BLOCK_P", P, H)] if flags["DO_PROJ"] else [])
+    parts = [("BLOCK_P", P or H, 4 * H)] if flags["DO_DH"] else []
+    return parts + ([("BLOCK_H", H, P)] if flags["DO_CELL"] and P is not None else [])
+
+
+def floor(dtype_name, B, parts, config):
+    """Per-step analytic floor of one launch: the bytes of the weights it reads, those of one
+    program's slice, and L2 and tensor-core times (2 B FLOPs per weight element)."""
     itemsize = DTYPES[dtype_name].itemsize
-    w_bytes = 4 * H * H * itemsize
-    flops = 2 * B * 4 * H * H  # h @ W_hh^T forward; dG @ W_hh (dh) backward: the same
-    return dict(w_mib=w_bytes / 2**20, slice_kib=4 * block_h * H * itemsize / 1024,
-                stream_us=w_bytes / L2_BYTES_PER_S * 1e6, mma_us=flops / MMA_FLOPS_PER_S[dtype_name] * 1e6)  # fmt: skip
+    elements = sum(units * per_unit for _, units, per_unit in parts)
+    slice_elements = sum(config[block] * per_unit for block, _, per_unit in parts)
+    w_bytes = elements * itemsize
+    return dict(w_mib=w_bytes / 2**20, slice_kib=slice_elements * itemsize / 1024,
+                stream_us=w_bytes / L2_BYTES_PER_S * 1e6, mma_us=2 * B * elements / MMA_FLOPS_PER_S[dtype_name] * 1e6)  # fmt: skip
 
 
 def row_cells(r):
-    """The table cells of one (dtype, kernel, shape) result."""
-    head = [r["kernel"], r["B"], r["H"]]
+    """The table cells of one (dtype, launch, shape) result."""
+    head = [r["kernel"], r["B"], r["H"], r["P"] or "-"]
     if "unavailable" in r:
-        return head + ["unavailable: " + r["unavailable"]] + [""] * 14
+        return head + ["unavailable: " + r["unavailable"]] + [""] * (len(COLUMNS) - len(head) - 1)
     cfg, f = r["config"], r["floor"]
     grid = f"{r['grid'][0]}x{r['grid'][1]}"
     w_on_chip = "yes" if cfg.get("W_RESIDENT") else "no"  # W_RESIDENT: the program holds its W_hh slice
-    cells = head + [cfg["BLOCK_B"], cfg["BLOCK_H"], cfg["BLOCK_K"], cfg["num_warps"], grid, w_on_chip]
+    blocks = [cfg["BLOCK_B"], cfg["BLOCK_H"], cfg["BLOCK_P"], cfg["BLOCK_K"]]
+    cells = head + blocks + [cfg["num_warps"], grid, w_on_chip]
     if "error" in r:
         cells += ["compile error (below)", "", "", "", ""]
     else:
@@ -160,8 +193,8 @@ def row_cells(r):
     return cells + [f"{f['w_mib']:.2f}", f"{f['slice_kib']:.0f}", f"{f['stream_us']:.2f}", f"{f['mma_us']:.3f}"]
 
 
-COLUMNS = ["kernel", "B", "H", "BLOCK_B", "BLOCK_H", "BLOCK_K", "warps", "grid", "W on chip", "regs",
-           "spills st/ld (B)", "shared (KiB)", "programs/SM", "resident?", "W_hh (MiB)",
+COLUMNS = ["launch", "B", "H", "P", "BLOCK_B", "BLOCK_H", "BLOCK_P", "BLOCK_K", "warps", "grid", "W on chip", "regs",
+           "spills st/ld (B)", "shared (KiB)", "programs/SM", "resident?", "W read (MiB)",
            "W slice/program (KiB)", "stream us/step (L2)", "MMA us/step"]  # fmt: skip
 
 
@@ -176,7 +209,7 @@ def versions():
     return triton.__version__, torch.__version__, " ".join(release.groups()) if release else "unknown", commit
 
 
-def render(results, elapsed, strategy):
+def render(results, elapsed, strategy, projection):
     triton_v, torch_v, ptxas_v, commit = versions()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     archs = sorted({r["arch"] for r in results if "arch" in r}) or ["none built"]
@@ -185,16 +218,20 @@ def render(results, elapsed, strategy):
     outside = [r for r in built if not r["resident"]]
     on_chip = [r for r in built if r["shared_total"] >= r["floor"]["slice_kib"] * 1024]
     out = [
-        f"# LSTM kernels, {strategy} launch: sm_90 resources and per-step floor (H100)",
+        f"# LSTM kernels, {strategy} launch{', with a projection' if projection else ''}: sm_90 resources and "
+        "per-step floor (H100)",
         "",
         f"Generated by `bench/kernel_resources.py` on {now} in {elapsed:.0f} s: triton {triton_v}, "
         f"torch {torch_v}, ptxas {ptxas_v} (Triton's wheel), fusedrnn at {commit}. **Compiled for sm_90 on a "
         "CPU machine, no GPU run**: nothing here is a measured time.",
         "",
-        f"- Config: `lstm.kernel_config(B, H, dtype, \"{strategy}\")` with {H100_SMS} SMs "
-        "(`_resident_limits` patched as tests/kernels/test_compile.py does); input = H, no projection, "
-        "REVERSE = VARLEN = False; fwd = `_lstm_fwd_kernel` (DO_CELL), bwd = `_lstm_bwd_kernel` "
-        "(DO_DH + DO_CELL); fp32 with `cudnn.allow_tf32 = True` (INPUT_PRECISION tf32).",
+        f"- Config: `lstm.kernel_config(B, H, dtype, \"{strategy}\", P=P)` with {H100_SMS} SMs "
+        "(`_resident_limits` patched as tests/kernels/test_compile.py does); input = H, "
+        + ("P = proj_size" if projection else "no projection (P = H)")
+        + ", REVERSE = VARLEN = False. A launch is `_lstm_fwd_kernel` (fwd) or `_lstm_bwd_kernel` (bwd) with "
+        "the phases it runs (`lstm.kernel_phases`): cell (DO_CELL), proj (DO_PROJ), dh (DO_DH); a per-step "
+        "layer with a projection launches each phase of a step on its own. fp32 with `cudnn.allow_tf32 = True` "
+        "(INPUT_PRECISION tf32).",
         "- Built with `triton.compile(..., GPUTarget(\"cuda\", 90, 32))`, specialised as a launch is "
         "(`lstm.compile_attrs`: aligned pointers, sizes and strides that are multiples of 16 marked so), "
         "num_warps, num_stages and maxnreg (ptxas register cap) from the config, "
@@ -204,18 +241,21 @@ def render(results, elapsed, strategy):
         f"- programs/SM: `lstm.programs_per_sm` (the launcher's check) with {SM_REGS} regs/SM (per warp, in "
         f"units of 256), {SM_SHARED // 1024} KiB shared/SM with 1 KiB reserved per block, {SM_THREADS} "
         f"threads/SM; resident = grid (batch blocks x unit blocks) <= {H100_SMS} x programs/SM.",
-        f"- Floor per step (assumptions, not measurements): W_hh = 4H*H*itemsize; W slice/program = "
-        f"4*BLOCK_H*H*itemsize, what each program reads per step when W is not kept on chip; stream = W_hh read "
-        f"once at an assumed {L2_BYTES_PER_S / 1e12:.1f} TB/s L2 bandwidth (every batch block reads all of W_hh: "
-        f"multiply by the grid's batch blocks for the grid's traffic; W_hh over the {L2_SIZE_MIB} MB L2 comes "
-        f"from HBM, ~3.35 TB/s); MMA = 2*B*4H*H FLOPs (forward h @ W_hh^T, backward dG @ W_hh alike) at the "
+        "- Floor per step of a launch (assumptions, not measurements): W read = the weights its phases read, "
+        "times itemsize: cell forward and dh backward all of W_hh (4H*P), proj forward and cell backward (dm) "
+        "all of W_hr (P*H); W slice/program = the rows (forward) or columns (backward) of its units, "
+        "4*BLOCK_H*P (cell), BLOCK_P*H (proj), 4*BLOCK_P*H (dh), BLOCK_H*P (cell backward, with a projection), "
+        "what each program reads per step when W is not kept on chip; stream = W read once at an assumed "
+        f"{L2_BYTES_PER_S / 1e12:.1f} TB/s L2 bandwidth (every batch block reads all of it: multiply by the "
+        f"grid's batch blocks for the grid's traffic; weights over the {L2_SIZE_MIB} MB L2 come from HBM, "
+        "~3.35 TB/s); MMA = 2*B FLOPs per weight element (forward h @ W_hh^T, backward dG @ W_hh alike) at the "
         f"H100 SXM dense peak, {MMA_FLOPS_PER_S['bf16'] / 1e12:.0f} TFLOP/s bf16, "
         f"{MMA_FLOPS_PER_S['fp32'] / 1e12:.0f} TFLOP/s TF32.",
         "- Bold: spills, grids that are not resident."
         + ("" if strategy == "persistent" else " A per-step grid need not be resident: there the column "
            "only says whether a launch runs in one wave of programs."),
         "",
-        f"Summary: {len(built)} of {len(results)} (dtype, kernel, shape) built; {len(spilled)} spill; "
+        f"Summary: {len(built)} of {len(results)} (dtype, launch, shape) built; {len(spilled)} spill; "
         f"{len(outside)} not resident; {sum('unavailable' in r for r in results)} unavailable; "
         f"{sum('error' in r for r in results)} compile errors; {len(on_chip)} have as much shared memory "
         "as their W slice (otherwise W cannot be held in shared memory across steps).",
@@ -227,7 +267,7 @@ def render(results, elapsed, strategy):
         out += ["| " + " | ".join(str(c) for c in row_cells(r)) + " |" for r in rows]
     errors = [r for r in results if "error" in r]
     out += ["", "## Compile errors", ""]
-    out += [f"- {r['dtype']} {r['kernel']} B={r['B']} H={r['H']}: `{r['error']}`" for r in errors] or ["None."]
+    out += [f"- {r['dtype']} {r['kernel']} B={r['B']} H={r['H']} P={r['P']}: `{r['error']}`" for r in errors] or ["None."]
     return "\n".join(out) + "\n"
 
 
@@ -237,25 +277,27 @@ def main():
     parser.add_argument("--jobs", type=int, default=2, help="compile processes (default 2)")
     parser.add_argument("--strategy", default="persistent", choices=["persistent", "per-step"],
                         help="the launch strategy whose configs to build (default persistent)")
+    parser.add_argument("--projection", action="store_true",
+                        help="layers with a projection (bench/NOTES.md v1.3's shapes) instead of the benchmark grid")
     args = parser.parse_args()
     start = time.time()
 
     results, jobs = [], {}
     for dtype_name in DTYPES:
-        for H in HIDDENS:
-            for B in BATCHES:
-                for kernel_key in KERNELS:
-                    config, job = plan(dtype_name, B, H, kernel_key, args.strategy)
-                    r = dict(dtype=dtype_name, kernel=kernel_key, B=B, H=H)
-                    if job is None:
-                        results.append(dict(r, **config))
-                        continue
+        for B, H, P in PROJECTION_SHAPES if args.projection else GRID_SHAPES:
+            for kernel_key, (_, backward) in KERNELS.items():
+                config, launches = plan(dtype_name, B, H, P, kernel_key, args.strategy)
+                r = dict(dtype=dtype_name, B=B, H=H, P=P)
+                if not launches:
+                    results.append(dict(r, kernel=kernel_key, **config))
+                for flags, job in launches:
                     # Shapes with the same constexprs and the same multiples of 16 share a build.
                     key = repr((job[:4], [name for name, value in job[4] if value % 16 == 0]))
                     jobs.setdefault(key, job)
-                    grid = (triton.cdiv(B, config["BLOCK_B"]), triton.cdiv(H, config["BLOCK_H"]))
-                    results.append(dict(r, config=config, job=key, grid=grid,
-                                        floor=floor(dtype_name, B, H, config["BLOCK_H"])))  # fmt: skip
+                    grid = lstm._grid(config, args.strategy, B, H, P or H, cell_units=flags["DO_CELL"])
+                    parts = weight_parts(backward, flags, H, P)
+                    results.append(dict(r, kernel=launch_name(kernel_key, flags), config=config, job=key, grid=grid,
+                                        floor=floor(dtype_name, B, parts, config)))  # fmt: skip
 
     with ProcessPoolExecutor(args.jobs) as pool:
         built = dict(zip(jobs, pool.map(compile_one, jobs.values())))
@@ -268,7 +310,7 @@ def main():
             r["per_sm"] = lstm.programs_per_sm(r["regs"], r["shared_total"], r["config"]["num_warps"], SM_REGS, SM_SHARED, SM_THREADS)
             r["resident"] = r["grid"][0] * r["grid"][1] <= H100_SMS * r["per_sm"]
 
-    report = render(results, time.time() - start, args.strategy)
+    report = render(results, time.time() - start, args.strategy, args.projection)
     print(report)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
