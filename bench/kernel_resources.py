@@ -201,9 +201,15 @@ COLUMNS = ["launch", "B", "H", "P", "BLOCK_B", "BLOCK_H", "BLOCK_P", "BLOCK_K", 
 def versions():
     ptxas = subprocess.run([PTXAS, "--version"], capture_output=True, text=True).stdout
     release = re.search(r"release ([\w.]+), (V[\w.]+)", ptxas)
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()  # fmt: skip
+
     try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()  # fmt: skip
+        # "-dirty" for changed tracked files outside bench/results, where the reports go:
+        # writing one report must not mark the next as built from a changed tree.
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)bench/results")
+        commit = git("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return triton.__version__, torch.__version__, " ".join(release.groups()) if release else "unknown", commit
