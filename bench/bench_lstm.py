@@ -7,25 +7,29 @@ Running (pytest-benchmark; the options are defined in bench/conftest.py)
     bash bench/run_bench.sh OUT full 2/6      # CUDA: part 2 of 6 of the full grid
 
 or by hand: ``python -m pytest bench --benchmark-enable --benchmark-json=OUT.json
---bench-grid={ci,quick,full} [--bench-part=K/N] [--bench-tf32={on,off}]``. The grid defaults
+--bench-grid={ci,quick,full,proj} [--bench-part=K/N] [--bench-tf32={on,off}]``. The grid defaults
 to "quick" with CUDA and "ci" without. ``--bench-part=K/N`` keeps the K-th of N round-robin
-slices of the cases (mode, dtype, T, B, H); every provider of a case stays in the same part,
+slices of the cases (mode, dtype, T, B, H, P); every provider of a case stays in the same part,
 so speedups are always computed within one run. The full grid takes longer than one ten-minute
 run: split it into parts (e.g. 1/6 ... 6/6) and merge their JSON with ``bench/report.py merge``.
 
-Grids. Input size I = H, one layer, time-major input, no initial state.
+Grids. Input size I = H, one layer, time-major input, no initial state, no projection
+(P = proj_size) but in the proj grid and one ci case.
 - full: B in {1, 8, 32, 128, 512} x H in {256, 512, 1024, 2048} x T in {64, 512} x float32,
   bfloat16, float16 x both modes x every provider but per-step-eager; the two reference providers (Python loops
   over T) only at T=64 and B <= 128, to keep the time bounded: the other cases are not
   generated, so nothing is recorded for them.
 - quick (for iterating): B in {8, 128} x H in {512, 2048}, T=512, bfloat16 and float32, the
   fusedrnn strategies, per-step without CUDA graphs, cuDNN and the barrier floor.
-- ci: T=4, B=2, H=16, float32, every provider; with benchmarking disabled (pyproject's
-  default) each case runs once, so the suite cannot rot. Providers that cannot run on CPU skip
-  with the reason.
+- proj (layers with a projection, bench/NOTES.md v1.3; not part of the targets): B in
+  {8, 128, 512} x (H, P) in {(1024, 256), (2048, 512)}, T=512, bfloat16 and float32, the
+  fusedrnn strategies and cuDNN (``torch.nn.LSTM(proj_size=P)``).
+- ci: T=4, B=2, H=16 (and H=16, P=8 without the reference loops), float32, every provider;
+  with benchmarking disabled (pyproject's default) each case runs once, so the suite cannot
+  rot. Providers that cannot run on CPU skip with the reason.
 
 Modes: "inference" is the forward under ``torch.no_grad``; "training" is the forward and the
-backward of ``(y * dy).sum()`` (dy random, fixed) into the input and all parameters, by
+backward of ``(y * dy).sum()`` (dy random, fixed, y's shape) into the input and all parameters, by
 ``torch.autograd.grad`` so that no gradient is kept from one call to the next.
 
 Providers
@@ -39,7 +43,8 @@ Providers
 - fusedrnn-per-step-eager (quick grid, CI): per-step with CUDA graphs off
   (``step_graphs.enabled(False)``), the A/B of the graphs.
 - cudnn: ``torch.nn.LSTM`` with the same weights (cuDNN on CUDA; torch's CPU LSTM in CI).
-- reference-eager: ``fusedrnn.LSTM(backend="reference")``, the plain PyTorch loop.
+- reference-eager: ``fusedrnn.LSTM(backend="reference")``, the plain PyTorch loop (the two
+  reference providers run layers without a projection only).
 - reference-compile: the same loop with its step under ``torch.compile``. Compiling the
   whole module would unroll all T steps (minutes of compilation at T=512), so the input GEMM
   runs once up front as in the reference and a compiled step (recurrent product plus
@@ -90,16 +95,20 @@ PROVIDERS = [*FUSEDRNN, PER_STEP_EAGER, "cudnn", *SLOW, "floor-barrier"]
 MODES = ["inference", "training"]
 SLOW_MAX_T, SLOW_MAX_B = 64, 128
 
-GRIDS = {
+GRIDS = {  # layers: (H, P), P the projection size or None
     "full": dict(
-        T=(64, 512), B=(1, 8, 32, 128, 512), H=(256, 512, 1024, 2048),
+        T=(64, 512), B=(1, 8, 32, 128, 512), layers=[(H, None) for H in (256, 512, 1024, 2048)],
         dtypes=(torch.float32, torch.bfloat16, torch.float16), providers=[p for p in PROVIDERS if p != PER_STEP_EAGER],
     ),
     "quick": dict(
-        T=(512,), B=(8, 128), H=(512, 2048),
+        T=(512,), B=(8, 128), layers=[(512, None), (2048, None)],
         dtypes=(torch.bfloat16, torch.float32), providers=[*FUSEDRNN, PER_STEP_EAGER, "cudnn", "floor-barrier"],
     ),
-    "ci": dict(T=(4,), B=(2,), H=(16,), dtypes=(torch.float32,), providers=PROVIDERS),
+    "proj": dict(
+        T=(512,), B=(8, 128, 512), layers=[(1024, 256), (2048, 512)],
+        dtypes=(torch.bfloat16, torch.float32), providers=[*FUSEDRNN, "cudnn"],
+    ),
+    "ci": dict(T=(4,), B=(2,), layers=[(16, None), (16, 8)], dtypes=(torch.float32,), providers=PROVIDERS),
 }  # fmt: skip
 
 RUN_START = datetime.now(timezone.utc)
@@ -118,20 +127,22 @@ ENVIRONMENT = dict(
 
 
 def cases(grid):
-    """The parameters (mode, dtype, T, B, H, provider) of a grid, providers innermost."""
+    """The parameters (mode, dtype, T, B, H, P, provider) of a grid, providers innermost."""
     g = GRIDS[grid]
-    for case in itertools.product(MODES, g["dtypes"], g["T"], g["B"], g["H"], g["providers"]):
-        mode, dtype, T, B, H, provider = case
+    for mode, dtype, T, B, (H, P), provider in itertools.product(MODES, g["dtypes"], g["T"], g["B"], g["layers"],
+                                                                 g["providers"]):  # fmt: skip
         if provider == "floor-barrier" and mode != "inference":
             continue
-        if provider in SLOW and (T > SLOW_MAX_T or B > SLOW_MAX_B):
+        # compiled_reference has no projection; the loops are timed for the targets, which have none
+        if provider in SLOW and (T > SLOW_MAX_T or B > SLOW_MAX_B or P is not None):
             continue
-        yield pytest.param(*case, id=f"{mode}-{dtype_name(dtype)}-T{T}-B{B}-H{H}-{provider}")
+        layer = f"H{H}" + (f"-P{P}" if P is not None else "")
+        yield pytest.param(mode, dtype, T, B, H, P, provider, id=f"{mode}-{dtype_name(dtype)}-T{T}-B{B}-{layer}-{provider}")
 
 
 def pytest_generate_tests(metafunc):
     grid = metafunc.config.getoption("bench_grid")
-    metafunc.parametrize("mode,dtype,T,B,H,provider", list(cases(grid)))
+    metafunc.parametrize("mode,dtype,T,B,H,P,provider", list(cases(grid)))
 
 
 def _reference_step(gx_t, h, c, w_hh_t):
@@ -162,23 +173,24 @@ def compiled_reference(module):
     return forward
 
 
-def build(provider, T, B, H, dtype):
+def build(provider, T, B, H, P, dtype):
     """``forward(x) -> y`` and the parameters it trains; every module has the same weights."""
     if provider == "floor-barrier":
-        launch = lstm_kernels.barrier_floor(T, B, H, dtype, DEVICE)
+        launch = lstm_kernels.barrier_floor(T, B, H, dtype, DEVICE, P=P)
         return (lambda x: launch()), []
     torch.manual_seed(0)
+    layer = dict(proj_size=P or 0, device=DEVICE, dtype=dtype)
     if provider == "cudnn":
-        module = torch.nn.LSTM(H, H, device=DEVICE, dtype=dtype)
+        module = torch.nn.LSTM(H, H, **layer)
     else:
         backend = "reference" if provider in SLOW else "triton"
-        module = fusedrnn.LSTM(H, H, backend=backend, device=DEVICE, dtype=dtype)
+        module = fusedrnn.LSTM(H, H, backend=backend, **layer)
     forward = compiled_reference(module) if provider == "reference-compile" else (lambda x: module(x)[0])
     return forward, list(module.parameters())
 
 
-def make_call(mode, forward, x, parameters):
-    """One benchmarked call of ``mode``."""
+def make_call(mode, forward, x, parameters, out_features):
+    """One benchmarked call of ``mode``; the output has ``out_features`` (H, or P)."""
     if mode == "inference":
 
         def call():
@@ -188,7 +200,7 @@ def make_call(mode, forward, x, parameters):
         return call
 
     inputs = [x, *parameters]
-    dy = torch.randn_like(x)  # the output has x's shape since I = H
+    dy = x.new_empty(*x.shape[:2], out_features).normal_()
 
     def call():
         torch.autograd.grad(forward(x), inputs, dy)  # returned, not accumulated into .grad
@@ -221,19 +233,19 @@ def launch_settings(provider):
     return None, contextlib.nullcontext()
 
 
-def test_lstm(benchmark, mode, dtype, T, B, H, provider):
+def test_lstm(benchmark, mode, dtype, T, B, H, P, provider):
     strategy, settings = launch_settings(provider)
     time_ms = peak_memory_bytes = None
     graph_counts = dict(step_graphs.cache.counts)
     # The strategy holds for the whole case: warm-up, timing, memory and the backward.
     with settings:
         try:
-            forward, parameters = build(provider, T, B, H, dtype)
+            forward, parameters = build(provider, T, B, H, P, dtype)
             x = torch.randn(T, B, H, device=DEVICE, dtype=dtype, requires_grad=mode == "training")
-            call = make_call(mode, forward, x, parameters)
+            call = make_call(mode, forward, x, parameters, P or H)
             call()  # warm-up and compilation; a forced strategy that cannot run the shape raises
         except lstm_kernels.StrategyUnavailable as err:
-            pytest.skip(f"{provider} cannot run T={T} B={B} H={H} {dtype_name(dtype)} here: {err}")
+            pytest.skip(f"{provider} cannot run T={T} B={B} H={H} P={P} {dtype_name(dtype)} here: {err}")
         ran = lstm_kernels.last_strategy() if strategy is not None else None
         if HAS_CUDA and not benchmark.disabled:
             time_ms, peak_memory_bytes = measure(call)
@@ -246,7 +258,7 @@ def test_lstm(benchmark, mode, dtype, T, B, H, provider):
         benchmark.pedantic(synced_call, rounds=3, iterations=1)  # runs once when disabled (CI)
 
     benchmark.extra_info.update(
-        provider=provider, strategy=ran, mode=mode, T=T, B=B, I=H, H=H, dtype=dtype_name(dtype),
+        provider=provider, strategy=ran, mode=mode, T=T, B=B, I=H, H=H, P=P, dtype=dtype_name(dtype),
         tf32=torch.backends.cudnn.allow_tf32, **ENVIRONMENT, time_ms=time_ms,
         us_per_step=time_ms * 1e3 / T if time_ms is not None else None,
         tokens_per_s=T * B / (time_ms / 1e3) if time_ms is not None else None,

@@ -15,7 +15,9 @@
 #    names "tune"): tuned/<gpu slug>.json (the checkout's table, merged), tune-trials.json, tune.txt,
 # 6. times fusedrnn against cuDNN with pytest-benchmark (bench/run_bench.sh): the quick grid
 #    (bench-quick.json, .txt); with `full` as second argument or BENCH_PART=K/N in the
-#    environment, the full grid or its part K of N instead (bench-full[-partKofN].json).
+#    environment, the full grid or its part K of N instead (bench-full[-partKofN].json);
+#    BENCH_GRID=proj (or any grid of bench_lstm.py) names the grid: proj times layers with a
+#    projection (bench-proj.json).
 # STAGES (environment) picks stages 2-6, in this order: default "tests check charlm bench";
 # e.g. STAGES=bench BENCH_PART=2/6 for one more part of the full grid in a later call.
 #
@@ -94,11 +96,10 @@ if stage tune; then
   pack
 fi
 
-if ! stage bench; then
-  :
-elif [ "${2:-}" = full ] || [ -n "${BENCH_PART:-}" ]; then
-  bash bench/run_bench.sh "$work" full ${BENCH_PART:-} || status=1
-else
-  bash bench/run_bench.sh "$work" quick || status=1
+if stage bench; then
+  default_grid=quick
+  if [ "${2:-}" = full ] || [ -n "${BENCH_PART:-}" ]; then default_grid=full; fi
+  # shellcheck disable=SC2086  # an empty BENCH_PART is no argument
+  bash bench/run_bench.sh "$work" "${BENCH_GRID:-$default_grid}" ${BENCH_PART:-} || status=1
 fi
 exit $status

@@ -6,12 +6,12 @@ Input: pytest-benchmark JSON files (`--benchmark-json`), by default every
 provider ("fusedrnn-auto", "fusedrnn-persistent", "fusedrnn-per-step",
 "fusedrnn-one-launch", "fusedrnn-per-step-eager": per-step without CUDA graphs, "cudnn", "reference-compile", "reference-eager", "floor-barrier": the
 barrier-only kernel, inference rows only), strategy, mode ("inference" | "training"), T, B,
-I, H, dtype, tf32, gpu, sm_count, torch, triton, cuda, cudnn, fusedrnn, date (UTC ISO),
+I, H, P (the projection size, null or absent without one), dtype, tf32, gpu, sm_count, torch, triton, cuda, cudnn, fusedrnn, date (UTC ISO),
 run_id (one per pytest process), timer, time_ms (median per call), us_per_step,
 tokens_per_s, peak_memory_bytes. Rows whose time_ms is null (CPU runs, benchmarking
 disabled) are ignored.
 
-A case is (mode, dtype, tf32, T, B, I, H). Ratios are taken only between rows of one run
+A case is (mode, dtype, tf32, T, B, I, H, P). Ratios are taken only between rows of one run
 (same run_id, hence same GPU and process): a case whose cuDNN and fusedrnn rows come from
 different runs is not compared. When several runs measured a case, the latest run that has
 a cuDNN row for it is used (then by date, then run_id), for every column of that case.
@@ -36,6 +36,7 @@ are T=512, I=H, H in {256, 512, 1024, 2048}, dtype float32 and bfloat16:
   same T), every shape of that grid: <= 2x;
 - reference-compile time / fusedrnn-auto time, every case measured with both: >= 5x;
 - peak training memory, fusedrnn-auto / cuDNN, every training-grid shape: <= 1x.
+Layers with a projection (the bench's proj grid) are in the tables, not in the targets.
 The issue gives a mean only for training; its other ratios are read as bounds on every
 shape. The compile'd reference runs on short sequences only, so that target has no fixed
 grid. A target over a fixed grid with cases missing is "not measured", unless the cases that
@@ -43,7 +44,7 @@ were measured already miss it (a worst-shape target). A miss says by how much.
 
 `dispatch` writes the "dispatch" of a GPU's tuning table (kernels/tuning.py), which `auto`
 follows: per (mode, dtype, B, H) at the largest T measured, the fastest of the forced
-strategies (fusedrnn-persistent, -per-step, -one-launch, within one run as above);
+strategies (fusedrnn-persistent, -per-step, -one-launch, within one run as above), per P;
 inference rows give the forward kernel's entries ("fwd"), training rows the backward's
 ("bwd"). float32 rows are taken at one TF32 setting (--tf32, default on: torch's default);
 16-bit rows at either, that one first (it does not change their kernels). Results from more
@@ -110,6 +111,7 @@ class Case(NamedTuple):
     B: int
     I: int  # noqa: E741 (the LSTM's input size, as everywhere in fusedrnn)
     H: int
+    P: int | None = None  # proj_size; results from before the bench had projections lack it
 
 
 class Config(NamedTuple):
@@ -156,11 +158,11 @@ def load_rows(paths):
 
 
 def case_of(info):
-    return Case(*(info[key] for key in Case._fields))
+    return Case(*(info[key] for key in Case._fields[:-1]), info.get("P"))
 
 
 def case_order(case):
-    return (MODES.index(case.mode), DTYPES.index(case.dtype), *case[2:])
+    return (MODES.index(case.mode), DTYPES.index(case.dtype), *case[2:-1], case.P or 0)
 
 
 def group_runs(rows):
@@ -325,9 +327,13 @@ def fmt_rate(tokens_per_s):
     return f"{tokens_per_s / 1e6:.2f}M" if tokens_per_s >= 1e6 else f"{tokens_per_s / 1e3:.1f}k"
 
 
+def layer_label(case):
+    """H, with P and I where they are not the grid's (no projection, I = H)."""
+    return f"{case.H}" + (f" P={case.P}" if case.P is not None else "") + ("" if case.I == case.H else f" I={case.I}")
+
+
 def case_name(case):
-    shape = f"T={case.T} B={case.B} H={case.H}" + ("" if case.I == case.H else f" I={case.I}")
-    return f"{case.mode} {case.dtype} {shape}"
+    return f"{case.mode} {case.dtype} T={case.T} B={case.B} H={layer_label(case)}"
 
 
 def config_title(config):
@@ -410,7 +416,7 @@ def case_row(case, providers):
     def info(provider, key):
         return providers[provider].info[key] if provider in providers else None
 
-    row = [case.B, case.H, case.I, fmt(info(CUDNN, "time_ms"), ".3f"),
+    row = [case.B, layer_label(case), case.I, fmt(info(CUDNN, "time_ms"), ".3f"),
            fmt(info(AUTO, "time_ms"), ".3f"), info(AUTO, "strategy") or "-",
            fmt(speedup(providers), ".2f", "x"),
            *(fmt(speedup(providers, p), ".2f", "x") for p in STRATEGIES),
@@ -461,8 +467,7 @@ def compact_table(cases):
     batches = sorted({case.B for case in values})
     rows = defaultdict(dict)
     for case, value in values.items():
-        label = str(case.H) if case.I == case.H else f"{case.H} (I={case.I})"
-        rows[case.mode, case.dtype, case.T, label][case.B] = f"{value:.2f}x"
+        rows[case.mode, case.dtype, case.T, layer_label(case)][case.B] = f"{value:.2f}x"
     body = [[*key, *(cells.get(B, "-") for B in batches)] for key, cells in rows.items()]
     return md_table(["Mode", "dtype", "T", "H", *(f"B={B}" for B in batches)], body)
 
@@ -508,8 +513,7 @@ def plot_series(selected):
     for config, cases in selected.items():
         for case, value in ratios(cases, speedup).items():
             if case.T == GRID_T:
-                label = f"H={case.H}" + ("" if case.I == case.H else f", I={case.I}")
-                series[config, case.mode, case.dtype][label].append((case.B, value))
+                series[config, case.mode, case.dtype][f"H={layer_label(case)}"].append((case.B, value))
     return series
 
 
@@ -545,7 +549,7 @@ DISPATCH_KERNELS = {"inference": "fwd", "training": "bwd"}
 
 
 def dispatch_choices(rows, tf32=True):
-    """{(mode, dtype, B, H): (case, {strategy provider: Row})}: per shape, the forced-strategy
+    """{(mode, dtype, B, H, P): (case, {strategy provider: Row})}: per shape, the forced-strategy
     rows of the largest T measured, one run (select_runs), I = H (the bench's layers)."""
     gpus = sorted({row.info["gpu"] for row in rows})
     if len(gpus) > 1:
@@ -557,7 +561,7 @@ def dispatch_choices(rows, tf32=True):
                 continue
             timed = {p: row for p, row in providers.items() if p in STRATEGIES}
             rank = (case.T, case.tf32 == tf32)  # 16-bit: the wanted TF32 setting first
-            key = (case.mode, case.dtype, case.B, case.H)
+            key = (case.mode, case.dtype, case.B, case.H, case.P)
             if timed and (key not in best or rank > best[key][0]):
                 best[key] = (rank, case, timed)
     return {key: value[1:] for key, value in best.items()}
@@ -569,16 +573,16 @@ def dispatch_table(rows, tf32=True):
     if not choices:
         raise ValueError("no timed fusedrnn-{persistent,per-step,one-launch} rows to choose from")
     entries, cases, used = [], [], []
-    for (mode, dtype, B, H), (case, timed) in choices.items():
+    for (mode, dtype, B, H, P), (case, timed) in choices.items():
         fastest = min(timed, key=lambda p: (timed[p].info["time_ms"], STRATEGIES.index(p)))
-        shape = {"kernel": DISPATCH_KERNELS[mode], "dtype": dtype, "B": B, "H": H}
-        entries.append({**shape, "P": None, "strategy": fastest.removeprefix("fusedrnn-")})
+        shape = {"kernel": DISPATCH_KERNELS[mode], "dtype": dtype, "B": B, "H": H, "P": P}
+        entries.append({**shape, "strategy": fastest.removeprefix("fusedrnn-")})
         ms = {p.removeprefix("fusedrnn-"): timed[p].info["time_ms"] for p in STRATEGIES if p in timed}
         cases.append({**shape, "T": case.T, "tf32": case.tf32, "ms": ms})
         used += timed.values()
 
     def order(entry):
-        return ("fwd", "bwd").index(entry["kernel"]), DTYPES.index(entry["dtype"]), entry["B"], entry["H"]
+        return ("fwd", "bwd").index(entry["kernel"]), DTYPES.index(entry["dtype"]), entry["B"], entry["H"], entry["P"] or 0
 
     return {
         "gpu": used[0].info["gpu"],

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One benchmark run on a CUDA machine (grids and parts: bench/bench_lstm.py's docstring):
 #
-#   bash bench/run_bench.sh OUT_DIR {ci,quick,full} [K/N]
+#   bash bench/run_bench.sh OUT_DIR {ci,quick,full,proj} [K/N]
 #
 # writes OUT_DIR/bench-GRID[-partKofN].json (pytest-benchmark's JSON, the rows' extra_info
 # carry the numbers) and .txt (pytest's output), and prints where to commit it:

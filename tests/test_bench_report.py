@@ -136,7 +136,8 @@ def test_speedups_and_targets(split_results):
     assert "by 0.10x" in t.result and "10.0%" in t.result
 
 
-def test_all_targets_pass(tmp_path):
+def passing_grid():
+    """full_grid in one run, with every target met."""
     rows = full_grid({"float32": "r", "bfloat16": "r"})
     for row in rows:
         if row["provider"] == "fusedrnn-auto" and row["mode"] == "training":
@@ -145,9 +146,38 @@ def test_all_targets_pass(tmp_path):
             row["time_ms"] = 6.25 / 1.9
         if row["provider"] == "reference-compile":
             row["time_ms"] = 50.0  # >= 7.5x the fusedrnn-auto times above
-    _, results = evaluated([write_results(tmp_path / "r.json", rows)])
+    return rows
+
+
+def test_all_targets_pass(tmp_path):
+    _, results = evaluated([write_results(tmp_path / "r.json", passing_grid())])
     assert {t.status for t in results.values()} == {"PASS"}
     assert results["Training speedup vs cuDNN"].value == pytest.approx(1.5)
+
+
+def test_layers_with_a_projection_are_cases_of_their_own_outside_the_targets(tmp_path, monkeypatch):
+    """The proj grid's rows share B, H and the run with grid rows: they are cases of their
+    own (not a second measurement of the grid's case), in the tables, and not in the targets,
+    which are set for layers without a projection."""
+    rows = passing_grid()
+    for dtype in ("float32", "bfloat16"):
+        for mode in ("training", "inference"):  # 0.2x cuDNN, twice its memory: would miss every target
+            rows += [info("cudnn", mode, dtype, 512, 1024, 10.0, "r", P=256, peak_memory_bytes=1000),
+                     info("fusedrnn-auto", mode, dtype, 512, 1024, 50.0, "r", P=256, peak_memory_bytes=2000)]  # fmt: skip
+    path = write_results(tmp_path / "r.json", rows)
+    cases, results = evaluated([path])
+    projected = report.Case("training", "bfloat16", True, 512, 512, 1024, 1024, 256)
+    assert report.speedup(cases[projected]) == pytest.approx(0.2)
+    assert report.speedup(cases[training_case("bfloat16", 512, 1024)]) == pytest.approx(1.5)
+    assert {t.status for t in results.values()} == {"PASS"}
+    assert results["Training speedup vs cuDNN"].measured == 40
+
+    monkeypatch.setattr(report, "write_plot", lambda series, path: None)  # test_plot draws
+    md, readme = tmp_path / "REPORT.md", readme_with_markers(tmp_path / "README.md")
+    out = ["--out-md", str(md), "--out-png", str(tmp_path / "speedup.png"), "--readme", str(readme)]
+    assert report.main(["render", str(path), *out]) == 0
+    assert "| 512 | 1024 P=256 | 1024 | 10.000 | 50.000 | persistent | 0.20x |" in md.read_text()
+    assert "| training | bfloat16 | 512 | 1024 P=256 | - | - | - | - | 0.20x |" in readme.read_text()
 
 
 def test_missing_grid_case_is_not_measured(tmp_path):
@@ -339,7 +369,7 @@ def test_dispatch_takes_the_fastest_strategy_per_mode_at_the_largest_t(tmp_path)
         {"kernel": "bwd", "dtype": "bfloat16", "B": 8, "H": 512, "P": None, "strategy": "per-step"},
     ]
     provenance = table["dispatch_provenance"]
-    assert provenance["cases"][0] == {"kernel": "fwd", "dtype": "float32", "B": 1, "H": 256, "T": 512,
+    assert provenance["cases"][0] == {"kernel": "fwd", "dtype": "float32", "B": 1, "H": 256, "P": None, "T": 512,
                                       "tf32": True, "ms": {"per-step": 4.0, "one-launch": 5.0}}  # fmt: skip
     assert provenance["versions"]["torch"] == "0.0-synthetic"
     assert provenance["source"] == ["results0.json"]  # outside the repository: the file's name
@@ -348,6 +378,22 @@ def test_dispatch_takes_the_fastest_strategy_per_mode_at_the_largest_t(tmp_path)
 
     with tuning.use_table(table):  # what auto then reads
         assert tuning.measured_strategy("bwd", 8, 512, None, "bfloat16", None) == "per-step"
+
+
+def test_dispatch_entries_of_a_projection_are_their_own(tmp_path):
+    rows = [*strategy_rows("training", "bfloat16", 8, 1024, {"persistent": 1.0, "per-step": 2.0}),
+            *strategy_rows("training", "bfloat16", 8, 1024, {"persistent": 3.0, "per-step": 2.0}, P=256)]  # fmt: skip
+    table = dispatch(tmp_path, rows)
+    assert table["dispatch"] == [
+        {"kernel": "bwd", "dtype": "bfloat16", "B": 8, "H": 1024, "P": None, "strategy": "persistent"},
+        {"kernel": "bwd", "dtype": "bfloat16", "B": 8, "H": 1024, "P": 256, "strategy": "per-step"},
+    ]
+
+    from fusedrnn.kernels import tuning
+
+    with tuning.use_table(table):
+        assert tuning.measured_strategy("bwd", 8, 1024, 256, "bfloat16", None) == "per-step"
+        assert tuning.measured_strategy("bwd", 8, 1024, None, "bfloat16", None) == "persistent"
 
 
 def test_dispatch_float32_follows_one_tf32_setting(tmp_path):
