@@ -88,8 +88,8 @@ def compile_one(job):
     kernel_key, dtype_name, constexprs, options, int_args = job
     kernel = KERNELS[kernel_key][0]
     try:
-        attrs = lstm.compile_attrs(kernel, dict(int_args))
-        source = ASTSource(kernel, lstm.compile_signature(kernel, dtype_name), constexprs, attrs)
+        signature, constants, attrs = lstm.compile_spec(kernel, dtype_name, dict(int_args))
+        source = ASTSource(kernel, signature, {**constexprs, **constants}, attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
         return dict(ptxas_info(compiled.asm["ptx"]), shared=compiled.metadata.shared)
     except Exception as e:  # record it: a config that does not build is a finding, not a crash
@@ -239,7 +239,8 @@ def render(results, elapsed, strategy, projection):
         "layer with a projection launches each phase of a step on its own. fp32 with `cudnn.allow_tf32 = True` "
         "(INPUT_PRECISION tf32).",
         "- Built with `triton.compile(..., GPUTarget(\"cuda\", 90, 32))`, specialised as a launch is "
-        "(`lstm.compile_attrs`: aligned pointers, sizes and strides that are multiples of 16 marked so), "
+        "(`lstm.compile_spec`: aligned pointers, sizes and strides that are multiples of 16 marked so, those "
+        "equal to 1 constants), "
         "num_warps, num_stages and maxnreg (ptxas register cap) from the config, "
         "`launch_cooperative_grid` for a persistent launch; regs and spills from `ptxas -lineinfo -v` on the PTX (target "
         f"{', '.join(archs)}). "
@@ -297,8 +298,8 @@ def main():
                 if not launches:
                     results.append(dict(r, kernel=kernel_key, **config))
                 for flags, job in launches:
-                    # Shapes with the same constexprs and the same multiples of 16 share a build.
-                    key = repr((job[:4], [name for name, value in job[4] if value % 16 == 0]))
+                    # Shapes with the same constexprs, multiples of 16 and ones (constants) share a build.
+                    key = repr((job[:4], [(name, value % 16 == 0, value == 1) for name, value in job[4]]))
                     jobs.setdefault(key, job)
                     grid = lstm._grid(config, args.strategy, B, H, P or H, cell_units=flags["DO_CELL"])
                     parts = weight_parts(backward, flags, H, P)

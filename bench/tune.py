@@ -5,7 +5,7 @@
         [-o kernels/tuned/<gpu slug>.json] [--log trials.json]
     python bench/tune.py --check [--log trials.json]    # CPU/CI: the interpreter, no timing
 
-For each shape (B, H, P) of the grid (bench/bench_lstm.py's, I = H, no projection) or of
+For each shape (B, H, P) of the grid (bench/bench_lstm.py's, I = H) or of
 --shapes, each dtype, each strategy that can run the shape (StrategyUnavailable: skipped) and
 each kernel (``lstm_fwd``, ``lstm_bwd`` of fusedrnn.kernels.lstm), every candidate of
 CANDIDATES runs once under ``tuning.use_table`` with a one-entry table and
@@ -273,12 +273,12 @@ def write_table(path, results, gpu, sm_count, date):
 
 
 def bench_grid(name):
-    """(shapes, dtypes) of a grid of bench/bench_lstm.py (I = H, no projection)."""
+    """(shapes (B, H, P), dtypes) of a grid of bench/bench_lstm.py (I = H)."""
     spec = importlib.util.spec_from_file_location("bench_lstm", BENCH_DIR / "bench_lstm.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     grid = module.GRIDS[name]
-    return [(B, H, None) for B, H in itertools.product(grid["B"], grid["H"])], list(grid["dtypes"])
+    return [(B, H, P) for B, (H, P) in itertools.product(grid["B"], grid["layers"])], list(grid["dtypes"])
 
 
 def parse_shapes(text):
@@ -295,7 +295,7 @@ def parse_shapes(text):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="one tiny shape, correctness only (CPU: interpreter)")
-    parser.add_argument("--grid", choices=["quick", "full"], default="quick", help="bench/bench_lstm.py's grid")
+    parser.add_argument("--grid", choices=["quick", "full", "proj"], default="quick", help="bench/bench_lstm.py's grid")
     parser.add_argument("--shapes", type=parse_shapes, help="B:H[:P],... instead of the grid's")
     parser.add_argument("--dtypes", help="comma-separated (default: the grid's)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))

@@ -221,7 +221,9 @@ def _lstm_fwd_kernel(
 ):
     rows_b, mask_b, offs_h, mask_h, offs_p, mask_p, offs_c = _program_tile(B, H, P, BLOCK_B, BLOCK_H, BLOCK_P)
     mask_bh = mask_b[:, None] & mask_h[None, :]
-    stride_ct = B.to(tl.int64) * H  # one (B, H) plane of p_c
+    # tl.cast, not B.to: a launch makes an integer argument equal to 1 a constexpr (Triton's
+    # specialisation), and the constant 1 has no .to. The interpreter does not specialise.
+    stride_ct = tl.cast(B, tl.int64) * H  # one (B, H) plane of p_c
     if VARLEN:
         length = tl.load(p_lengths + rows_b, mask=mask_b, other=0)
 
@@ -362,7 +364,8 @@ def _lstm_bwd_kernel(
     rows_b, mask_b, offs_h, mask_h, offs_p, mask_p, offs_c = _program_tile(B, H, P, BLOCK_B, BLOCK_H, BLOCK_P)
     mask_bh = mask_b[:, None] & mask_h[None, :]
     mask_bp = mask_b[:, None] & mask_p[None, :]
-    stride_ct = B.to(tl.int64) * H  # one (B, H) plane of p_c
+    stride_ct = tl.cast(B, tl.int64) * H  # one (B, H) plane of p_c (tl.cast: see the forward)
+    stride_dht = tl.cast(B, tl.int64) * P  # one (B, P) plane of p_dh
     if VARLEN:
         length = tl.load(p_lengths + rows_b, mask=mask_b, other=0)
     if DO_CELL:
@@ -422,7 +425,7 @@ def _lstm_bwd_kernel(
                     last = active & (t == length - 1)
                     dh += tl.load(p_dhn_tile, mask=last[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
             if HAS_PROJ:
-                tl.store(p_dh + t * (B.to(tl.int64) * P) + rows_b[:, None] * P + offs_p[None, :], dh, mask=mask_bp)
+                tl.store(p_dh + t * stride_dht + rows_b[:, None] * P + offs_p[None, :], dh, mask=mask_bp)
         if DO_DH and DO_CELL and HAS_PROJ:  # dh_t of all P units before dm reads it
             n_synced, spins_left = _sync_step(p_sync, n_synced, spins_left, GRID_SYNC)
         if DO_CELL:
@@ -430,7 +433,7 @@ def _lstm_bwd_kernel(
                 # dm_t = dh_t @ W_hr for the program's cell units.
                 dm = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
                 dm = _matmul_acc(
-                    dm, p_dh + t * (B.to(tl.int64) * P) + rows_b * P, 1, mask_b,
+                    dm, p_dh + t * stride_dht + rows_b * P, 1, mask_b,
                     p_w_hr + offs_h, stride_hr, mask_h, P, BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
                 )  # fmt: skip
             else:
@@ -965,16 +968,32 @@ def programs_per_sm(n_regs, shared, num_warps, regs_per_sm, shared_per_sm, threa
     )
 
 
-def compile_signature(kernel, dtype_name):
-    """Argument types of a launch of ``kernel`` with ``dtype_name`` ("fp32", "bf16", "fp16")
-    tensors, to compile it ahead of time (tests/kernels/test_compile.py,
-    bench/kernel_resources.py): the fp32 state and gradient buffers, int64 lengths, the int32
-    barrier counters, 32-bit scalars."""
+def compile_spec(kernel, dtype_name, int_args):
+    """``(signature, constants, attrs)`` for ``triton.compile(ASTSource(kernel, signature,
+    {**constexprs, **constants}, attrs))``: ``kernel`` built ahead of time as a launch with
+    ``dtype_name`` ("fp32", "bf16", "fp16") tensors and the integer arguments ``int_args``
+    ({name: value}, the others generic) builds it (tests/kernels/test_compile.py,
+    bench/kernel_resources.py). Tensors: the fp32 state and gradient buffers, int64 lengths,
+    the int32 barrier counters; every pointer 16-byte aligned (torch's allocations are).
+    Integers: 32-bit; one that is a multiple of 16 marked so (without it the masked loads do
+    not vectorise, and the registers and spills are not the launch's), one equal to 1 the
+    constant 1 (Triton specialises it so: a kernel must not call tensor methods on it)."""
     types = {"p_c": "*fp32", "p_dc": "*fp32", "p_dh": "*fp32", "p_lengths": "*i64", "p_sync": "*i32"}
-    return {
-        p.name: "constexpr" if p.is_constexpr else types.get(p.name, "*" + dtype_name if p.name.startswith("p_") else "i32")
-        for p in kernel.params
-    }
+    aligned = [["tt.divisibility", 16]]
+    signature, constants, attrs = {}, {}, {}
+    for i, p in enumerate(kernel.params):
+        if p.is_constexpr:
+            signature[p.name] = "constexpr"
+        elif p.name.startswith("p_"):
+            signature[p.name] = types.get(p.name, "*" + dtype_name)
+            attrs[(i,)] = aligned
+        elif int_args.get(p.name) == 1:
+            signature[p.name], constants[p.name] = "constexpr", 1
+        else:
+            signature[p.name] = "i32"
+            if p.name in int_args and int_args[p.name] % 16 == 0:
+                attrs[(i,)] = aligned
+    return signature, constants, attrs
 
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
@@ -985,19 +1004,6 @@ def split_launch_options(config):
     ``triton.compile``, which takes them apart, unlike a launch)."""
     constexprs = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
     return constexprs, {k: v for k, v in config.items() if k in LAUNCH_OPTIONS}
-
-
-def compile_attrs(kernel, int_args):
-    """The specialisation a launch gives ``kernel``, to compile it ahead of time as it runs:
-    every pointer 16-byte aligned (torch's allocations are) and each integer of ``int_args``
-    ({name: value}) that is a multiple of 16 marked so. Without it the masked loads of a
-    build do not vectorise and its registers and spills are not the launch's."""
-    aligned = [["tt.divisibility", 16]]
-    return {
-        (i,): aligned
-        for i, p in enumerate(kernel.params)
-        if not p.is_constexpr and (p.name.startswith("p_") or int_args.get(p.name, 1) % 16 == 0)
-    }
 
 
 def _check_barriers(sync):

@@ -20,11 +20,13 @@ H100_SMS = 132
 # (B, H, proj_size or None, strategy): the auto strategy (smallest block, one launch with
 # chunked K, largest one launch, per step; with a projection in one launch and per step),
 # and the persistent kernel on 132 SMs with its smallest and largest tiles and a projection.
+# B = 1 (unbatched input) in every strategy: a launch passes a size equal to 1 as a constant.
 SIZES = [
     (16, 1, None, "auto"), (16, 100, None, "auto"), (16, 128, None, "auto"), (16, 300, None, "auto"),
     (16, 100, 60, "auto"), (16, 300, 200, "auto"),
     (8, 256, None, "persistent"), (16, 1024, None, "persistent"), (128, 1024, None, "persistent"),
     (32, 300, 200, "persistent"),
+    (1, 100, None, "auto"), (1, 300, 200, "auto"), (1, 256, None, "persistent"),
 ]  # fmt: skip
 
 COMPILE_ALL = r"""
@@ -40,9 +42,10 @@ NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 results = []
 
 
-def compile_kernel(kernel, dtype, config, options):
-    signature = lstm.compile_signature(kernel, NAMES[dtype])
-    compiled = triton.compile(ASTSource(kernel, signature, config), target=GPUTarget("cuda", 90, 32), options=options)
+def compile_kernel(kernel, dtype, config, options, sizes):
+    signature, constants, attrs = lstm.compile_spec(kernel, NAMES[dtype], sizes)  # as a launch specialises
+    source = ASTSource(kernel, signature, {**config, **constants}, attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     assert compiled.asm.get("cubin"), "no cubin"
     return compiled.metadata.shared
 
@@ -64,7 +67,7 @@ for dtype in NAMES:
                 for flags in phases if strategy == "per-step" else [lstm.all_phase_flags(phases)]:
                     for reverse, varlen in variants:
                         constexprs = dict(config, **flags, REVERSE=reverse, VARLEN=varlen)
-                        shared = compile_kernel(kernel, dtype, constexprs, options)
+                        shared = compile_kernel(kernel, dtype, constexprs, options, dict(B=B, H=H, P=P or H))
                         results.append({"kernel": kernel.fn.__name__, "dtype": NAMES[dtype], "B": B, "H": H, "P": P,
                                         "strategy": strategy, "w_resident": config.get("W_RESIDENT", False),
                                         "flags": flags, "reverse": reverse, "varlen": varlen,

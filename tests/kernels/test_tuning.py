@@ -327,6 +327,16 @@ def installed_block_k():
     return installed["configs"][0]["config"]["BLOCK_K"] if installed else None
 
 
+def test_tuner_grids_are_the_benchmark_grids():
+    """tune.py --grid reads bench/bench_lstm.py's grids, so they tune the shapes the benchmark times."""
+    assert tune.bench_grid("quick") == ([(8, 512, None), (8, 2048, None), (128, 512, None), (128, 2048, None)],
+                                        [torch.bfloat16, torch.float32])  # fmt: skip
+    shapes, dtypes = tune.bench_grid("full")
+    assert len(shapes) == 20 and {P for _, _, P in shapes} == {None} and torch.float16 in dtypes
+    shapes, _ = tune.bench_grid("proj")
+    assert (8, 1024, 256) in shapes and (512, 2048, 512) in shapes and None not in {P for _, _, P in shapes}
+
+
 def test_tuner_check_tries_each_distinct_candidate():
     lines = []
     results = tune.tune([(2, 32, None)], [torch.float32], ["per-step", "persistent"], ["fwd", "bwd"],
