@@ -72,6 +72,7 @@ with benchmarking disabled, the timing and memory keys are None.
 
 import contextlib
 import itertools
+import os
 from datetime import datetime, timezone
 
 import pytest
@@ -120,6 +121,7 @@ ENVIRONMENT = dict(
     cuda=torch.version.cuda,
     cudnn=torch.backends.cudnn.version(),
     fusedrnn=fusedrnn.__version__,
+    commit=os.environ.get("FUSEDRNN_COMMIT") or None,  # set by bench/gpu_check.sh
     date=RUN_START.isoformat(timespec="seconds"),
     run_id=RUN_START.strftime("%Y%m%dT%H%M%SZ"),
     timer="cuda-events" if HAS_CUDA else None,

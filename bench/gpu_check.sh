@@ -43,9 +43,13 @@ pack() {
 }
 trap pack EXIT
 
+# The device's copy of the checkout has no .git: the caller passes FUSEDRNN_COMMIT=<hash>
+# (bench_lstm.py records it in every row as "commit").
+FUSEDRNN_COMMIT=${FUSEDRNN_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+export FUSEDRNN_COMMIT
 {
   date -u +%Y-%m-%dT%H:%M:%SZ
-  git rev-parse HEAD 2>/dev/null || echo "commit: unknown"
+  echo "commit: $FUSEDRNN_COMMIT"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)"
 } > "$work/environment.txt" 2>&1

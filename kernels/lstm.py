@@ -920,9 +920,27 @@ def _launch(kernel, grid, args, config, sync):
     if sync is None:
         kernel[grid](*args, max_spins=0, **config)
         return
-    if not is_interpreted(kernel):
-        _check_resident(kernel, grid, args, config)
-    kernel[grid](*args, max_spins=BARRIER_MAX_SPINS, launch_cooperative_grid=True, **config)
+    if is_interpreted(kernel):
+        kernel[grid](*args, max_spins=BARRIER_MAX_SPINS, launch_cooperative_grid=True, **config)
+        return
+    _check_resident(kernel, grid, args, config)
+    try:
+        kernel[grid](*args, max_spins=BARRIER_MAX_SPINS, launch_cooperative_grid=True, **config)
+    except RuntimeError as err:
+        # The driver refuses a cooperative grid it cannot hold at once (CUDA's "too many
+        # blocks in cooperative launch") before anything runs: should the estimate above be
+        # wrong, this is a refusal like its own, which the next plan can follow.
+        if "cooperative launch" not in str(err):
+            raise
+        why = f"persistent: the driver refused a cooperative grid of {grid[0]}x{grid[1]} programs ({err})"
+        _residency[_residency_key(kernel, grid, args, config)] = why
+        raise StrategyUnavailable(why) from err
+
+
+def _residency_key(kernel, grid, args, config):
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    dtypes = tuple(str(a.dtype) for a in args if isinstance(a, torch.Tensor))
+    return kernel.fn.__name__, device, grid, dtypes, tuple(sorted((k, str(v)) for k, v in config.items()))
 
 
 def _check_resident(kernel, grid, args, config):
@@ -930,11 +948,9 @@ def _check_resident(kernel, grid, args, config):
     by the compiled kernel's registers, shared memory and warps. The answer is kept per
     compiled variant and grid, refusals too: under "auto" a refused persistent plan falls
     back to the rule's on every call, and should cost no more than a lookup."""
-    device = next(a.device for a in args if isinstance(a, torch.Tensor))
-    dtypes = tuple(str(a.dtype) for a in args if isinstance(a, torch.Tensor))
-    key = (kernel.fn.__name__, device, grid, dtypes, tuple(sorted((k, str(v)) for k, v in config.items())))
+    key = _residency_key(kernel, grid, args, config)
     if key not in _residency:
-        _residency[key] = _why_not_resident(kernel, grid, args, config, device)
+        _residency[key] = _why_not_resident(kernel, grid, args, config, key[1])
     if _residency[key] is not None:
         raise StrategyUnavailable(_residency[key])
 

@@ -164,13 +164,22 @@ class FakeCompiled:
 
 
 class FakeKernel:
-    def __init__(self, compiled):
+    def __init__(self, compiled, launch_error=None):
         self.compiled, self.warmups = compiled, 0
+        self.launch_error, self.launches = launch_error, 0
         self.fn = type("Fn", (), dict(__name__="fake_persistent_kernel"))
 
     def warmup(self, *args, **kwargs):
         self.warmups += 1
         return self.compiled
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches += 1
+            if self.launch_error is not None:
+                raise self.launch_error
+
+        return launch
 
 
 @pytest.fixture
@@ -204,3 +213,19 @@ def test_residency_is_checked_once_per_variant_refusals_included(fake_gpu, compi
     with contextlib.suppress(K.StrategyUnavailable):  # another grid is another question
         K._check_resident(kernel, (1, 2), args, dict(BLOCK_B=16))
     assert kernel.warmups == 2
+
+
+def test_a_cooperative_grid_the_driver_refuses_is_a_refusal_the_next_plan_can_follow(fake_gpu):
+    """Should the residency estimate pass a grid the driver will not hold at once, its launch
+    error becomes StrategyUnavailable (which _run_plans falls back from), kept like the
+    estimate's refusals; other launch errors stay what they are."""
+    refused = RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+    kernel, args, sync = FakeKernel(FakeCompiled(n_regs=64), launch_error=refused), (torch.zeros(1),), torch.zeros(3)
+    for _ in range(2):  # the second call is refused by the kept answer, without a launch
+        with pytest.raises(K.StrategyUnavailable, match="driver refused a cooperative grid of 2x132 programs"):
+            K._launch(kernel, (2, 132), args, dict(BLOCK_B=16), sync)
+    assert kernel.launches == 1
+    faulty = FakeKernel(FakeCompiled(n_regs=64), launch_error=RuntimeError("Triton Error [CUDA]: an illegal memory access"))
+    with pytest.raises(RuntimeError, match="illegal memory access") as raised:
+        K._launch(faulty, (2, 132), args, dict(BLOCK_B=32), sync)
+    assert raised.type is RuntimeError
