@@ -6,8 +6,8 @@
 #
 # 1. installs fusedrnn from this checkout (no dependencies),
 # 2. runs the test suite on CUDA: kernels compiled natively, compared with the reference
-#    and with cuDNN, in TEST_SHARDS (default 8) parallel pytest processes, since compiling
-#    the kernel variants takes most of the time (bench/run_tests_sharded.sh: tests-shard*.txt,
+#    and with cuDNN, in TEST_SHARDS (default 8) parallel pytest processes, which share out
+#    compiling the kernel variants (bench/run_tests_sharded.sh: tests-shard*.txt,
 #    .xml, tests-summary.txt),
 # 3. prints `python -m fusedrnn check` tables in fp32, bf16 and fp16 against cuDNN (check-*.txt),
 # 4. trains charlm for 300 steps on the kernels (charlm.txt, charlm/loss.png),
