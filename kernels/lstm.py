@@ -920,17 +920,16 @@ def _launch(kernel, grid, args, config, sync):
     if sync is None:
         kernel[grid](*args, max_spins=0, **config)
         return
-    if is_interpreted(kernel):
-        kernel[grid](*args, max_spins=BARRIER_MAX_SPINS, launch_cooperative_grid=True, **config)
-        return
-    _check_resident(kernel, grid, args, config)
+    interpreted = is_interpreted(kernel)
+    if not interpreted:
+        _check_resident(kernel, grid, args, config)
     try:
         kernel[grid](*args, max_spins=BARRIER_MAX_SPINS, launch_cooperative_grid=True, **config)
     except RuntimeError as err:
         # The driver refuses a cooperative grid it cannot hold at once (CUDA's "too many
         # blocks in cooperative launch") before anything runs: should the estimate above be
         # wrong, this is a refusal like its own, which the next plan can follow.
-        if "cooperative launch" not in str(err):
+        if interpreted or "cooperative launch" not in str(err):
             raise
         why = f"persistent: the driver refused a cooperative grid of {grid[0]}x{grid[1]} programs ({err})"
         _residency[_residency_key(kernel, grid, args, config)] = why

@@ -183,8 +183,9 @@ def interpreter_numpy_problem():
 def runs(request, tmp_path_factory):
     """(backend, per-rank records): one 2-process run per backend, shared by the tests."""
     backend = request.param
-    if backend == "triton" and interpreter_numpy_problem():
-        pytest.skip(interpreter_numpy_problem())
+    why_not = interpreter_numpy_problem() if backend == "triton" else None
+    if why_not:
+        pytest.skip(why_not)
     return backend, run_ranks(tmp_path_factory.mktemp(f"distributed-{backend}"), backend)
 
 
