@@ -24,6 +24,10 @@ Grids. Input size I = H, one layer, time-major input, no initial state, no proje
 - proj (layers with a projection, bench/NOTES.md v1.3; not part of the targets): B in
   {8, 128, 512} x (H, P) in {(1024, 256), (2048, 512)}, T=512, bfloat16 and float32, the
   fusedrnn strategies and cuDNN (``torch.nn.LSTM(proj_size=P)``).
+- smoke (bench/gpu_smoke.py's speed section, one short call): T=512, bfloat16 B in {8, 32, 128}
+  x H in {512, 1024, 2048}, float32 at (B, H) = (32, 1024) and (128, 2048), float16 at B=16,
+  H=768 (FlashRNN's and cuDNN's published shape), the fusedrnn strategies, cuDNN and the
+  barrier floor.
 - ci: T=4, B=2, H=16 (and H=16, P=8 without the reference loops), float32, every provider;
   with benchmarking disabled (pyproject's default) each case runs once, so the suite cannot
   rot. Providers that cannot run on CPU skip with the reason.
@@ -55,11 +59,14 @@ Providers
   step) on the persistent kernel's grid for this shape: the floor of the persistent strategy.
   In CI it runs under the interpreter with one program per batch block, as the kernel does.
 
-float32 and TF32. Both sides follow ``torch.backends.cudnn.allow_tf32`` (torch's default: on):
-cuDNN for all its products, fusedrnn for its recurrent products (``kernel_config``). fusedrnn's
-input GEMM is a torch matmul, which follows ``torch.backends.cuda.matmul.allow_tf32`` (default
-off). ``--bench-tf32=on`` / ``off`` sets both switches, for an exact like-for-like; without
-it torch's defaults stay. Each row records ``tf32`` (cudnn.allow_tf32 at run time).
+float32 and TF32: like for like. Under ``torch.backends.cudnn.allow_tf32`` (torch's default:
+on) cuDNN's fp32 LSTM runs all its products in TF32, the input GEMM too. fusedrnn's recurrent
+products follow the same switch (``kernel_config``), but its input and weight-gradient GEMMs
+are torch matmuls, which follow ``torch.backends.cuda.matmul.allow_tf32`` (default off). So
+every benchmark sets the matmul switch to the cuDNN switch for its duration: a float32 row
+runs all products of both sides in TF32 (``tf32`` true) or all in IEEE float32 (false), never
+a mix. ``--bench-tf32=on`` / ``off`` picks which; without it torch's default (on) stays. Each
+row records ``tf32`` (cudnn.allow_tf32) and ``tf32_matmul`` (the matmul switch), equal.
 
 Timer and memory (CUDA). After a warm-up call (which compiles), ``triton.testing.do_bench``
 times the call with CUDA events (L2 flushed before each call, repetitions sized by the time
@@ -110,6 +117,12 @@ GRIDS = {  # layers: (H, P), P the projection size or None
         dtypes=(torch.bfloat16, torch.float32), providers=[*FUSEDRNN, "cudnn"],
     ),
     "ci": dict(T=(4,), B=(2,), layers=[(16, None), (16, 8)], dtypes=(torch.float32,), providers=PROVIDERS),
+    # bench/gpu_smoke.py's speed section: listed shapes (dtype, B, H, P), not a cross product
+    "smoke": dict(
+        T=(512,), providers=[*FUSEDRNN, "cudnn", "floor-barrier"],
+        shapes=[(torch.bfloat16, B, H, None) for B in (8, 32, 128) for H in (512, 1024, 2048)]
+        + [(torch.float32, 32, 1024, None), (torch.float32, 128, 2048, None), (torch.float16, 16, 768, None)],
+    ),
 }  # fmt: skip
 
 RUN_START = datetime.now(timezone.utc)
@@ -131,8 +144,8 @@ ENVIRONMENT = dict(
 def cases(grid):
     """The parameters (mode, dtype, T, B, H, P, provider) of a grid, providers innermost."""
     g = GRIDS[grid]
-    for mode, dtype, T, B, (H, P), provider in itertools.product(MODES, g["dtypes"], g["T"], g["B"], g["layers"],
-                                                                 g["providers"]):  # fmt: skip
+    shapes = g.get("shapes") or [(dtype, B, H, P) for dtype in g["dtypes"] for B in g["B"] for H, P in g["layers"]]
+    for mode, (dtype, B, H, P), T, provider in itertools.product(MODES, shapes, g["T"], g["providers"]):
         if provider == "floor-barrier" and mode != "inference":
             continue
         # compiled_reference has no projection; the loops are timed for the targets, which have none
@@ -237,6 +250,8 @@ def launch_settings(provider):
 
 def test_lstm(benchmark, mode, dtype, T, B, H, P, provider):
     strategy, settings = launch_settings(provider)
+    # Like for like in float32 (module docstring); bench/conftest.py's tf32 fixture restores it.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
     time_ms = peak_memory_bytes = None
     graph_counts = dict(step_graphs.cache.counts)
     # The strategy holds for the whole case: warm-up, timing, memory and the backward.
@@ -261,7 +276,8 @@ def test_lstm(benchmark, mode, dtype, T, B, H, P, provider):
 
     benchmark.extra_info.update(
         provider=provider, strategy=ran, mode=mode, T=T, B=B, I=H, H=H, P=P, dtype=dtype_name(dtype),
-        tf32=torch.backends.cudnn.allow_tf32, **ENVIRONMENT, time_ms=time_ms,
+        tf32=torch.backends.cudnn.allow_tf32, tf32_matmul=torch.backends.cuda.matmul.allow_tf32, **ENVIRONMENT,
+        time_ms=time_ms,
         us_per_step=time_ms * 1e3 / T if time_ms is not None else None,
         tokens_per_s=T * B / (time_ms / 1e3) if time_ms is not None else None,
         peak_memory_bytes=peak_memory_bytes,

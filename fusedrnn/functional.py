@@ -191,7 +191,17 @@ def _without_autocast(fn, *args, **kwargs):
         return fn(*cast(args), **kwargs)
 
 
+# Device types torch.amp.is_autocast_available denies (torch 2.13), for code Dynamo traces.
+_NO_AUTOCAST_DEVICE_TYPES = ("meta", "lazy")
+
+
 def autocast_enabled(device_type):
+    """Whether autocast is on for ``device_type``. Ask first whether the device type has
+    autocast at all: ``torch.is_autocast_enabled("meta")`` raises. torch 2.11's Dynamo refuses
+    to trace ``torch.amp.is_autocast_available`` (2.13's traces it), so under compilation the
+    device types without autocast are named instead."""
+    if torch.compiler.is_compiling():
+        return device_type not in _NO_AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type)
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 

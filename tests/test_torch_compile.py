@@ -175,3 +175,20 @@ def test_custom_ops_pass_opcheck(batch_first, proj, lengths, reverse):
     bwd_args = (gates, c, c0, w_hh, rand(*out.shape), rand(2, width), rand(2, H), w_hr, lengths, batch_first, reverse)
     torch.library.opcheck(torch.ops.fusedrnn.lstm_bwd.default, bwd_args)
     torch.library.opcheck(torch.ops.fusedrnn.lstm_bwd_.default, (gates.clone(), *bwd_args[1:]))
+
+
+def test_autocast_check_under_compilation_does_not_ask_torch_for_availability(monkeypatch):
+    """torch 2.11's Dynamo refuses to trace torch.amp.is_autocast_available (every compile test
+    failed there): under compilation the check must not call it, and still answer False for a
+    device type without autocast, where torch.is_autocast_enabled would raise."""
+    from fusedrnn import functional
+
+    def refused(device_type):
+        raise AssertionError("is_autocast_available called under compilation")
+
+    monkeypatch.setattr(torch.amp, "is_autocast_available", refused)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert functional.autocast_enabled("cpu") is False
+    assert functional.autocast_enabled("meta") is False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert functional.autocast_enabled("cpu") is True

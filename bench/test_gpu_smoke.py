@@ -1,0 +1,101 @@
+"""bench/gpu_smoke.py on CPU under the Triton interpreter, on its tiny shapes: every section
+runs and passes, so that the one GPU call a session gets cannot fail for a reason a CPU
+could have shown. Also its driver: a hung section is stopped at its cap and the next one
+runs; a worker that dies mid-case is restarted after that case."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+import gpu_smoke  # noqa: E402
+
+def smoke(out, *args, **env):
+    command = [sys.executable, str(BENCH / "gpu_smoke.py"), str(out), "--tiny", "--commit", "test-commit", *args]
+    environment = dict(os.environ, TRITON_INTERPRET="1", **env)
+    proc = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
+    summary = json.loads((out / "summary.json").read_text())
+    return proc, summary
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    return out, *smoke(out)
+
+
+def test_every_section_runs_and_passes(tiny_run):
+    out, proc, summary = tiny_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(summary["sections"]) == list(gpu_smoke.SECTIONS)
+    for name, section in summary["sections"].items():
+        assert section["status"] == "ok", (name, section)
+    assert summary["commit"] == "test-commit"
+
+
+def test_correct_checks_every_strategy_of_every_case_against_both_oracles(tiny_run):
+    out = tiny_run[0]
+    rows = gpu_smoke.section_rows(out / "gpu-smoke", "correct")
+    results = [r for r in rows if r["kind"] == "correct"]
+    expected = {(c["name"], s[0]) for c in gpu_smoke.correct_cases(tiny=True) for s in gpu_smoke.STRATEGY_RUNS}
+    assert {(r["case"], r["strategy"]) for r in results} == expected
+    for r in results:
+        assert r["ok"] is True, r
+        assert r["bitwise_equal"]
+        # forward and every gradient, each within the three-way bound
+        assert {"output", "h_n", "c_n", "grad input", "grad h0", "grad c0"} <= set(r["tensors"])
+        assert any(name.startswith("grad weight_hh") for name in r["tensors"])
+        assert all(t["ours"] <= t["bound"] for t in r["tensors"].values())
+
+
+def test_results_come_back_in_few_files(tiny_run):
+    out = tiny_run[0]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["gpu-smoke.log", "gpu-smoke.tar.gz", "summary.json"]
+    with tarfile.open(out / "gpu-smoke.tar.gz") as tar:
+        names = set(tar.getnames())
+    for name in ("env.jsonl", "barrier.jsonl", "correct-part1.jsonl", "tests.jsonl", "speed.json", "speed-table.txt"):
+        assert f"./{name}" in names
+
+
+def test_barrier_rows_are_exact(tiny_run):
+    rows = gpu_smoke.section_rows(tiny_run[0] / "gpu-smoke", "barrier")
+    grids = [r for r in rows if r["kind"] == "barrier"]
+    assert grids and all(r["counters_exact"] and r["error_words"] == [0] for r in grids)
+    assert [r["counts"] for r in rows if r["kind"] == "barrier-timeout"] == [[2, 1]]
+
+
+def test_a_hung_section_is_stopped_at_its_cap_and_a_dead_worker_restarted_after_its_case(tmp_path):
+    proc, summary = smoke(tmp_path, "--sections", "env,barrier,correct", "--cap", "env=8",
+                          FUSEDRNN_SMOKE_HANG="env", FUSEDRNN_SMOKE_CRASH="1")  # fmt: skip
+    sections = summary["sections"]
+    assert proc.returncode == 1
+    assert sections["env"]["status"] == "timeout"
+    assert sections["env"]["rows"] == 1  # the row written before the hang is kept
+    assert sections["barrier"]["status"] == "ok"  # the next section runs
+    assert sections["correct"]["status"] == "failed" and sections["correct"]["restarts"] == 1
+    rows = gpu_smoke.section_rows(tmp_path / "gpu-smoke", "correct")
+    assert {r["index"] for r in rows if r["kind"] == "correct"} == {0, 2, 3}  # case 1 died with its worker
+
+
+def test_help_gives_the_one_line_command():
+    text = subprocess.run([sys.executable, str(BENCH / "gpu_smoke.py"), "--help"], capture_output=True, text=True).stdout
+    assert gpu_smoke.ONE_LINE in text
+    assert len(gpu_smoke.ONE_LINE) < 2000 and "\n" not in gpu_smoke.ONE_LINE
+
+
+def test_speed_table_gives_cudnn_time_over_ours():
+    rows = [
+        dict(mode="inference", dtype="bfloat16", tf32=True, B=8, H=512, P=None, provider="cudnn", time_ms=2.0),
+        dict(mode="inference", dtype="bfloat16", tf32=True, B=8, H=512, P=None, provider="fusedrnn-auto", time_ms=1.0),
+        dict(mode="inference", dtype="bfloat16", tf32=True, B=8, H=512, P=None, provider="fusedrnn-persistent",
+             time_ms=None),
+    ]  # fmt: skip
+    lines = gpu_smoke.speed_table(rows).splitlines()
+    assert lines[0].split("\t") == ["mode", "dtype", "B", "H", "cudnn ms", "fusedrnn-auto", "fusedrnn-persistent"]
+    assert lines[1].split("\t") == ["inference", "bfloat16", "8", "512", "2.000", "1.000 (2.00x)", "-"]
