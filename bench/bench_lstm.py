@@ -25,7 +25,7 @@ Grids. Input size I = H, one layer, time-major input, no initial state, no proje
   {8, 128, 512} x (H, P) in {(1024, 256), (2048, 512)}, T=512, bfloat16 and float32, the
   fusedrnn strategies and cuDNN (``torch.nn.LSTM(proj_size=P)``).
 - smoke (bench/gpu_smoke.py's speed section, one short call): T=512, bfloat16 B in {8, 32, 128}
-  x H in {512, 1024, 2048}, float32 at (B, H) = (32, 1024) and (128, 2048), float16 at B=16,
+  x H in {512, 1024, 2048} and B=512, H=1024 (bench/NOTES.md v1.4's occupancy risk), float32 at (B, H) = (32, 1024) and (128, 2048), float16 at B=16,
   H=768 (FlashRNN's and cuDNN's published shape), the fusedrnn strategies, cuDNN and the
   barrier floor.
 - ci: T=4, B=2, H=16 (and H=16, P=8 without the reference loops), float32, every provider;
@@ -121,7 +121,8 @@ GRIDS = {  # layers: (H, P), P the projection size or None
     "smoke": dict(
         T=(512,), providers=[*FUSEDRNN, "cudnn", "floor-barrier"],
         shapes=[(torch.bfloat16, B, H, None) for B in (8, 32, 128) for H in (512, 1024, 2048)]
-        + [(torch.float32, 32, 1024, None), (torch.float32, 128, 2048, None), (torch.float16, 16, 768, None)],
+        + [(torch.bfloat16, 512, 1024, None), (torch.float32, 32, 1024, None), (torch.float32, 128, 2048, None),
+           (torch.float16, 16, 768, None)],
     ),
 }  # fmt: skip
 

@@ -281,6 +281,10 @@ STRATEGY_RUNS = [
 
 
 def section_correct(args, emit):
+    from fusedrnn.kernels import lstm as K
+
+    # A timed-out barrier raises after about a second, in this process, as in the tests.
+    K.BARRIER_ERROR_CHECK, K.BARRIER_MAX_SPINS = "host", SMOKE_SPINS
     cases = correct_cases(args.tiny)
     k, n = args.part
     for index, case in enumerate(cases):
@@ -345,6 +349,7 @@ def check_case(case, emit, index):
     got_cudnn = module_forward_backward(cudnn, x_d, hx_d, cotangents)
     # The tests' bound (tests/test_modules.py): err(ours) <= 2 err(cuDNN) + atol, per tensor.
     atol = 1e-6 if dtype == torch.float32 and not tf32 else torch.finfo(dtype).eps / 2
+    cudnn_err = {name: error_stats(got_cudnn[name], exact[name]).rel for name in exact}
 
     for label, strategy, graphs, repeats in STRATEGY_RUNS:
         ours = fusedrnn.LSTM(I, H, backend="triton", device=device, dtype=dtype, **kwargs)
@@ -371,7 +376,7 @@ def check_case(case, emit, index):
         tensors, ok = {}, True
         for name in exact:
             err = error_stats(got[name], exact[name]).rel
-            base = error_stats(got_cudnn[name], exact[name]).rel
+            base = cudnn_err[name]
             bound = 2 * base + atol
             tensors[name] = dict(ours=err, cudnn=base, bound=bound)
             ok &= err <= bound
@@ -394,8 +399,9 @@ def section_tests(args, emit):
 
     out = Path(args.work) / "tests"
     shards = 2 if args.tiny else TEST_SHARDS
-    # The tiny run (CI) takes the barrier tests only: the whole suite runs in CI anyway.
-    select = ["-k", "test_barrier_counts"] if args.tiny else []
+    # The tiny run (CI) takes the barrier tests only: the whole suite runs in CI anyway. On a
+    # GPU all but the ahead-of-time sm_90 builds, which CI runs on its CPU (100 s in one shard).
+    select = ["-k", "test_barrier_counts" if args.tiny else "not test_kernels_compile_for_sm90"]
     # the script runs python3: this interpreter's, whether or not its venv is activated
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = dict(os.environ, SHARD_TIMEOUT=str(int(max(30, args.caps["tests"] - 30))), PATH=path)

@@ -95,7 +95,22 @@ RESIDENT_ALIGNMENT = 16
 # Polls of a grid barrier before it gives up and the launch reports an error: seconds on a
 # GPU, where a barrier takes microseconds.
 BARRIER_MAX_SPINS = 1 << 24
+# How a launch whose barrier timed out fails (_check_barriers): "async", torch._assert_async,
+# no host sync, but on CUDA a device-side assert that ends the process's CUDA context; or
+# "host", a synchronisation, then a RuntimeError, and the context lives on: the test suite and
+# bench/gpu_smoke.py (with a smaller BARRIER_MAX_SPINS), where one timeout must not fail every
+# later test of the process.
+BARRIER_ERROR_CHECK = "async"
 MAX_BLOCK_K = 64  # the recurrent products run over K in chunks of at most this
+# Pipelined K loops (bench/NOTES.md v1.4). Triton 3.6 on sm_90, num_stages = 2: the TTGIR
+# waits for every copy (async_wait num = 0) before each chunk's dots, a full L2 round trip a
+# chunk; num_stages = 3: one stage stays in flight (the forward's wait leaves its 5 copies,
+# the backward's 2), so chunk k + 1 loads while chunk k multiplies. A program takes
+# STREAMED_NUM_STAGES where that many stages of its buffers (A's chunk and the four W chunks
+# each: the forward allocates one buffer per stage) fit in MAX_PIPELINE_SHARED_BYTES, which
+# leaves room under sm_90's 227 KiB for the epilogue's layout conversions; else 2.
+STREAMED_NUM_STAGES = 3
+MAX_PIPELINE_SHARED_BYTES = 160 * 1024
 MIN_DOT = 16  # tl.dot needs every dimension >= 16 on the GPU (the interpreter does not check)
 
 
@@ -527,8 +542,15 @@ def last_strategy():
     return _last_strategy
 
 
+def _cdiv(a, b):
+    """ceil(a / b) for ints. triton.cdiv and triton.next_power_of_2 are JIT functions: a host
+    call costs about 2 us each, and planning made dozens a launch (bench/NOTES.md, host time)."""
+    return -(-a // b)
+
+
 def _padded(n):
-    return max(MIN_DOT, triton.next_power_of_2(n))
+    """n rounded up to a power of two, at least MIN_DOT."""
+    return max(MIN_DOT, 1 << (n - 1).bit_length())
 
 
 def choose_strategy(H, P=None):
@@ -580,12 +602,12 @@ def _persistent_blocks(B, H, P, max_block_k, itemsize, device, interpreted):
     (most programs share the per-step work and the weight slices) whose grid is resident, if
     their tiles fit in registers."""
     block_b = min(PERSISTENT_MAX_BLOCK_B, _padded(B))
-    n_b = triton.cdiv(B, block_b)
+    n_b = _cdiv(B, block_b)
     max_programs, max_group = _resident_limits(device, interpreted)
     block_u = MIN_DOT
     while True:
         block_h, block_p = _unit_blocks(H, P, block_u)
-        n_u = max(triton.cdiv(H, block_h), triton.cdiv(P if P is not None else H, block_p))
+        n_u = max(_cdiv(H, block_h), _cdiv(P if P is not None else H, block_p))
         fits_group = max_group is None or n_u <= max_group
         if fits_group and (max_programs is None or n_b * n_u <= max_programs):
             units = max(block_h, block_p)
@@ -635,7 +657,7 @@ def _per_step_blocks(B, H, P, max_block_k, itemsize, device, interpreted, backwa
             for block_u in (16, 32, 64):
                 if block_u > min(PER_STEP_BLOCK_H, _padded(units)) or not fits(block_b, max(block_u, other_block_u)):
                     continue
-                n_b, n_u = triton.cdiv(B, block_b), triton.cdiv(units, block_u)
+                n_b, n_u = _cdiv(B, block_b), _cdiv(units, block_u)
                 programs, reads = n_b * n_u, n_b * weights + n_u * B * K
                 ranked.append(((programs < sms, -programs if programs < sms else reads, reads), (block_b, block_u)))
         return min(ranked, key=lambda ranked_tile: ranked_tile[0])[1] if ranked else None
@@ -706,7 +728,7 @@ def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None,
         DOT_DTYPE=dot_dtype,
         INPUT_PRECISION="ieee" if ieee else "tf32",
         num_warps=num_warps,
-        num_stages=2,
+        num_stages=_num_stages(block_b, max(block_h, block_p), block_k, dtype.itemsize, _aligned(H, P)),
     )
     if strategy == "persistent" and backward:
         config["maxnreg"] = PERSISTENT_BACKWARD_MAX_REGISTERS
@@ -726,6 +748,17 @@ def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None,
     return config
 
 
+def _num_stages(block_b, block_u, block_k, itemsize, aligned):
+    """num_stages of a streamed K loop: double-buffered where the buffers fit (see
+    STREAMED_NUM_STAGES). The bound is the forward cell phase's stage, A's (block_b, block_k)
+    chunk and four (block_k, block_u) W chunks; every other phase stages less. Not for sizes
+    that are not multiples of 16: their unvectorised loads do not go asynchronous (bf16 builds
+    at H = 100 keep one buffer) and the fp32 builds, which spill already, spilled more."""
+    stage_bytes = (block_b + 4 * block_u) * block_k * itemsize
+    fits = STREAMED_NUM_STAGES * stage_bytes <= MAX_PIPELINE_SHARED_BYTES
+    return STREAMED_NUM_STAGES if aligned and fits else 2
+
+
 def _resident_weights(config, strategy, P, dtype):
     """W_RESIDENT (with the whole padded K as BLOCK_K, and 8 warps, which spill less than 4):
     a persistent program without a projection holds its W_hh slice, in the forward and in the
@@ -738,18 +771,46 @@ def _resident_weights(config, strategy, P, dtype):
     held = held and P % RESIDENT_ALIGNMENT == 0
     if strategy != "persistent" or config["HAS_PROJ"] or not held:
         return dict(W_RESIDENT=False)
-    return dict(W_RESIDENT=True, BLOCK_K=k, num_warps=8)
+    return dict(W_RESIDENT=True, BLOCK_K=k, num_warps=8, num_stages=2)  # no K loop to pipeline
+
+
+# Planning is pure host arithmetic, but it ran on every call (tens of microseconds, bench/NOTES.md
+# "Host time per call"), so plans are kept. Everything a plan reads is in the key: the shape,
+# dtype and device, the forced strategy, cuDNN's TF32 switch, the tuning tables' state, and the
+# planner's limits above (tests lower them), so a kept plan is the plan that would be made.
+_PLANNER_LIMITS = (
+    "ONE_LAUNCH_MAX_H", "PER_STEP_BLOCK_H", "BLOCK_B", "PERSISTENT_MAX_BLOCK_B", "PERSISTENT_MAX_BLOCK_U",
+    "PERSISTENT_BACKWARD_MAX_REGISTERS", "MAX_ACCUMULATORS_PER_THREAD", "MAX_CHUNK_BYTES_PER_THREAD",
+    "RESIDENT_WEIGHT_DTYPES", "RESIDENT_MAX_BLOCK_B", "RESIDENT_MAX_K", "RESIDENT_ALIGNMENT", "MAX_BLOCK_K",
+    "MIN_DOT", "STREAMED_NUM_STAGES", "MAX_PIPELINE_SHARED_BYTES", "_resident_limits", "choose_strategy",
+)  # fmt: skip
+_plan_cache = {}
+MAX_CACHED_PLANS = 4096  # distinct call shapes; beyond this the cache starts over
 
 
 def _plans(B, H, P, dtype, device, kernel, backward):
-    """The strategies to try, in order, each with its kernel config: the forced one, or under
-    "auto" the one this GPU's table measured fastest for the shape (kernels/tuning.py), then
+    """The strategies to try, in order, each with its kernel config (kept per key, see above;
+    the configs are shared: read them, do not change them): the forced one, or under "auto"
+    the one this GPU's table measured fastest for the shape (kernels/tuning.py), then
     ``choose_strategy``'s rule. The measured one may still prove unavailable at the launch
     (the compiled kernel's occupancy, checked there): ``_run_plans`` then runs the rule's.
 
     The forward's table entries come from inference runs (forward only), the backward's from
     training runs (forward and backward under one strategy): the backward alone is not timed,
     so a training step may run its forward and backward under different strategies."""
+    limits = tuple(globals()[name] for name in _PLANNER_LIMITS)
+    key = (kernel, B, H, P, dtype, device, backward, _forced_strategy, torch.backends.cudnn.allow_tf32,
+           tuning.state(), limits)  # fmt: skip
+    plans = _plan_cache.get(key)
+    if plans is None:
+        if len(_plan_cache) >= MAX_CACHED_PLANS:
+            _plan_cache.clear()
+        plans = _plan_cache[key] = _make_plans(B, H, P, dtype, device, kernel, backward)
+    return plans
+
+
+def _make_plans(B, H, P, dtype, device, kernel, backward):
+    """``_plans`` without the cache."""
     interpreted = is_interpreted(kernel)
 
     def plan(strategy):
@@ -895,8 +956,8 @@ def _grid(config, strategy, B, H, P, cell_units):
     """(batch blocks, unit blocks). A persistent grid spans the wider of the cell and the
     projected units; a per-step launch the cell units (H) or the projected units (P) of its
     phase."""
-    n_b = triton.cdiv(B, config["BLOCK_B"])
-    n_h, n_p = triton.cdiv(H, config["BLOCK_H"]), triton.cdiv(P, config["BLOCK_P"])
+    n_b = _cdiv(B, config["BLOCK_B"])
+    n_h, n_p = _cdiv(H, config["BLOCK_H"]), _cdiv(P, config["BLOCK_P"])
     if strategy == "one-launch":
         return n_b, 1
     if strategy == "persistent":
@@ -908,7 +969,7 @@ def _sync_buffer(strategy, B, config, like):
     """The persistent launch's barrier counters (one per batch block) and error word, zeroed."""
     if strategy != "persistent":
         return None
-    return torch.zeros(triton.cdiv(B, config["BLOCK_B"]) + 1, dtype=torch.int32, device=like.device)
+    return torch.zeros(_cdiv(B, config["BLOCK_B"]) + 1, dtype=torch.int32, device=like.device)
 
 
 _residency = {}  # launch key -> None (resident) or why not: each compiled variant is checked once
@@ -1021,17 +1082,28 @@ def split_launch_options(config):
     return constexprs, {k: v for k, v in config.items() if k in LAUNCH_OPTIONS}
 
 
+_BARRIER_TIMEOUT = (
+    "fusedrnn: a grid barrier of the persistent LSTM kernel timed out: not every program of the "
+    "grid was resident, and the launch's results are garbage."
+)
+
+
 def _check_barriers(sync):
-    """Fail, without a host sync, if a grid barrier of the launch timed out. On CUDA this is a
-    device-side assert: it surfaces at the next synchronisation and leaves the CUDA context
-    unusable, which beats a hang and beats returning the garbage of an unsynchronised step."""
-    if sync is not None:
-        torch._assert_async(
-            sync[-1] == 0,
-            "fusedrnn: a grid barrier of the persistent LSTM kernel timed out: not every program "
-            "of the grid was resident. The CUDA context is lost: restart the process and use "
-            "fusedrnn.kernels.lstm.launch_strategy('per-step').",
-        )
+    """Fail if a grid barrier of the launch timed out, as BARRIER_ERROR_CHECK says. "async"
+    (default) does not sync the host: on CUDA it is a device-side assert that surfaces at the
+    next synchronisation and leaves the CUDA context unusable, which beats a hang and beats
+    returning the garbage of an unsynchronised step. "host" reads the error word."""
+    if sync is None:
+        return
+    if BARRIER_ERROR_CHECK == "host":
+        if int(sync[-1]) != 0:
+            raise RuntimeError(_BARRIER_TIMEOUT)
+        return
+    torch._assert_async(
+        sync[-1] == 0,
+        _BARRIER_TIMEOUT + " The CUDA context is lost: restart the process and use "
+        "fusedrnn.kernels.lstm.launch_strategy('per-step').",
+    )
 
 
 def lstm_fwd(gates, w_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False):

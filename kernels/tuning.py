@@ -220,10 +220,25 @@ def _index_for(device):
     return _cache[key]
 
 
+_generation = 0  # counts the changes of which tables apply (use_table, clear_cache)
+
+
+def state():
+    """A token that changes whenever the tables that apply may have: what the launchers' kept
+    plans (kernels/lstm.py ``_plans``) are keyed on."""
+    return _generation, os.environ.get(ENV_VAR)
+
+
+def _changed():
+    global _generation
+    _generation += 1
+
+
 def clear_cache():
     """Forget the tables loaded (after changing a table file in the same process)."""
     _cache.clear()
     _device_names.clear()
+    _changed()
 
 
 def table_for(device):
@@ -240,10 +255,12 @@ def use_table(table):
     global _installed
     index = None if table is None else validate(table, "given to use_table")
     saved, _installed = _installed, index
+    _changed()
     try:
         yield
     finally:
         _installed = saved
+        _changed()
 
 
 def measured_strategy(kernel, B, H, P, dtype, device):

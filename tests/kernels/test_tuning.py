@@ -148,9 +148,9 @@ def test_bad_tables_raise(tmp_path):
 
 
 def test_kernel_config_applies_the_tuned_overrides():
-    override = {"BLOCK_K": 16, "num_warps": 8, "num_stages": 3}
+    override = {"BLOCK_K": 16, "num_warps": 8, "num_stages": 4}
     default = K.kernel_config(2, 32, torch.float32, "per-step", interpreted=True)
-    assert (default["BLOCK_K"], default["num_warps"], default["num_stages"]) == (32, 4, 2)
+    assert (default["BLOCK_K"], default["num_warps"], default["num_stages"]) == (32, 4, 3)
     configs = [
         config_entry("fwd", "per-step", "float32", 2, 32, override),
         config_entry("bwd", "per-step", "float32", 2, 32, {"BLOCK_K": 64}),  # wider than K: clamped
@@ -160,7 +160,7 @@ def test_kernel_config_applies_the_tuned_overrides():
         tuned = K.kernel_config(2, 32, torch.float32, "per-step", interpreted=True)
         assert tuned == dict(default, **override)
         assert K.kernel_config(2, 32, torch.float32, "per-step", backward=True, interpreted=True)["BLOCK_K"] == 32
-        assert K.kernel_config(2, 32, torch.float32, "one-launch", interpreted=True)["num_stages"] == 2  # no entry
+        assert K.kernel_config(2, 32, torch.float32, "one-launch", interpreted=True)["num_stages"] == 3  # no entry
         # held weights are one dot over the whole padded K: a tuned BLOCK_K is ignored there
         held = K.kernel_config(2, 32, torch.bfloat16, "persistent", interpreted=True)
         assert held["W_RESIDENT"] and (held["BLOCK_K"], held["num_warps"]) == (32, 4)
@@ -169,12 +169,12 @@ def test_kernel_config_applies_the_tuned_overrides():
 def test_interpreted_launches_ignore_committed_tables(synthetic_gpu):
     synthetic_gpu.write_text(json.dumps(table(
         dispatch=[entry("fwd", "float32", 2, 32, "per-step")],
-        configs=[config_entry("fwd", "per-step", "float32", 2, 32, {"num_stages": 3})],
+        configs=[config_entry("fwd", "per-step", "float32", 2, 32, {"num_stages": 4})],
     )))  # fmt: skip
     # The table is there for this (synthetic) device...
-    assert tuning.tuned_config("fwd", "per-step", 2, 32, None, torch.float32, CPU) == {"num_stages": 3}
+    assert tuning.tuned_config("fwd", "per-step", 2, 32, None, torch.float32, CPU) == {"num_stages": 4}
     # ...but an interpreted launch asks with no device: only use_table's table applies.
-    assert K.kernel_config(2, 32, torch.float32, "per-step", interpreted=True, device=CPU)["num_stages"] == 2
+    assert K.kernel_config(2, 32, torch.float32, "per-step", interpreted=True, device=CPU)["num_stages"] == 3
     plans = K._plans(2, 32, None, torch.float32, CPU, K._lstm_fwd_kernel, False)
     assert [strategy for strategy, _ in plans] == ["one-launch"] == [K.choose_strategy(32)]
 
@@ -318,7 +318,7 @@ tune = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tune)
 
 K16 = {"BLOCK_K": 16, "num_warps": 8, "num_stages": 3}
-K64 = {"BLOCK_K": 64, "num_warps": 4, "num_stages": 2}  # at H=32: BLOCK_K 32, the default
+K64 = {"BLOCK_K": 64, "num_warps": 4, "num_stages": 3}  # at H=32: BLOCK_K 32, the default
 
 
 def installed_block_k():
@@ -344,7 +344,7 @@ def test_tuner_check_tries_each_distinct_candidate():
     assert [(r["kernel"], r["strategy"]) for r in results] == [
         ("fwd", "per-step"), ("bwd", "per-step"), ("fwd", "persistent"), ("bwd", "persistent")]  # fmt: skip
     for result in results:
-        assert result["default"] == {"BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+        assert result["default"] == {"BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
         assert [t["status"] for t in result["trials"]] == ["ok", "same config as the default"]
         assert result["best"] is None  # nothing timed, nothing wins
     assert len(lines) == 4 and "1 candidates agree" in lines[0]
@@ -404,6 +404,6 @@ def test_tuner_check_command(tmp_path):
     assert tune.main(["--check", "--strategies", "per-step", "--kernels", "fwd", "--log", str(log)]) == 0
     (result,) = json.loads(log.read_text())
     statuses = [t["status"] for t in result["trials"]]
-    assert len(statuses) == len(tune.CANDIDATES) and statuses.count("ok") == 11  # BLOCK_K 16/32 x 6
+    assert len(statuses) == len(tune.CANDIDATES) and statuses.count("ok") == 15  # BLOCK_K 16/32 x 8, less the default
     with pytest.raises(SystemExit, match="writes no table"):
         tune.main(["--check", "-o", str(tmp_path / "table.json")])

@@ -1,0 +1,78 @@
+"""The launchers' kept plans and the pipelined K loops' stages (kernels/lstm.py).
+
+A plan is kept per key; these tests change each thing a plan reads and check that the plan
+follows, so that a kept plan is always the one that would be made afresh."""
+
+import pytest
+import torch
+import triton
+
+from fusedrnn.kernels import lstm as K
+from fusedrnn.kernels import tuning
+
+CPU = torch.device("cpu")
+
+
+def plans(B=2, H=32, P=None, dtype=torch.float32, backward=False):
+    return K._plans(B, H, P, dtype, CPU, K._lstm_bwd_kernel if backward else K._lstm_fwd_kernel, backward)
+
+
+def test_a_repeated_call_reuses_its_plan_and_a_new_shape_gets_its_own():
+    first = plans()
+    assert plans() is first
+    assert plans(B=3) is not first and plans(backward=True) is not first
+    assert plans(dtype=torch.bfloat16) is not first
+
+
+def test_kept_plans_follow_the_forced_strategy_tf32_limits_and_tables(monkeypatch):
+    assert [s for s, _ in plans()] == ["one-launch"]
+    with K.launch_strategy("per-step"):
+        assert [s for s, _ in plans()] == ["per-step"]
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert plans()[0][1]["INPUT_PRECISION"] == "tf32"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert plans()[0][1]["INPUT_PRECISION"] == "ieee"
+    with K.launch_strategy("per-step"):
+        assert plans(H=64)[0][1]["BLOCK_H"] == 64
+        monkeypatch.setattr(K, "PER_STEP_BLOCK_H", 16)  # a planner limit, as the strategy fixture lowers it
+        assert plans(H=64)[0][1]["BLOCK_H"] == 16
+    entry = dict(kernel="fwd", strategy="one-launch", dtype="float32", B=2, H=32, P=None, config={"num_stages": 4})
+    with tuning.use_table({"gpu": "any", "dispatch": [], "configs": [entry]}):
+        assert plans()[0][1]["num_stages"] == 4
+    assert plans()[0][1]["num_stages"] == K.STREAMED_NUM_STAGES
+
+
+def test_a_forced_strategy_that_cannot_run_raises_every_time():
+    with K.launch_strategy("one-launch"):
+        for _ in range(2):
+            with pytest.raises(K.StrategyUnavailable, match="exceed one program's"):
+                plans(H=300)
+
+
+@pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 100, 1024, 1025])
+def test_host_integer_helpers_match_triton(n):
+    assert K._padded(n) == max(K.MIN_DOT, triton.next_power_of_2(n))
+    assert K._cdiv(n, 16) == triton.cdiv(n, 16)
+
+
+@pytest.mark.parametrize(
+    "B, H, dtype, strategy, stages",
+    [
+        (8, 1024, torch.bfloat16, "per-step", 3),  # streamed K loop: two buffers
+        (512, 2048, torch.float32, "per-step", 3),
+        (128, 1024, torch.bfloat16, "persistent", 3),  # 64-row blocks: W streams from L2
+        (8, 1024, torch.bfloat16, "persistent", 2),  # held weights: no K loop to pipeline
+        (8, 128, torch.bfloat16, "one-launch", 3),  # 128 units in one program, K chunks of 32: 99 KiB
+        (8, 128, torch.float32, "one-launch", 3),
+        (8, 100, torch.float32, "one-launch", 2),  # unaligned: no asynchronous copies, more spills
+        (100, 1000, torch.bfloat16, "per-step", 2),
+    ],
+)  # fmt: skip
+def test_streamed_k_loops_are_double_buffered_where_they_fit(monkeypatch, B, H, dtype, strategy, stages):
+    monkeypatch.setattr(K, "_resident_limits", lambda device, interpreted: (132, None))
+    config = K.kernel_config(B, H, dtype, strategy)
+    assert config["num_stages"] == stages
+    units = max(config["BLOCK_H"], config["BLOCK_P"])
+    stage_bytes = (config["BLOCK_B"] + 4 * units) * config["BLOCK_K"] * dtype.itemsize
+    aligned = H % 16 == 0
+    assert config.get("W_RESIDENT") or (aligned and stages * stage_bytes <= K.MAX_PIPELINE_SHARED_BYTES) == (stages == 3)
