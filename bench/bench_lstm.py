@@ -79,6 +79,7 @@ with benchmarking disabled, the timing and memory keys are None.
 
 import contextlib
 import itertools
+import json
 import os
 from datetime import datetime, timezone
 
@@ -284,3 +285,6 @@ def test_lstm(benchmark, mode, dtype, T, B, H, P, provider):
         peak_memory_bytes=peak_memory_bytes,
         cuda_graphs={k: v - graph_counts[k] for k, v in step_graphs.cache.counts.items()},
     )  # fmt: skip
+    if os.environ.get("FUSEDRNN_BENCH_ROWS"):  # bench/gpu_smoke.py: each row as it is measured
+        with open(os.environ["FUSEDRNN_BENCH_ROWS"], "a") as rows:
+            rows.write(json.dumps(benchmark.extra_info, default=str) + "\n")

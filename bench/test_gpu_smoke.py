@@ -59,7 +59,8 @@ def test_results_come_back_in_few_files(tiny_run):
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["gpu-smoke.log", "gpu-smoke.tar.gz", "summary.json"]
     with tarfile.open(out / "gpu-smoke.tar.gz") as tar:
         names = set(tar.getnames())
-    for name in ("env.jsonl", "barrier.jsonl", "correct-part1.jsonl", "tests.jsonl", "speed.json", "speed-table.txt"):
+    for name in ("env.jsonl", "barrier.jsonl", "correct-part1.jsonl", "tests.jsonl", "speed.json", "speed-rows.jsonl",
+                 "speed-table.txt"):
         assert f"./{name}" in names
 
 
