@@ -84,12 +84,18 @@ def _flat_index(index, shape):
     return flat
 
 
+def no_worse_than_bound(baseline_err, *, atol, cap=None):
+    """The three-way bound on err(actual vs exact), given err(baseline vs exact): twice the
+    baseline's plus atol, and at most cap when given (so that a poor baseline cannot excuse a
+    wrong gate). The tests and bench/gpu_smoke.py judge by it."""
+    bound = 2 * baseline_err + atol
+    return bound if cap is None else min(bound, cap)
+
+
 def assert_no_worse_than(actual, baseline, exact, *, atol, cap=None, baseline_name="baseline"):
-    """The three-way bound, tensor by tensor over dicts keyed by name: err(actual vs exact)
-    <= 2 * err(baseline vs exact) + atol, and <= cap when given (so that a poor baseline
-    cannot excuse a wrong gate)."""
+    """``no_worse_than_bound``, tensor by tensor over dicts keyed by name."""
     for name in exact:
         err = error_stats(actual[name], exact[name]).rel
         base = error_stats(baseline[name], exact[name]).rel
-        bound = 2 * base + atol if cap is None else min(2 * base + atol, cap)
+        bound = no_worse_than_bound(base, atol=atol, cap=cap)
         assert err <= bound, f"{name}: ours {err:.2e} > {bound:.2e} ({baseline_name} {base:.2e})"
