@@ -370,6 +370,9 @@ def check_case(case, emit, index):
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                 ran = K.last_strategy()
+                # the K slices of the backward's dh loop in the plan that ran (kernels/lstm.py DH_SPLIT)
+                plans = K._plans(B, H, P or None, dtype, device, K._lstm_bwd_kernel, True)
+                dh_split = next((config["DH_SPLIT"] for name, config in plans if name == ran), None)
         except K.StrategyUnavailable as err:
             emit(**row, unavailable=str(err), ok=None)
             continue
@@ -390,7 +393,8 @@ def check_case(case, emit, index):
         ok &= bitwise
         worst = max(tensors, key=lambda name: tensors[name]["ours"] / max(tensors[name]["bound"], 1e-30))
         graph_counts = {key: value - counts_before[key] for key, value in step_graphs.cache.counts.items()}
-        emit(**row, ran=ran, ok=ok, repeats=repeats, bitwise_equal=bitwise, worst=worst, worst_err=tensors[worst],
+        emit(**row, ran=ran, dh_split=dh_split, ok=ok, repeats=repeats, bitwise_equal=bitwise, worst=worst,
+             worst_err=tensors[worst],
              tensors=tensors, cuda_graphs=graph_counts)  # fmt: skip
         print(f"{case['name']:<40} {label:<15} {'ok' if ok else 'FAIL'}  worst {worst}: "
               f"{tensors[worst]['ours']:.2e} (bound {tensors[worst]['bound']:.2e})", flush=True)  # fmt: skip

@@ -125,7 +125,7 @@ def plan(dtype_name, B, H, P, kernel_key, strategy="persistent"):
         return {"unavailable": str(e)}, []
     config, options = lstm.split_launch_options(config)
     options["launch_cooperative_grid"] = config["GRID_SYNC"]
-    phases = lstm.kernel_phases(P is not None, backward)
+    phases = lstm.kernel_phases(P is not None, backward, config.get("DH_SPLIT", 1))
     launches = phases if strategy == "per-step" else [lstm.all_phase_flags(phases)]
     int_args = layer_int_args(B, H, P if P is not None else H)
     jobs = [(flags, (kernel_key, dtype_name, dict(config, **flags, REVERSE=False, VARLEN=False), options, int_args))
@@ -145,28 +145,33 @@ def layer_int_args(B, H, P):
 
 
 def launch_name(kernel_key, flags):
-    """"fwd cell", "bwd dh+cell", ...: the kernel and the phases one launch runs."""
-    return kernel_key + " " + "+".join(name for name in ("cell", "proj", "dh") if flags.get("DO_" + name.upper()))
+    """"fwd cell", "bwd dh+cell", "bwd dh_partial+dh+cell", ...: the kernel and the phases one
+    launch runs."""
+    names = ("cell", "proj", "dh_partial", "dh")
+    return kernel_key + " " + "+".join(name for name in names if flags.get("DO_" + name.upper()))
 
 
-def weight_parts(backward, flags, H, P):
-    """(unit block, units, elements of W per unit) of each phase in a launch: what the launch
-    reads of the weights each step. Forward: a cell unit's four W_hh rows (4 x P), a projected
-    unit's W_hr row (H). Backward: a projected unit's (or, without a projection, an h unit's)
-    W_hh column (4H) for dh, a cell unit's W_hr column (P) for dm. P None: no projection."""
+def weight_parts(backward, flags, H, P, dh_split=1):
+    """(unit block, units, elements of W per unit, K slices) of each phase in a launch: what
+    the launch reads of the weights each step, a program a 1/slices share of its units'.
+    Forward: a cell unit's four W_hh rows (4 x P), a projected unit's W_hr row (H). Backward:
+    a projected unit's (or, without a projection, an h unit's) W_hh column (4H) for dh, split
+    into dh_split K slices by the dh_partial phase where the config says so (dh then only
+    adds the partial sums), a cell unit's W_hr column (P) for dm. P None: no projection."""
     if not backward:
-        parts = [("BLOCK_H", H, 4 * (P or H))] if flags["DO_CELL"] else []
-        return parts + ([("BLOCK_P", P, H)] if flags["DO_PROJ"] else [])
-    parts = [("BLOCK_P", P or H, 4 * H)] if flags["DO_DH"] else []
-    return parts + ([("BLOCK_H", H, P)] if flags["DO_CELL"] and P is not None else [])
+        parts = [("BLOCK_H", H, 4 * (P or H), 1)] if flags["DO_CELL"] else []
+        return parts + ([("BLOCK_P", P, H, 1)] if flags["DO_PROJ"] else [])
+    parts = [("BLOCK_PS", P or H, 4 * H, dh_split)] if flags.get("DO_DH_PARTIAL") else []
+    parts += [("BLOCK_P", P or H, 4 * H, 1)] if flags["DO_DH"] and dh_split == 1 else []
+    return parts + ([("BLOCK_H", H, P, 1)] if flags["DO_CELL"] and P is not None else [])
 
 
 def floor(dtype_name, B, parts, config):
     """Per-step analytic floor of one launch: the bytes of the weights it reads, those of one
     program's slice, and L2 and tensor-core times (2 B FLOPs per weight element)."""
     itemsize = DTYPES[dtype_name].itemsize
-    elements = sum(units * per_unit for _, units, per_unit in parts)
-    slice_elements = sum(config[block] * per_unit for block, _, per_unit in parts)
+    elements = sum(units * per_unit for _, units, per_unit, _ in parts)
+    slice_elements = sum(config[block] * per_unit // slices for block, _, per_unit, slices in parts)
     w_bytes = elements * itemsize
     return dict(w_mib=w_bytes / 2**20, slice_kib=slice_elements * itemsize / 1024,
                 stream_us=w_bytes / L2_BYTES_PER_S * 1e6, mma_us=2 * B * elements / MMA_FLOPS_PER_S[dtype_name] * 1e6)  # fmt: skip
@@ -181,7 +186,9 @@ def row_cells(r):
     grid = f"{r['grid'][0]}x{r['grid'][1]}"
     w_on_chip = "yes" if cfg.get("W_RESIDENT") else "no"  # W_RESIDENT: the program holds its W_hh slice
     blocks = [cfg["BLOCK_B"], cfg["BLOCK_H"], cfg["BLOCK_P"], cfg["BLOCK_K"]]
-    cells = head + blocks + [cfg["num_warps"], grid, w_on_chip]
+    # K slices of the backward's dh loop x units of a partial-sum item (DH_SPLIT x BLOCK_PS)
+    split = f"{cfg['DH_SPLIT']}x{cfg['BLOCK_PS']}" if cfg.get("DH_SPLIT", 1) > 1 else "-"
+    cells = head + blocks + [split, cfg["num_warps"], grid, w_on_chip]
     if "error" in r:
         cells += ["compile error (below)", "", "", "", ""]
     else:
@@ -193,7 +200,8 @@ def row_cells(r):
     return cells + [f"{f['w_mib']:.2f}", f"{f['slice_kib']:.0f}", f"{f['stream_us']:.2f}", f"{f['mma_us']:.3f}"]
 
 
-COLUMNS = ["launch", "B", "H", "P", "BLOCK_B", "BLOCK_H", "BLOCK_P", "BLOCK_K", "warps", "grid", "W on chip", "regs",
+COLUMNS = ["launch", "B", "H", "P", "BLOCK_B", "BLOCK_H", "BLOCK_P", "BLOCK_K", "dh split", "warps", "grid",
+           "W on chip", "regs",
            "spills st/ld (B)", "shared (KiB)", "programs/SM", "resident?", "W read (MiB)",
            "W slice/program (KiB)", "stream us/step (L2)", "MMA us/step"]  # fmt: skip
 
@@ -235,8 +243,10 @@ def render(results, elapsed, strategy, projection):
         "(`_resident_limits` patched as tests/kernels/test_compile.py does); input = H, "
         + ("P = proj_size" if projection else "no projection (P = H)")
         + ", REVERSE = VARLEN = False. A launch is `_lstm_fwd_kernel` (fwd) or `_lstm_bwd_kernel` (bwd) with "
-        "the phases it runs (`lstm.kernel_phases`): cell (DO_CELL), proj (DO_PROJ), dh (DO_DH); a per-step "
-        "layer with a projection launches each phase of a step on its own. fp32 with `cudnn.allow_tf32 = True` "
+        "the phases it runs (`lstm.kernel_phases`): cell (DO_CELL), proj (DO_PROJ), dh (DO_DH), dh_partial "
+        "(DO_DH_PARTIAL: dh's K loop split in `dh split` = DH_SPLIT slices x BLOCK_PS units); a per-step "
+        "layer launches each phase of a step on its own, except dh+cell without a projection. "
+        "fp32 with `cudnn.allow_tf32 = True` "
         "(INPUT_PRECISION tf32).",
         "- Built with `triton.compile(..., GPUTarget(\"cuda\", 90, 32))`, specialised as a launch is "
         "(`lstm.compile_spec`: aligned pointers, sizes and strides that are multiples of 16 marked so, those "
@@ -301,8 +311,9 @@ def main():
                     # Shapes with the same constexprs, multiples of 16 and ones (constants) share a build.
                     key = repr((job[:4], [(name, value % 16 == 0, value == 1) for name, value in job[4]]))
                     jobs.setdefault(key, job)
-                    grid = lstm._grid(config, args.strategy, B, H, P or H, cell_units=flags["DO_CELL"])
-                    parts = weight_parts(backward, flags, H, P)
+                    grid = lstm._grid(config, args.strategy, B, H, P or H, cell_units=flags["DO_CELL"],
+                                      dh_partial=flags.get("DO_DH_PARTIAL", False))  # fmt: skip
+                    parts = weight_parts(backward, flags, H, P, config.get("DH_SPLIT", 1))
                     results.append(dict(r, kernel=launch_name(kernel_key, flags), config=config, job=key, grid=grid,
                                         floor=floor(dtype_name, B, parts, config)))  # fmt: skip
 

@@ -8,7 +8,8 @@
 For each shape (B, H, P) of the grid (bench/bench_lstm.py's, I = H) or of
 --shapes, each dtype, each strategy that can run the shape (StrategyUnavailable: skipped) and
 each kernel (``lstm_fwd``, ``lstm_bwd`` of fusedrnn.kernels.lstm), every candidate of
-CANDIDATES runs once under ``tuning.use_table`` with a one-entry table and
+CANDIDATES (the backward's: BACKWARD_CANDIDATES, which adds the splits of its dh loop) runs
+once under ``tuning.use_table`` with a one-entry table and
 ``launch_strategy(strategy)``. Candidates that come out as the same kernel config (BLOCK_K is
 clamped to the padded sizes, and ignored where the weights are held, W_RESIDENT) run once. A
 candidate that fails (compilation, out of resources, a grid that is not resident) or whose
@@ -58,7 +59,10 @@ CANDIDATES = [
     dict(BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
     for block_k, num_warps, num_stages in itertools.product((16, 32, 64), (4, 8), (1, 2, 3, 4))
 ]
-TUNED_KEYS = ("BLOCK_K", "num_warps", "num_stages")
+# The backward also tries each split of its dh loop over K (kernels/lstm.py DH_SPLIT) with the
+# other options at their defaults: whether splitting pays is the question, not the product.
+BACKWARD_CANDIDATES = CANDIDATES + [dict(DH_SPLIT=split) for split in (1, 2, 4, 8)]
+TUNED_KEYS = {"fwd": ("BLOCK_K", "num_warps", "num_stages"), "bwd": ("BLOCK_K", "num_warps", "num_stages", "DH_SPLIT")}
 MIN_GAIN = 0.03  # do_bench medians of one config vary by about a percent from run to run
 STRATEGIES = ("persistent", "per-step", "one-launch")
 KERNELS = ("fwd", "bwd")
@@ -146,7 +150,7 @@ def effective(kernel, strategy, problem, device):
     config = lstm.kernel_config(problem.B, problem.H, problem.dtype, strategy, P=problem.P,
                                 backward=kernel == "bwd", device=device,
                                 interpreted=is_interpreted(lstm._lstm_fwd_kernel))  # fmt: skip
-    return {key: config[key] for key in TUNED_KEYS}
+    return {key: config[key] for key in TUNED_KEYS[kernel]}
 
 
 def describe(err):
@@ -215,15 +219,17 @@ def tune_case(kernel, strategy, problem, candidates, timing, say=print):
                 best=best["config"] if best else None, best_ms=best["ms"] if best else None)  # fmt: skip
 
 
-def tune(shapes, dtypes, strategies=STRATEGIES, kernels=KERNELS, candidates=CANDIDATES, T=64, timing=True,
+def tune(shapes, dtypes, strategies=STRATEGIES, kernels=KERNELS, candidates=None, T=64, timing=True,
          device=None, say=print):  # fmt: skip
-    """tune_case for every (dtype, shape, strategy, kernel); the results that ran."""
+    """tune_case for every (dtype, shape, strategy, kernel); the results that ran. Candidates
+    default to CANDIDATES (forward) and BACKWARD_CANDIDATES."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = []
     for dtype, (B, H, P) in itertools.product(dtypes, shapes):
         problem = Problem(T, B, H, P, dtype, device)
         for strategy, kernel in itertools.product(strategies, kernels):
-            result = tune_case(kernel, strategy, problem, candidates, timing, say)
+            tried = candidates or (BACKWARD_CANDIDATES if kernel == "bwd" else CANDIDATES)
+            result = tune_case(kernel, strategy, problem, tried, timing, say)
             if result is not None:
                 results.append(dict(result, T=T))
     return results

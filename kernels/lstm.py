@@ -24,7 +24,9 @@ Work split. A step has up to two phases, each split over programs ``(pid_b, pid_
 - forward ``cell``: all four gates of ``BLOCK_H`` cell units and their cell update; it needs
   all of ``h_{t-1}``. Without a projection it writes ``h_t``; with one it writes ``m_t``.
 - forward ``proj`` (LSTMP only): ``h_t`` for ``BLOCK_P`` units, from all of ``m_t``.
-- backward ``dh``: ``dh_t`` for ``BLOCK_P`` units, from all of ``dG_{t+1}``.
+- backward ``dh``: ``dh_t`` for ``BLOCK_P`` units, from all of ``dG_{t+1}``; where the plan
+  splits its K = 4H loop (``DH_SPLIT``), from the partial sums of a phase before it,
+  ``dh_partial``, whose items are (``BLOCK_PS`` units, K slice).
 - backward ``cell``: the gate gradients of ``BLOCK_H`` units, from all of ``dh_t`` (LSTMP:
   through ``W_hr``; otherwise the phase runs fused with ``dh`` on the same units).
 
@@ -112,6 +114,18 @@ MAX_BLOCK_K = 64  # the recurrent products run over K in chunks of at most this
 STREAMED_NUM_STAGES = 3
 MAX_PIPELINE_SHARED_BYTES = 160 * 1024
 MIN_DOT = 16  # tl.dot needs every dimension >= 16 on the GPU (the interpreter does not check)
+# The backward's dh_t = dG_{t+1} @ W_hh runs over K = 4H: at H = 2048, 128 chunks of 64 in a
+# row, every step, in each program, each of which reads all of dG's rows. Where the K loop is
+# long and the dh phase's grid leaves SMs idle, the loop is split into DH_SPLIT slices of
+# K, up to DH_SPLIT_MAX, each at least DH_SPLIT_MIN_CHUNKS chunks (shorter, and the extra
+# launch or barrier costs more than the chunks saved): a phase of partial sums over
+# (rows, DH_SPLIT_BLOCK_P units, K slice) items, added in slice order by the dh phase
+# (_dh_partials, bench/NOTES.md v1.5). The interpreter, which has no SMs to count, does not
+# split. Tests set DH_SPLIT_OVERRIDE: the split of every backward with a K loop, on any device.
+DH_SPLIT_MAX = 8
+DH_SPLIT_MIN_CHUNKS = 32
+DH_SPLIT_BLOCK_P = 64
+DH_SPLIT_OVERRIDE = None
 
 
 @triton.jit
@@ -189,6 +203,33 @@ def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K:
                       mask=mask_k[:, None] & mask_b[None, :], other=0.0)
         acc += tl.dot(b_a.to(DOT_DTYPE), b_b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
     return acc
+
+
+@triton.jit
+def _dh_partials(p_dg_rows, mask_b, p_w_hh, stride_w, p_part_rows, stride_part, H, P, BLOCK_B: tl.constexpr,
+                 BLOCK_PS: tl.constexpr, BLOCK_K: tl.constexpr, DH_SPLIT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                 INPUT_PRECISION: tl.constexpr):  # fmt: skip
+    """The backward's dh_t = dG_{t+1} @ W_hh (K = 4H) split into DH_SPLIT slices of K, each a
+    partial sum over (BLOCK_B rows, BLOCK_PS units) stored in its own (B, P) plane of p_part:
+    more programs share a step's K loop, each reads a slice of dG's rows rather than all of
+    them. The items (unit block, K slice) go round the programs of the batch block: one each
+    in a per-step launch, which has as many programs; in a persistent one, as many as the
+    planner allowed (bench/NOTES.md v1.5). p_dg_rows, p_part_rows: the rows' pointers."""
+    n_ps = tl.cdiv(P, BLOCK_PS)
+    k_slice = tl.cdiv(tl.cdiv(4 * H, DH_SPLIT), BLOCK_K) * BLOCK_K  # whole chunks; the last slice may be short
+    for item in range(tl.program_id(1), n_ps * DH_SPLIT, tl.num_programs(1)):
+        piece = item // n_ps
+        offs_ps = (item % n_ps) * BLOCK_PS + tl.arange(0, BLOCK_PS)
+        mask_ps = offs_ps < P
+        k_lo = piece * k_slice
+        k_lo64 = tl.cast(k_lo, tl.int64)
+        part = tl.zeros((BLOCK_B, BLOCK_PS), dtype=tl.float32)
+        part = _matmul_acc(
+            part, p_dg_rows + k_lo64, 1, mask_b, p_w_hh + k_lo64 * stride_w + offs_ps, stride_w, mask_ps,
+            tl.minimum(4 * H - k_lo, k_slice), BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
+        )  # fmt: skip
+        p_out = p_part_rows[:, None] + piece * stride_part + offs_ps[None, :]
+        tl.store(p_out, part, mask=mask_b[:, None] & mask_ps[None, :])
 
 
 # B, H and P stay specialised (divisible by 16 or not): that vectorises the masked loads,
@@ -341,6 +382,7 @@ def _lstm_bwd_kernel(
     p_dy,  # (T, B, P) view, any strides (may be expanded): gradient of the output
     p_dhn,  # (B, P): gradient of h_n
     p_dh,  # (T, B, P) contiguous (HAS_PROJ): dh_t, from the dh phase to the cell phase
+    p_dh_part,  # (DH_SPLIT, B, P) fp32 contiguous (DH_SPLIT > 1): dG_{t+1} @ W_hh, one K slice each
     p_dgates,  # (T, B, 4H) view: gradient of the pre-activations
     p_dc,  # (B, H) fp32: dc carried into the launch (dc_n or the last launch's), and out of it
     p_sync,  # (num_programs(0) + 1,) int32 zeros (GRID_SYNC): a barrier counter per batch block, an error word
@@ -368,6 +410,9 @@ def _lstm_bwd_kernel(
     BLOCK_K: tl.constexpr,
     GRID_SYNC: tl.constexpr,
     W_RESIDENT: tl.constexpr,
+    DH_SPLIT: tl.constexpr,
+    BLOCK_PS: tl.constexpr,
+    DO_DH_PARTIAL: tl.constexpr,
     DO_DH: tl.constexpr,
     DO_CELL: tl.constexpr,
     HAS_PROJ: tl.constexpr,
@@ -380,7 +425,7 @@ def _lstm_bwd_kernel(
     mask_bh = mask_b[:, None] & mask_h[None, :]
     mask_bp = mask_b[:, None] & mask_p[None, :]
     stride_ct = tl.cast(B, tl.int64) * H  # one (B, H) plane of p_c (tl.cast: see the forward)
-    stride_dht = tl.cast(B, tl.int64) * P  # one (B, P) plane of p_dh
+    stride_dht = tl.cast(B, tl.int64) * P  # one (B, P) plane of p_dh, and of p_dh_part
     if VARLEN:
         length = tl.load(p_lengths + rows_b, mask=mask_b, other=0)
     if DO_CELL:
@@ -407,6 +452,15 @@ def _lstm_bwd_kernel(
             active = mask_b & (t < length)
         else:
             active = mask_b
+        if DO_DH_PARTIAL:
+            if s != T - 1:  # no dG_{t+1} at the last step
+                _dh_partials(
+                    p_dgates + t_next * stride_dgt + rows_b * stride_dgb, mask_b, p_w_hh, stride_w,
+                    p_dh_part + rows_b * P, stride_dht, H, P, BLOCK_B, BLOCK_PS, BLOCK_K, DH_SPLIT, DOT_DTYPE,
+                    INPUT_PRECISION,
+                )  # fmt: skip
+        if DO_DH_PARTIAL and DO_DH:  # every K slice's partial sum before dh adds them
+            n_synced, spins_left = _sync_step(p_sync, n_synced, spins_left, GRID_SYNC)
         if DO_DH:
             # dh_t over the program's P units: dy_t (none where the row is inactive), dh_n
             # at the row's last step, and dG_{t+1} @ W_hh over K = 4H otherwise.
@@ -431,6 +485,12 @@ def _lstm_bwd_kernel(
                     dh += tl.dot(b_dg, w_g, input_precision=INPUT_PRECISION)
                     b_dg = tl.load(p_dgk + 3 * H, mask=mask_dgk, other=0.0, cache_modifier=".cg").to(DOT_DTYPE)
                     dh += tl.dot(b_dg, w_o, input_precision=INPUT_PRECISION)
+                elif DH_SPLIT > 1:
+                    # The K slices' partial sums (the phase before), added in slice order: the
+                    # same sum on every run, where atomics would not be.
+                    p_part = p_dh_part + rows_b[:, None] * P + offs_p[None, :]
+                    for piece in tl.static_range(DH_SPLIT):
+                        dh += tl.load(p_part + piece * stride_dht, mask=mask_bp, other=0.0, cache_modifier=".cg")
                 else:
                     dh = _matmul_acc(
                         dh, p_dg_next, 1, mask_b, p_w_hh + offs_p, stride_w, mask_p, 4 * H, BLOCK_K, DOT_DTYPE,
@@ -733,6 +793,8 @@ def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None,
     if strategy == "persistent" and backward:
         config["maxnreg"] = PERSISTENT_BACKWARD_MAX_REGISTERS
     config.update(_resident_weights(config, strategy, P if P is not None else H, dtype))
+    if backward:
+        config.update(_dh_split(B, H, P, config, strategy, device, interpreted))
     # Block sizes measured faster on this GPU for this shape (kernels/tuning.py, made by
     # bench/tune.py) replace the register budget's. The row and unit blocks set the grid,
     # which the plan above checked: a table cannot change them. Under the interpreter only a
@@ -742,6 +804,7 @@ def kernel_config(B, H, dtype, strategy, *, P=None, backward=False, device=None,
     if tuned:
         if config.get("W_RESIDENT"):
             tuned.pop("BLOCK_K", None)  # held weights are one dot over the whole padded K
+            tuned.pop("DH_SPLIT", None)  # and their dh has no K loop to split
         if "BLOCK_K" in tuned:  # no K chunk wider than the padded operands
             tuned["BLOCK_K"] = max(MIN_DOT, min(tuned["BLOCK_K"], max(padded_h, padded_p)))
         config.update(tuned)
@@ -757,6 +820,33 @@ def _num_stages(block_b, block_u, block_k, itemsize, aligned):
     stage_bytes = (block_b + 4 * block_u) * block_k * itemsize
     fits = STREAMED_NUM_STAGES * stage_bytes <= MAX_PIPELINE_SHARED_BYTES
     return STREAMED_NUM_STAGES if aligned and fits else 2
+
+
+def _dh_split(B, H, P, config, strategy, device, interpreted):
+    """DH_SPLIT and BLOCK_PS of a backward config: in how many K slices the dh phase's loop
+    over K = 4H runs (see DH_SPLIT_MAX), and the units of one partial-sum item. No split
+    where one program owns every unit (one-launch) or holds its W_hh columns (W_RESIDENT: no
+    K loop). Elsewhere the most slices, doubling, with DH_SPLIT_MIN_CHUNKS chunks each, whose
+    items still get a program each: one wave of one program per SM for a per-step launch,
+    the grid's programs for a persistent one."""
+    P = P if P is not None else H
+    block_b = config["BLOCK_B"]
+    block_ps = min(DH_SPLIT_BLOCK_P, _padded(P))
+    while block_ps > MIN_DOT and block_b * block_ps > MAX_ACCUMULATORS_PER_THREAD * 32 * config["num_warps"]:
+        block_ps //= 2  # one (BLOCK_B, BLOCK_PS) fp32 accumulator within the register budget
+    if strategy == "one-launch" or config["W_RESIDENT"]:
+        return dict(DH_SPLIT=1, BLOCK_PS=block_ps)
+    if DH_SPLIT_OVERRIDE is not None or interpreted:
+        return dict(DH_SPLIT=DH_SPLIT_OVERRIDE or 1, BLOCK_PS=block_ps)
+    items = _cdiv(B, block_b) * _cdiv(P, block_ps)  # of one slice
+    if strategy == "persistent":
+        programs = _cdiv(B, block_b) * _grid(config, strategy, B, H, P, cell_units=True)[1]
+    else:
+        programs, _ = _resident_limits(device, interpreted)
+    chunks, split = _cdiv(4 * H, config["BLOCK_K"]), 1
+    while 2 * split <= DH_SPLIT_MAX and chunks >= 2 * split * DH_SPLIT_MIN_CHUNKS and 2 * split * items <= programs:
+        split *= 2
+    return dict(DH_SPLIT=split, BLOCK_PS=block_ps)
 
 
 def _resident_weights(config, strategy, P, dtype):
@@ -782,7 +872,8 @@ _PLANNER_LIMITS = (
     "ONE_LAUNCH_MAX_H", "PER_STEP_BLOCK_H", "BLOCK_B", "PERSISTENT_MAX_BLOCK_B", "PERSISTENT_MAX_BLOCK_U",
     "PERSISTENT_BACKWARD_MAX_REGISTERS", "MAX_ACCUMULATORS_PER_THREAD", "MAX_CHUNK_BYTES_PER_THREAD",
     "RESIDENT_WEIGHT_DTYPES", "RESIDENT_MAX_BLOCK_B", "RESIDENT_MAX_K", "RESIDENT_ALIGNMENT", "MAX_BLOCK_K",
-    "MIN_DOT", "STREAMED_NUM_STAGES", "MAX_PIPELINE_SHARED_BYTES", "_resident_limits", "choose_strategy",
+    "MIN_DOT", "STREAMED_NUM_STAGES", "MAX_PIPELINE_SHARED_BYTES", "DH_SPLIT_MAX", "DH_SPLIT_MIN_CHUNKS",
+    "DH_SPLIT_BLOCK_P", "DH_SPLIT_OVERRIDE", "_resident_limits", "choose_strategy",
 )  # fmt: skip
 _plan_cache = {}
 MAX_CACHED_PLANS = 4096  # distinct call shapes; beyond this the cache starts over
@@ -909,13 +1000,17 @@ def _launch_context(like):
     return torch.cuda.device(like.device) if like.is_cuda else nullcontext()
 
 
-def kernel_phases(has_proj, backward):
+def kernel_phases(has_proj, backward, dh_split=1):
     """The phases of a step, in order, as the kernel's constexpr flags: one launch each on the
-    per-step path; the one-launch path runs them all (with barriers) in one."""
+    per-step path; the one-launch path runs them all (with barriers) in one. A backward whose
+    config splits dh's K loop (DH_SPLIT > 1) starts each step with the partial sums."""
     if backward:
+        first = [dict(DO_DH_PARTIAL=True, DO_DH=False, DO_CELL=False)] if dh_split > 1 else []
         if has_proj:  # dm_t needs dh_t of every projected unit: a phase of its own
-            return [dict(DO_DH=True, DO_CELL=False), dict(DO_DH=False, DO_CELL=True)]
-        return [dict(DO_DH=True, DO_CELL=True)]  # dh and the cell gradients share their units
+            phases = [dict(DO_DH=True, DO_CELL=False), dict(DO_DH=False, DO_CELL=True)]
+        else:
+            phases = [dict(DO_DH=True, DO_CELL=True)]  # dh and the cell gradients share their units
+        return first + [dict(DO_DH_PARTIAL=False, **flags) for flags in phases]
     if has_proj:  # the projection needs m_t of every cell unit: a phase of its own
         return [dict(DO_CELL=True, DO_PROJ=False), dict(DO_CELL=False, DO_PROJ=True)]
     return [dict(DO_CELL=True, DO_PROJ=False)]
@@ -952,16 +1047,18 @@ def _run_steps(kernel, step_launch, sync, T, strategy, phases, like, backward=Fa
             step_graphs.run(sequence_key, launch_every_step, like.device)
 
 
-def _grid(config, strategy, B, H, P, cell_units):
+def _grid(config, strategy, B, H, P, cell_units, dh_partial=False):
     """(batch blocks, unit blocks). A persistent grid spans the wider of the cell and the
     projected units; a per-step launch the cell units (H) or the projected units (P) of its
-    phase."""
+    phase, or (``dh_partial``) a program per item of dh's split K loop."""
     n_b = _cdiv(B, config["BLOCK_B"])
     n_h, n_p = _cdiv(H, config["BLOCK_H"]), _cdiv(P, config["BLOCK_P"])
     if strategy == "one-launch":
         return n_b, 1
     if strategy == "persistent":
         return n_b, max(n_h, n_p)
+    if dh_partial:
+        return n_b, _cdiv(P, config["BLOCK_PS"]) * config["DH_SPLIT"]
     return n_b, n_h if cell_units else n_p
 
 
@@ -1054,7 +1151,8 @@ def compile_spec(kernel, dtype_name, int_args):
     Integers: 32-bit; one that is a multiple of 16 marked so (without it the masked loads do
     not vectorise, and the registers and spills are not the launch's), one equal to 1 the
     constant 1 (Triton specialises it so: a kernel must not call tensor methods on it)."""
-    types = {"p_c": "*fp32", "p_dc": "*fp32", "p_dh": "*fp32", "p_lengths": "*i64", "p_sync": "*i32"}
+    types = {"p_c": "*fp32", "p_dc": "*fp32", "p_dh": "*fp32", "p_dh_part": "*fp32", "p_lengths": "*i64",
+             "p_sync": "*i32"}  # fmt: skip
     aligned = [["tt.divisibility", 16]]
     signature, constants, attrs = {}, {}, {}
     for i, p in enumerate(kernel.params):
@@ -1171,19 +1269,23 @@ def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, 
 
     def run(strategy, config):
         sync = _sync_buffer(strategy, B, config, gates)
+        split = config["DH_SPLIT"]
+        # One step's partial sums: the next step writes them only after this one's barrier.
+        dh_part = empty_output(split, B, P, dtype=torch.float32, device=gates.device) if split > 1 else d_c
 
         def step_launch(s_start, s_end, flags):
             args = (
                 gates, c, c0, w_hh, w_hr, lengths if lengths is not None else c, d_out, d_hn,
-                d_h if has_proj else d_c, d_gates, d_c, sync if sync is not None else d_c, s_start, s_end, T, B, H, P,
+                d_h if has_proj else d_c, dh_part, d_gates, d_c, sync if sync is not None else d_c, s_start, s_end,
+                T, B, H, P,
                 gates.stride(0), gates.stride(1), d_gates.stride(0), d_gates.stride(1),
                 d_out.stride(0), d_out.stride(1), d_out.stride(2),
                 d_hn.stride(0), c0.stride(0), w_hh.stride(0), w_hr.stride(0),
             )  # fmt: skip
-            grid = _grid(config, strategy, B, H, P, cell_units=flags["DO_CELL"])
+            grid = _grid(config, strategy, B, H, P, cell_units=flags["DO_CELL"], dh_partial=flags["DO_DH_PARTIAL"])
             return grid, args, dict(**flags, REVERSE=reverse, VARLEN=lengths is not None, **config)
 
-        phases = kernel_phases(has_proj, backward=True)
+        phases = kernel_phases(has_proj, backward=True, dh_split=split)
         _run_steps(_lstm_bwd_kernel, step_launch, sync, T, strategy, phases, gates, backward=True)
         _check_barriers(sync)
 

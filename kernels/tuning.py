@@ -1,5 +1,6 @@
 """Measured launch choices of the LSTM kernels, per GPU: which strategy "auto" runs for a
-shape, and the block sizes (BLOCK_K, num_warps, num_stages) of a kernel config.
+shape, and the block sizes (BLOCK_K, num_warps, num_stages; for the backward DH_SPLIT, the K
+slices of its dh loop) of a kernel config.
 
 Tables. One JSON file per GPU model, ``kernels/tuned/<slug of the GPU name>.json``, shipped
 as package data (``kernels/tuned/README.md`` says how they are made)::
@@ -42,6 +43,7 @@ STRATEGIES = ("one-launch", "persistent", "per-step")
 DTYPES = ("float32", "float16", "bfloat16")
 NUM_WARPS = (1, 2, 4, 8, 16)
 MAX_NUM_STAGES = 5
+MAX_DH_SPLIT = 8  # kernels/lstm.py DH_SPLIT: the backward's K slices of its dh loop
 # A dispatch measurement stands in for shapes up to this far from it, in
 # |log2 B - log2 B'| + |log2 H - log2 H'| (+ the same for P): one doubling or halving of B or
 # H. The strategies trade launch count against programs and registers, which move with B*H;
@@ -120,11 +122,14 @@ def _check_entry(entry, keys, where):
     return None
 
 
-def _check_config(config, where):
-    """The problem of a "config" value (a message) or None."""
-    if not isinstance(config, dict) or not config or not set(config) <= {"BLOCK_K", "num_warps", "num_stages"}:
-        return f"{where}: config must set some of BLOCK_K, num_warps, num_stages and nothing else, got {config!r}"
-    block_k, warps, stages = (config.get(k) for k in ("BLOCK_K", "num_warps", "num_stages"))
+def _check_config(config, kernel, where):
+    """The problem of a "config" value of a ``kernel`` entry (a message) or None."""
+    options = ("BLOCK_K", "num_warps", "num_stages") + (("DH_SPLIT",) if kernel == "bwd" else ())
+    if not isinstance(config, dict) or not config or not set(config) <= set(options):
+        return f"{where}: config must set some of {', '.join(options)} and nothing else, got {config!r}"
+    block_k, warps, stages, split = (config.get(k) for k in ("BLOCK_K", "num_warps", "num_stages", "DH_SPLIT"))
+    if split is not None and not (_positive_int(split) and split <= MAX_DH_SPLIT):
+        return f"{where}: DH_SPLIT must be an integer from 1 to {MAX_DH_SPLIT}, got {split!r}"
     if block_k is not None and not (_positive_int(block_k) and block_k >= 16 and block_k & (block_k - 1) == 0):
         return f"{where}: BLOCK_K must be a power of two >= 16 (tl.dot's minimum), got {block_k!r}"
     if warps is not None and not (type(warps) is int and warps in NUM_WARPS):
@@ -159,7 +164,7 @@ def validate(table, origin):
         dispatch[key] = entry["strategy"]
     for i, entry in enumerate(table["configs"]):
         where = f"configs[{i}]"
-        problem = _check_entry(entry, _CONFIG_KEYS, where) or _check_config(entry["config"], where)
+        problem = _check_entry(entry, _CONFIG_KEYS, where) or _check_config(entry["config"], entry["kernel"], where)
         if problem:
             fail(problem)
         key = tuple(entry[k] for k in _CONFIG_KEYS[:-1])

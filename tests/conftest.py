@@ -51,13 +51,19 @@ def strategy(request, monkeypatch):
     'persistent-streamed' streams it with K chunked. Under the interpreter a persistent grid
     has one program per batch block (a barrier over more would wait for a program that runs
     later); on a GPU the unit blocks are the smallest, so several programs meet at each
-    barrier."""
+    barrier. 'per-step' and 'persistent-streamed' split the backward's dh loop over K, in 2
+    and 3 slices (DH_SPLIT_OVERRIDE), on any device."""
     from fusedrnn.kernels import lstm as lstm_kernels
 
     name = request.param
     if name == "per-step":
         monkeypatch.setattr(lstm_kernels, "PER_STEP_BLOCK_H", 16)
         monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)
+    if name in ("per-step", "persistent-streamed"):
+        # The backward's dh loop over K = 4H split into K slices, partial sums over 32 units
+        # (wider than per-step's 16-unit dh blocks); unsplit it runs in one-launch.
+        monkeypatch.setattr(lstm_kernels, "DH_SPLIT_OVERRIDE", 2 if name == "per-step" else 3)
+        monkeypatch.setattr(lstm_kernels, "DH_SPLIT_BLOCK_P", 32)
     if name.startswith("persistent"):
         monkeypatch.setattr(lstm_kernels, "PERSISTENT_MAX_BLOCK_B", 16)
         monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)

@@ -21,12 +21,15 @@ H100_SMS = 132
 # chunked K, largest one launch, per step; with a projection in one launch and per step),
 # and the persistent kernel on 132 SMs with its smallest and largest tiles and a projection.
 # B = 1 (unbatched input) in every strategy: a launch passes a size equal to 1 as a constant.
+# The backward's split dh loop (DH_SPLIT > 1): persistent at B = 128, H = 1024 (and fp32 at
+# H = 1024), per step at H = 1024.
 SIZES = [
     (16, 1, None, "auto"), (16, 100, None, "auto"), (16, 128, None, "auto"), (16, 300, None, "auto"),
     (16, 100, 60, "auto"), (16, 300, 200, "auto"),
     (8, 256, None, "persistent"), (16, 1024, None, "persistent"), (128, 1024, None, "persistent"),
     (32, 300, 200, "persistent"),
     (1, 100, None, "auto"), (1, 300, 200, "auto"), (1, 256, None, "persistent"),
+    (8, 1024, None, "per-step"),  # the backward's dh K loop split: a partial-sums launch of its own
 ]  # fmt: skip
 
 COMPILE_ALL = r"""
@@ -63,7 +66,7 @@ for dtype in NAMES:
                 config = lstm.kernel_config(B, H, dtype, strategy, P=P, backward=backward)
                 config, options = lstm.split_launch_options(config)
                 options["launch_cooperative_grid"] = config["GRID_SYNC"]
-                phases = lstm.kernel_phases(P is not None, backward)
+                phases = lstm.kernel_phases(P is not None, backward, config.get("DH_SPLIT", 1))
                 for flags in phases if strategy == "per-step" else [lstm.all_phase_flags(phases)]:
                     for reverse, varlen in variants:
                         constexprs = dict(config, **flags, REVERSE=reverse, VARLEN=varlen)
@@ -92,5 +95,7 @@ def test_kernels_compile_for_sm90_within_shared_memory():
         held = [r["w_resident"] for r in results if r["kernel"] == kernel]
         assert any(held) and not all(held), kernel
     assert {r["kernel"] for r in results} == {"_lstm_fwd_kernel", "_lstm_bwd_kernel"}
+    split = [r for r in results if r["flags"].get("DO_DH_PARTIAL")]  # the split dh loop, per step and persistent
+    assert {r["strategy"] for r in split} == {"per-step", "persistent"}
     too_big = [r for r in results if r["shared"] > SM90_MAX_SHARED_BYTES]
     assert not too_big, too_big

@@ -291,6 +291,41 @@ def test_per_step_projection_tiles_of_their_own(tiles, monkeypatch):
     assert_all_close((actual, grads(ours)), (expected, grads(oracle)), rel=1e-5)
 
 
+@pytest.mark.parametrize("case", [(4, 17, 3, 20, None), (4, 5, 3, 20, 11)], ids=["B17-H20", "B5-H20-P11"])
+@pytest.mark.parametrize("split", [1, 2, 4])
+@pytest.mark.parametrize("how", ["per-step", "persistent"])
+def test_dh_split_over_k_matches_reference_and_repeats_bitwise(how, split, case, monkeypatch):
+    """The backward's dh_t = dG_{t+1} @ W_hh over K = 4H = 80 in chunks of 16, split in K
+    slices of whole chunks (kernels/lstm.py DH_SPLIT): unsplit, in two (48 + 32) and in four,
+    whose last slice is empty (32 + 32 + 16 + 0); partial sums over 16-unit items, reverse,
+    lengths, two batch blocks or a projection. The slices are added in a fixed order, so a
+    second run gives the same bits."""
+    from fusedrnn.kernels import lstm as lstm_kernels
+
+    for name, value in [("MAX_BLOCK_K", 16), ("PER_STEP_BLOCK_H", 16), ("PERSISTENT_MAX_BLOCK_B", 16),
+                        ("RESIDENT_WEIGHT_DTYPES", ()), ("DH_SPLIT_BLOCK_P", 16),
+                        ("DH_SPLIT_OVERRIDE", split)]:  # fmt: skip
+        monkeypatch.setattr(lstm_kernels, name, value)
+    T, B, _, H, P = case
+    oracle = extended_problem(*case, batch_first=False)
+    kwargs = dict(reverse=True, lengths=lengths_for(T, B))
+    expected = run_extended(oracle, "reference", **kwargs)
+    cotangents = random_cotangents(*expected)
+    backward_all(expected, cotangents)
+    runs = []
+    with lstm_kernels.launch_strategy(how):
+        config = lstm_kernels._plans(B, H, P, torch.float32, torch.device(DEVICE), lstm_kernels._lstm_bwd_kernel, True)
+        assert config[0][1]["DH_SPLIT"] == split
+        for _ in range(2):
+            ours = cast(oracle, dtype=torch.float32, device=DEVICE)
+            actual = run_extended(ours, "triton", **kwargs)
+            backward_all(actual, cotangents)
+            runs.append(by_name(actual, grads(ours)))
+    assert_all_close((actual, grads(ours)), (expected, grads(oracle)), rel=1e-5)
+    for name, first in runs[0].items():
+        assert torch.equal(first, runs[1][name]), name
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_half_precision_projection_reverse_lengths(dtype, strategy):
     """The three-way bound of test_half_precision_close_to_reference_in_same_dtype on the

@@ -76,3 +76,42 @@ def test_streamed_k_loops_are_double_buffered_where_they_fit(monkeypatch, B, H, 
     stage_bytes = (config["BLOCK_B"] + 4 * units) * config["BLOCK_K"] * dtype.itemsize
     aligned = H % 16 == 0
     assert config.get("W_RESIDENT") or (aligned and stages * stage_bytes <= K.MAX_PIPELINE_SHARED_BYTES) == (stages == 3)
+
+
+@pytest.mark.parametrize(
+    "B, H, dtype, strategy, split",
+    [
+        (8, 2048, torch.bfloat16, "per-step", 4),  # 128 chunks of 64; 32 items a slice, 4 x 32 <= 132 SMs
+        (32, 2048, torch.bfloat16, "per-step", 2),  # two batch blocks: 64 items a slice
+        (8, 1024, torch.bfloat16, "per-step", 2),  # 64 chunks: two slices of 32
+        (8, 512, torch.bfloat16, "per-step", 1),  # 32 chunks: too few to split
+        (512, 1024, torch.bfloat16, "per-step", 1),  # 8 x 16 items of one slice: two would not fit a wave
+        (8, 512, torch.float32, "per-step", 2),  # fp32 chunks of 32: 64 of them
+        (32, 2048, torch.bfloat16, "persistent", 4),  # 128 programs, 32 items a slice
+        (128, 1024, torch.bfloat16, "persistent", 2),  # 2 x 64 programs, 2 x 16 items a slice
+        (8, 1024, torch.bfloat16, "persistent", 1),  # W_hh held on chip: no K loop
+        (8, 100, torch.bfloat16, "one-launch", 1),
+    ],
+)  # fmt: skip
+def test_dh_loop_splits_where_it_is_long_and_the_sms_have_room(monkeypatch, B, H, dtype, strategy, split):
+    monkeypatch.setattr(K, "_resident_limits", lambda device, interpreted: (132, None))  # an H100
+    config = K.kernel_config(B, H, dtype, strategy, backward=True)
+    assert config["DH_SPLIT"] == split
+    if split > 1:  # every item of the partial sums has a program, every slice its chunks
+        items = K._cdiv(B, config["BLOCK_B"]) * K._cdiv(H, config["BLOCK_PS"]) * split
+        grid = K._grid(config, strategy, B, H, H, cell_units=True)
+        assert items <= (132 if strategy == "per-step" else grid[0] * grid[1])
+        assert K._cdiv(4 * H, config["BLOCK_K"]) >= split * K.DH_SPLIT_MIN_CHUNKS
+        assert config["BLOCK_B"] * config["BLOCK_PS"] <= K.MAX_ACCUMULATORS_PER_THREAD * 32 * config["num_warps"]
+    assert "DH_SPLIT" not in K.kernel_config(B, H, dtype, strategy)  # the forward has no dh
+
+
+def test_dh_split_phases_and_grid():
+    config = K.kernel_config(20, 40, torch.float32, "per-step", backward=True, interpreted=True)
+    assert config["DH_SPLIT"] == 1  # the interpreter does not split unless told to
+    phases = K.kernel_phases(True, backward=True, dh_split=3)
+    assert [flags["DO_DH_PARTIAL"] for flags in phases] == [True, False, False]
+    assert K.all_phase_flags(K.kernel_phases(False, backward=True, dh_split=3)) == dict(
+        DO_DH_PARTIAL=True, DO_DH=True, DO_CELL=True)  # fmt: skip
+    config = dict(config, DH_SPLIT=3, BLOCK_PS=32)
+    assert K._grid(config, "per-step", 20, 40, 40, cell_units=False, dh_partial=True) == (2, 2 * 3)

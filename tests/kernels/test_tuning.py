@@ -103,7 +103,10 @@ GOOD_CONFIG = config_entry("fwd", "per-step", "bfloat16", 32, 512, {"BLOCK_K": 3
         (dict(config={"num_stages": 0}), "num_stages must be an integer from 1 to 5"),
         (dict(config={"num_stages": 6}), "num_stages must be an integer from 1 to 5"),
         (dict(config={"num_stages": True}), "num_stages must be an integer from 1 to 5"),
-        (dict(config={"BLOCK_H": 32}), "config must set some of BLOCK_K, num_warps, num_stages"),
+        (dict(config={"BLOCK_H": 32}), "config must set some of BLOCK_K, num_warps, num_stages and"),
+        (dict(config={"DH_SPLIT": 2}), "config must set some of BLOCK_K, num_warps, num_stages and"),  # fwd
+        (dict(kernel="bwd", config={"DH_SPLIT": 9}), "DH_SPLIT must be an integer from 1 to 8"),
+        (dict(kernel="bwd", config={"DH_SPLIT": 0}), "DH_SPLIT must be an integer from 1 to 8"),
         (dict(config={}), "config must set some of"),
         (dict(strategy="auto"), "strategy must be one of"),
         (dict(kernel="both"), "kernel must be one of"),
@@ -155,6 +158,8 @@ def test_kernel_config_applies_the_tuned_overrides():
         config_entry("fwd", "per-step", "float32", 2, 32, override),
         config_entry("bwd", "per-step", "float32", 2, 32, {"BLOCK_K": 64}),  # wider than K: clamped
         config_entry("fwd", "persistent", "bfloat16", 2, 32, {"BLOCK_K": 16, "num_warps": 4}),
+        config_entry("bwd", "per-step", "float16", 2, 32, {"DH_SPLIT": 4}),
+        config_entry("bwd", "persistent", "bfloat16", 2, 32, {"DH_SPLIT": 4}),
     ]
     with tuning.use_table(table(configs=configs)):
         tuned = K.kernel_config(2, 32, torch.float32, "per-step", interpreted=True)
@@ -164,6 +169,10 @@ def test_kernel_config_applies_the_tuned_overrides():
         # held weights are one dot over the whole padded K: a tuned BLOCK_K is ignored there
         held = K.kernel_config(2, 32, torch.bfloat16, "persistent", interpreted=True)
         assert held["W_RESIDENT"] and (held["BLOCK_K"], held["num_warps"]) == (32, 4)
+        # a tuned split of the backward's dh loop applies, except where W is held (no K loop)
+        assert K.kernel_config(2, 32, torch.float16, "per-step", backward=True, interpreted=True)["DH_SPLIT"] == 4
+        held = K.kernel_config(2, 32, torch.bfloat16, "persistent", backward=True, interpreted=True)
+        assert held["W_RESIDENT"] and held["DH_SPLIT"] == 1
 
 
 def test_interpreted_launches_ignore_committed_tables(synthetic_gpu):
@@ -344,7 +353,8 @@ def test_tuner_check_tries_each_distinct_candidate():
     assert [(r["kernel"], r["strategy"]) for r in results] == [
         ("fwd", "per-step"), ("bwd", "per-step"), ("fwd", "persistent"), ("bwd", "persistent")]  # fmt: skip
     for result in results:
-        assert result["default"] == {"BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
+        split = {"DH_SPLIT": 1} if result["kernel"] == "bwd" else {}  # the backward's tuned options add its split
+        assert result["default"] == {"BLOCK_K": 32, "num_warps": 4, "num_stages": 3, **split}
         assert [t["status"] for t in result["trials"]] == ["ok", "same config as the default"]
         assert result["best"] is None  # nothing timed, nothing wins
     assert len(lines) == 4 and "1 candidates agree" in lines[0]
@@ -407,3 +417,11 @@ def test_tuner_check_command(tmp_path):
     assert len(statuses) == len(tune.CANDIDATES) and statuses.count("ok") == 15  # BLOCK_K 16/32 x 8, less the default
     with pytest.raises(SystemExit, match="writes no table"):
         tune.main(["--check", "-o", str(tmp_path / "table.json")])
+
+
+def test_tuner_tries_the_backward_dh_splits():
+    assert tune.BACKWARD_CANDIDATES[-4:] == [{"DH_SPLIT": split} for split in (1, 2, 4, 8)]
+    (result,) = tune.tune([(2, 32, None)], [torch.float32], ["per-step"], ["bwd"], T=3, timing=False,
+                          candidates=[{"DH_SPLIT": split} for split in (1, 2, 4)], say=lambda line: None)  # fmt: skip
+    # K = 4H = 128 in chunks of 32: split 4 ways, a chunk a slice; each agrees with the unsplit default
+    assert [t["status"] for t in result["trials"]] == ["same config as the default", "ok", "ok"]
