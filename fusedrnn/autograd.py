@@ -26,6 +26,7 @@ from torch import Tensor
 
 from fusedrnn._double_backward import tie_to_double_backward_error
 from fusedrnn.kernels import lstm as lstm_kernels
+from fusedrnn.kernels.reference import valid_steps
 
 
 
@@ -200,6 +201,11 @@ def _backward(ctx, d_out, d_hn, d_cn):
     if need[2]:
         dc0 = d_c0.to(c0.dtype)
     if need[3]:
+        # dG is zero past each row's length, but 0 * NaN is NaN: the padding (whatever it
+        # holds) must not meet it. A masked copy of x, only with lengths.
+        if lengths is not None:
+            valid = valid_steps(T, lengths, x.device)
+            x = x.masked_fill(~(valid.t() if ctx.batch_first else valid)[..., None], 0)
         dw_ih = _flat(d_gates_x).t() @ _flat(x)
     if need[4]:
         dw_hh = _weight_hh_grad(d_gates_x, d_gates_first, out_x, h0, ctx)

@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from fusedrnn._double_backward import tie_to_double_backward_error
-from fusedrnn.functional import BACKENDS, KERNEL_DTYPES, _check_kernels_can_run, autocast_enabled, check_params_like
+from fusedrnn.functional import (
+    BACKENDS,
+    KERNEL_DTYPES,
+    _check_kernels_can_run,
+    autocast_enabled,
+    check_params_like,
+    uses_torch_cpu,
+)
 from fusedrnn.kernels.reference import lstm_cell_reference
 
 # ----------------------------------------------------------------------------------------
@@ -186,6 +193,8 @@ def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, ba
         input, h, weight_ih, weight_hh, bias_ih, bias_hh = (
             t.to(out_dtype) if t is not None else None for t in (input, h, weight_ih, weight_hh, bias_ih, bias_hh)
         )
+    if uses_torch_cpu(input.device, backend):  # torch's own cell, what torch.nn.LSTMCell runs
+        return torch._VF.lstm_cell(input, (h, c.to(out_dtype)), weight_ih, weight_hh, bias_ih, bias_hh)
     return lstm_cell_reference(input, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
 
 

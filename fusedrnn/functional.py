@@ -1,6 +1,7 @@
 """Functional API: ``fusedrnn.functional.lstm``."""
 
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fusedrnn.kernels.reference import lstm_reference
 
@@ -38,9 +39,10 @@ def lstm(
             ``None``. Row ``b`` stops after its own ``lengths[b]`` steps (reverse: starts at
             its step ``lengths[b] - 1``): its ``h_n, c_n`` are its own last step's, its
             output is zero past its length, and the kernels do no work that leaks there.
-        backend: ``"auto"`` (Triton kernels for CUDA tensors of float32/float16/bfloat16, the
-            reference otherwise), ``"triton"`` (always the kernels; CPU tensors only under
-            ``TRITON_INTERPRET=1``) or ``"reference"`` (plain PyTorch ops).
+        backend: ``"auto"`` (Triton kernels for CUDA tensors of float32/float16/bfloat16;
+            on CPU torch's own LSTM, see :func:`uses_torch_cpu`; the reference otherwise),
+            ``"triton"`` (always the kernels; CPU tensors only under ``TRITON_INTERPRET=1``)
+            or ``"reference"`` (plain PyTorch ops).
 
     Returns:
         ``output, (h_n, c_n)``: output ``(T, B, P)`` (``(B, T, P)`` if ``batch_first``),
@@ -70,6 +72,14 @@ def lstm(
             input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, batch_first, reverse
         )
         return output, (h_n, c_n)
+    if uses_torch_cpu(input.device, backend) and not (reverse and lengths is not None):
+        weights = [w for w in (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) if w is not None]
+        state = (h0[None], c0[None]) if h0 is not None else None
+        time_dim = 1 if batch_first else 0
+        if reverse:  # the second direction of a bidirectional layer: the sequence flipped
+            input = input.flip(time_dim)
+        output, (h_n, c_n) = torch_cpu_lstm_layers(input, state, weights, batch_first=batch_first, lengths=lengths)
+        return (output.flip(time_dim) if reverse else output), (h_n[0], c_n[0])
 
     x = input.transpose(0, 1) if batch_first else input
     output, (h_n, c_n) = lstm_reference(
@@ -116,6 +126,17 @@ def lstm_layers(
         # Checked and moved to the device once for all layers and directions, not per call.
         T, B = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
         lengths = check_lengths(lengths, T, B, input.device)
+    if uses_torch_cpu(input.device, backend) and input.dim() == 3:
+        # The first layer's arguments checked as the reference path checks them (torch's own
+        # checks would catch the rest, with torch's messages).
+        h0, c0 = (hx[0][0], hx[1][0]) if hx is not None else (None, None)
+        w = weights[:per_layer]
+        _check_args(input, h0, c0, w[0], w[1], *(w[2:4] if has_bias else (None, None)),
+                    w[-1] if per_layer in (3, 5) else None, batch_first, backend)  # fmt: skip
+        return torch_cpu_lstm_layers(
+            input, hx, weights, num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
+            training=training, batch_first=batch_first, lengths=lengths,
+        )  # fmt: skip
     h_n, c_n = [], []
     layer_input = input
     for layer in range(num_layers):
@@ -138,6 +159,72 @@ def lstm_layers(
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = _dropout_time_major(layer_input, dropout, batch_first)
     return layer_input, (torch.stack(h_n), torch.stack(c_n))
+
+
+def uses_torch_cpu(device, backend):
+    """Whether ``backend`` runs torch's own CPU LSTM on ``device``: ``"auto"`` on CPU, outside
+    torch.compile. That is aten's ``lstm``, what ``torch.nn.LSTM`` runs (oneDNN's fused RNN
+    where it applies), a few times faster than the step-by-step reference there and twice
+    differentiable too; the reference, as fast as a Python loop can be, stays the tests'
+    oracle (``backend="reference"``). Under torch.compile the reference runs instead:
+    Dynamo refuses aten's RNN ops unless ``torch._dynamo.config.allow_rnn`` is set."""
+    return backend == "auto" and device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def torch_cpu_lstm_layers(input, hx, weights, *, num_layers=1, bidirectional=False, dropout=0.0, training=False,
+                          batch_first=False, lengths=None):  # fmt: skip
+    """:func:`lstm_layers` by torch's own LSTM (``torch._VF.lstm``, the call of
+    ``torch.nn.LSTM.forward``), so its numerics and its dropout masks under one seed are
+    torch's. ``lengths``: the batch packed (``pack_padded_sequence``), run, and padded again
+    with zeros: the padding takes no part, so nothing in it (NaN included) reaches an output
+    or a gradient, and ``h_n, c_n`` are each row's own last step's, as the kernels give."""
+    if autocast_enabled(input.device.type):
+        return _without_autocast(
+            torch_cpu_lstm_layers, input, hx, weights, num_layers=num_layers, bidirectional=bidirectional,
+            dropout=dropout, training=training, batch_first=batch_first, lengths=lengths,
+        )  # fmt: skip
+    states = num_layers * (2 if bidirectional else 1)
+    has_bias = len(weights) // states in (4, 5)
+    if hx is None:  # aten tells a projection by h's width: zeros of the right widths
+        H, P = weights[1].shape[0] // 4, weights[1].shape[1]
+        B = input.shape[0 if batch_first else 1]
+        hx = (input.new_zeros(states, B, P), input.new_zeros(states, B, H))
+    if lengths is None:
+        output, h_n, c_n = torch._VF.lstm(input, hx, weights, has_bias, num_layers, dropout, training, bidirectional,
+                                          batch_first)  # fmt: skip
+        return output, (h_n, c_n)
+    T = input.shape[1 if batch_first else 0]
+    packed = pack_padded_sequence(input, lengths.cpu(), batch_first=batch_first, enforce_sorted=False)
+    output, (h_n, c_n) = torch_cpu_lstm_packed(packed, hx, weights, num_layers=num_layers, bidirectional=bidirectional,
+                                               dropout=dropout, training=training)  # fmt: skip
+    output, _ = pad_packed_sequence(output, batch_first=batch_first, total_length=T)
+    return output, (h_n, c_n)
+
+
+def torch_cpu_lstm_packed(packed, hx, weights, *, num_layers=1, bidirectional=False, dropout=0.0, training=False):
+    """A PackedSequence through torch's own LSTM, as ``torch.nn.LSTM`` runs one: ``hx`` (in
+    the batch's original order, not None) permuted into the packed order and ``h_n, c_n``
+    permuted back."""
+    data, batch_sizes, sorted_indices, unsorted_indices = packed
+    if autocast_enabled(data.device.type):  # as _without_autocast, for a PackedSequence
+        dtype = torch.get_autocast_dtype(data.device.type)
+
+        def cast(t):
+            return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+
+        with torch.autocast(data.device.type, enabled=False):
+            return torch_cpu_lstm_packed(
+                packed._replace(data=cast(data)), tuple(map(cast, hx)), [cast(w) for w in weights],
+                num_layers=num_layers, bidirectional=bidirectional, dropout=dropout, training=training,
+            )  # fmt: skip
+    if sorted_indices is not None:
+        hx = (hx[0].index_select(1, sorted_indices), hx[1].index_select(1, sorted_indices))
+    has_bias = len(weights) // (num_layers * (2 if bidirectional else 1)) in (4, 5)
+    output, h_n, c_n = torch._VF.lstm(data, batch_sizes, hx, weights, has_bias, num_layers, dropout, training,
+                                      bidirectional)  # fmt: skip
+    if unsorted_indices is not None:
+        h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+    return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
 
 
 def _dropout_time_major(layer_output, p, batch_first):

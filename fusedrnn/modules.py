@@ -113,9 +113,21 @@ class LSTM(nn.RNNBase):
             _refuse_one_tensor(hx)
         else:
             self.check_input(data, batch_sizes)
-        padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-        output, (h_n, c_n) = self._layers(padded, hx, lengths, batch_first=False)
-        output = pack_padded_sequence(output, lengths).data
+        if F.uses_torch_cpu(data.device, self.backend):  # torch's own LSTM takes the packed data as it is
+            if hx is None:
+                states = self.num_layers * (2 if self.bidirectional else 1)
+                B = int(batch_sizes[0])
+                hx = (data.new_zeros(states, B, self.proj_size or self.hidden_size),
+                      data.new_zeros(states, B, self.hidden_size))  # fmt: skip
+            output, (h_n, c_n) = F.torch_cpu_lstm_packed(
+                PackedSequence(data, batch_sizes), hx, self._flat_weights, num_layers=self.num_layers,
+                bidirectional=self.bidirectional, dropout=self.dropout, training=self.training,
+            )  # fmt: skip
+            output = output.data
+        else:
+            padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            output, (h_n, c_n) = self._layers(padded, hx, lengths, batch_first=False)
+            output = pack_padded_sequence(output, lengths).data
         return (
             PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
             self.permute_hidden((h_n, c_n), unsorted_indices),

@@ -69,6 +69,11 @@ from dataclasses import dataclass, field
 import torch
 
 
+def valid_steps(T, lengths, device):
+    """(T, B) bool: whether step t of row b lies within its length (t < lengths[b])."""
+    return torch.arange(T, device=device)[:, None] < lengths.to(device)[None, :]
+
+
 def lstm_cell_update(gates, c):
     """The cell update from the pre-activation gates (B, 4H), order (i, f, g, o), and c (B, H).
     Returns ``(o * tanh(c_new), c_new)``: the unprojected hidden state and the new cell."""
@@ -104,9 +109,16 @@ def lstm_reference(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, re
     H = w_hh.shape[0] // 4
     P = w_hh.shape[1]
     acc_dtype = torch.promote_types(x.dtype, torch.float32)
+    if lengths is not None:
+        # The padding takes no part: zeros in its place, so that whatever it holds (NaN, inf)
+        # meets no weight in the input projection, whose gradient would be 0 * NaN there.
+        x = x.masked_fill(~valid_steps(T, lengths, x.device)[..., None], 0)
     gx = x @ w_ih.t()
     if b_ih is not None:
         gx = gx + (b_ih + b_hh)
+    # One tensor per step, by one unbind: indexing gx[t] at every step would give each step's
+    # backward a (T, B, 4H) buffer of zeros to scatter into, a backward quadratic in T.
+    gx = gx.unbind(0)
     h = h0 if h0 is not None else x.new_zeros(B, P)
     c = c0.to(acc_dtype) if c0 is not None else x.new_zeros(B, H, dtype=acc_dtype)
     w_hh_t = w_hh.to(acc_dtype).t()

@@ -174,7 +174,7 @@ def test_layers_with_a_projection_are_cases_of_their_own_outside_the_targets(tmp
 
     monkeypatch.setattr(report, "write_plot", lambda series, path: None)  # test_plot draws
     md, readme = tmp_path / "REPORT.md", readme_with_markers(tmp_path / "README.md")
-    out = ["--out-md", str(md), "--out-png", str(tmp_path / "speedup.png"), "--readme", str(readme)]
+    out = ["--out-md", str(md), "--out-png", str(tmp_path / "speedup.png"), "--readme", str(readme), "--cpu-results"]
     assert report.main(["render", str(path), *out]) == 0
     assert "| 512 | 1024 P=256 | 1024 | 10.000 | 50.000 | persistent | 0.20x |" in md.read_text()
     assert "| training | bfloat16 | 512 | 1024 P=256 | - | - | - | - | 0.20x |" in readme.read_text()
@@ -280,7 +280,8 @@ def test_merge_round_trips(tmp_path, split_results):
 
 def readme_with_markers(path):
     section = f"{report.BEGIN}\nhand-typed\n{report.END}"
-    path.write_text(f"# x\n\n## Performance\n\n{section}\n\n## After\n")
+    cpu_section = f"{report.CPU_BEGIN}\nhand-typed too\n{report.CPU_END}"
+    path.write_text(f"# x\n\n## Performance\n\n{section}\n\n### CPU\n\n{cpu_section}\n\n## After\n")
     return path
 
 
@@ -288,11 +289,11 @@ def test_render_then_check(tmp_path, split_results, monkeypatch):
     plots = []
     monkeypatch.setattr(report, "write_plot", lambda series, path: plots.append(path))  # test_plot
     readme = readme_with_markers(tmp_path / "README.md")
-    out = ["--out-md", str(tmp_path / "REPORT.md"), "--out-png", str(tmp_path / "speedup.png")]
+    out = ["--out-md", str(tmp_path / "REPORT.md"), "--out-png", str(tmp_path / "speedup.png"), "--cpu-results"]
     files = list(map(str, split_results))
     assert report.main(["render", *files, *out, "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert "hand-typed" not in text and text.endswith(f"{report.END}\n\n## After\n")
+    assert "hand-typed" not in text and text.endswith(f"{report.CPU_END}\n\n## After\n")
     assert "| Training speedup vs cuDNN | >= 1.30x geometric mean | 1.00x |" in text
     assert "[REPORT.md](REPORT.md)" in text
     md = (tmp_path / "REPORT.md").read_text()
@@ -320,7 +321,7 @@ def test_no_results_section(tmp_path):
     readme = readme_with_markers(tmp_path / "README.md")
     untimed = [info("cudnn", "training", "float32", 1, 256, None, "r")]
     empty = write_results(tmp_path / "cpu.json", untimed)
-    out = ["--out-md", str(tmp_path / "REPORT.md"), "--out-png", str(tmp_path / "speedup.png")]
+    out = ["--out-md", str(tmp_path / "REPORT.md"), "--out-png", str(tmp_path / "speedup.png"), "--cpu-results"]
     assert report.main(["render", str(empty), *out, "--readme", str(readme)]) == 0
     assert "No GPU results are committed yet." in readme.read_text()
     assert not (tmp_path / "REPORT.md").exists() and not (tmp_path / "speedup.png").exists()

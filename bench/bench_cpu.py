@@ -1,0 +1,177 @@
+"""CPU throughput: fusedrnn.LSTM on CPU (``backend="auto"``: torch's own CPU LSTM) and the
+reference loop against torch.nn.LSTM, same weights, one machine, one run.
+
+Running (pytest-benchmark; the options are defined in bench/conftest.py)
+-----------------------------------------------------------------------
+    python -m pytest bench/bench_cpu.py                 # CI: the "ci" grid once, untimed
+    python -m pytest bench/bench_cpu.py --benchmark-enable --cpu-grid=measured \\
+        --benchmark-json=bench/results/cpu/<cpu model>-<date>.json
+
+``--cpu-threads N`` (default 1, as the issue measured) sets ``torch.set_num_threads`` for the
+run; rows record it with the CPU's model and core count.
+
+Grids (I = H, time-major, inference under ``no_grad`` and training = forward + backward into
+the input and every parameter, as bench_lstm.py's modes):
+- full: issue 19's, B in {1, 8, 32, 128} x H in {64, 256, 512, 1024} x T in {16, 128, 1024},
+  float32, bfloat16 and float64, one layer; plus the layer kinds below. At one thread its
+  largest training call (T = 1024, B = 128, H = 1024: about 3 TFLOP) takes about a minute:
+  hours in all on a 2-core machine.
+- measured (what bench/results/cpu/ holds): B in {1, 8, 32, 128} x H in {64, 256, 512} x
+  T in {16, 128}, T = 1024 at B in {1, 8} x H in {64, 256} (time linear in T), the three
+  dtypes, and the layer kinds.
+- ci: T = 4, B = 2, H = 8, float32, every kind and provider, untimed.
+Layer kinds, at (T, B, H) in {(128, 8, 256), (128, 32, 512)}: "stacked-bidirectional"
+(2 layers, both directions), "projection" (proj_size = H / 4), "packed" (a PackedSequence of
+unsorted random lengths), "lengths" (fusedrnn's ``lengths=``; torch: pack -> LSTM -> pad,
+what a torch user writes for the same result).
+
+Providers: "torch" (torch.nn.LSTM), "fusedrnn-auto" (fusedrnn.LSTM, default backend),
+"reference-eager" (fusedrnn.LSTM(backend="reference"), the tests' oracle: a Python loop over
+T, so only where T * B * H^2 <= REFERENCE_MAX_WORK and float32/float64).
+
+Timer: ``time.perf_counter`` around each call (pytest-benchmark's pedantic rounds): one
+warm-up call, then enough rounds for ROUND_BUDGET_S (at least 3, at most 30); ``time_ms`` is
+the median. Providers of a case run one after another, so a ratio compares calls made
+minutes apart at most. Memory is not measured: the CPU path is torch's op, so its peak is
+torch's; the reference's backward is linear in T (tests/test_cpu_path.py checks its graph).
+"""
+
+import os
+import platform
+import time
+from datetime import datetime, timezone
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import fusedrnn
+from fusedrnn.kernels.tuning import dtype_name
+
+PROVIDERS = ["torch", "fusedrnn-auto", "reference-eager"]
+MODES = ["inference", "training"]
+DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+KINDS = ["layer", "stacked-bidirectional", "projection", "packed", "lengths"]
+KIND_SHAPES = [(128, 8, 256), (128, 32, 512)]  # (T, B, H) of the kinds other than "layer"
+REFERENCE_MAX_WORK = 128 * 32 * 256**2  # T * B * H^2: the loop's slowest cases take seconds
+ROUND_BUDGET_S, MIN_ROUNDS, MAX_ROUNDS = 1.0, 3, 30
+
+
+def _layer_shapes(grid):
+    if grid == "full":
+        return [(T, B, H) for T in (16, 128, 1024) for B in (1, 8, 32, 128) for H in (64, 256, 512, 1024)]
+    if grid == "measured":
+        shapes = [(T, B, H) for T in (16, 128) for B in (1, 8, 32, 128) for H in (64, 256, 512)]
+        return shapes + [(1024, B, H) for B in (1, 8) for H in (64, 256)]
+    return [(4, 2, 8)]
+
+
+def cases(grid):
+    """(mode, dtype, kind, T, B, H, provider), providers innermost."""
+    dtypes = DTYPES if grid != "ci" else (torch.float32,)
+    shapes = [("layer", *shape) for shape in _layer_shapes(grid)]
+    shapes += [(kind, *shape) for kind in KINDS[1:] for shape in (KIND_SHAPES if grid != "ci" else [(4, 2, 8)])]
+    for mode in MODES:
+        for dtype in dtypes:
+            for kind, T, B, H in shapes:
+                for provider in PROVIDERS:
+                    slow = T * B * H * H > REFERENCE_MAX_WORK or dtype == torch.bfloat16
+                    if provider == "reference-eager" and slow and grid != "ci":
+                        continue
+                    name = f"{mode}-{dtype_name(dtype)}-{kind}-T{T}-B{B}-H{H}-{provider}"
+                    yield pytest.param(mode, dtype, kind, T, B, H, provider, id=name)
+
+
+def pytest_generate_tests(metafunc):
+    if "provider" in metafunc.fixturenames:
+        metafunc.parametrize("mode,dtype,kind,T,B,H,provider", list(cases(metafunc.config.getoption("cpu_grid"))))
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+RUN_START = datetime.now(timezone.utc)
+ENVIRONMENT = dict(
+    cpu=cpu_model(), cpu_count=os.cpu_count(), torch=torch.__version__, fusedrnn=fusedrnn.__version__,
+    python=platform.python_version(), date=RUN_START.isoformat(timespec="seconds"),
+    run_id=RUN_START.strftime("%Y%m%dT%H%M%SZ"), timer="perf_counter",
+)  # fmt: skip
+
+
+def build(provider, kind, H, dtype):
+    torch.manual_seed(0)
+    layer = dict(dtype=dtype, proj_size=H // 4 if kind == "projection" else 0)
+    if kind == "stacked-bidirectional":
+        layer.update(num_layers=2, bidirectional=True)
+    if provider == "torch":
+        return torch.nn.LSTM(H, H, **layer)
+    return fusedrnn.LSTM(H, H, backend="auto" if provider == "fusedrnn-auto" else "reference", **layer)
+
+
+def make_forward(module, provider, kind, T, B):
+    """forward(x) -> the output tensor, for the kind's input: padded, packed, or with lengths."""
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(1))
+    lengths[0] = T
+    if kind == "packed":
+        return lambda x: module(pack_padded_sequence(x, lengths, enforce_sorted=False))[0].data
+    if kind == "lengths" and provider == "torch":
+        return lambda x: pad_packed_sequence(module(pack_padded_sequence(x, lengths, enforce_sorted=False))[0],
+                                             total_length=T)[0]  # fmt: skip
+    if kind == "lengths":
+        return lambda x: module(x, lengths=lengths)[0]
+    return lambda x: module(x)[0]
+
+
+def make_call(mode, forward, x, parameters):
+    if mode == "inference":
+
+        def call():
+            with torch.no_grad():
+                forward(x)
+
+        return call
+    inputs = [x, *parameters]
+    dy = None
+
+    def call():
+        nonlocal dy
+        y = forward(x)
+        if dy is None:
+            dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(y.dtype)
+        torch.autograd.grad(y, inputs, dy)
+
+    return call
+
+
+@pytest.fixture(autouse=True)
+def threads(request):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(request.config.getoption("cpu_threads"))
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_cpu_lstm(benchmark, mode, dtype, kind, T, B, H, provider):
+    module = build(provider, kind, H, dtype)
+    x = torch.randn(T, B, H, dtype=dtype, requires_grad=mode == "training")
+    call = make_call(mode, make_forward(module, provider, kind, T, B), x, list(module.parameters()))
+    start = time.perf_counter()
+    call()  # warm-up
+    rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(ROUND_BUDGET_S / max(time.perf_counter() - start, 1e-6))))
+    benchmark.pedantic(call, rounds=1 if benchmark.disabled else rounds, iterations=1)
+    time_ms = None if benchmark.disabled else benchmark.stats.stats.median * 1e3
+    benchmark.extra_info.update(
+        provider=provider, mode=mode, kind=kind, T=T, B=B, I=H, H=H, P=module.proj_size or None,
+        layers=module.num_layers, bidirectional=module.bidirectional, dtype=dtype_name(dtype),
+        threads=torch.get_num_threads(), **ENVIRONMENT, time_ms=time_ms,
+        us_per_step=time_ms * 1e3 / T if time_ms is not None else None,
+        tokens_per_s=T * B / (time_ms / 1e3) if time_ms is not None else None,
+    )  # fmt: skip
