@@ -23,7 +23,9 @@ the input and every parameter, as bench_lstm.py's modes):
 Layer kinds, at (T, B, H) in {(128, 8, 256), (128, 32, 512)}: "stacked-bidirectional"
 (2 layers, both directions), "projection" (proj_size = H / 4), "packed" (a PackedSequence of
 unsorted random lengths), "lengths" (fusedrnn's ``lengths=``; torch: pack -> LSTM -> pad,
-what a torch user writes for the same result).
+what a torch user writes for the same result), and "cell" (torch.nn.LSTMCell against
+fusedrnn.LSTMCell, stepped T times from Python, at (T, B, H) in CELL_SHAPES: the per-call
+overhead shows there).
 
 Providers: "torch" (torch.nn.LSTM), "fusedrnn-auto" (fusedrnn.LSTM, default backend),
 "reference-eager" (fusedrnn.LSTM(backend="reference"), the tests' oracle: a Python loop over
@@ -51,8 +53,9 @@ from fusedrnn.kernels.tuning import dtype_name
 PROVIDERS = ["torch", "fusedrnn-auto", "reference-eager"]
 MODES = ["inference", "training"]
 DTYPES = (torch.float32, torch.bfloat16, torch.float64)
-KINDS = ["layer", "stacked-bidirectional", "projection", "packed", "lengths"]
-KIND_SHAPES = [(128, 8, 256), (128, 32, 512)]  # (T, B, H) of the kinds other than "layer"
+KINDS = ["layer", "stacked-bidirectional", "projection", "packed", "lengths", "cell"]
+KIND_SHAPES = [(128, 8, 256), (128, 32, 512)]  # (T, B, H) of the LSTM kinds other than "layer"
+CELL_SHAPES = [(16, 1, 64), (16, 8, 256), (16, 32, 512)]  # the cell stepped T times from Python
 REFERENCE_MAX_WORK = 128 * 32 * 256**2  # T * B * H^2: the loop's slowest cases take seconds
 ROUND_BUDGET_S, MIN_ROUNDS, MAX_ROUNDS = 1.0, 3, 30
 
@@ -70,7 +73,8 @@ def cases(grid):
     """(mode, dtype, kind, T, B, H, provider), providers innermost."""
     dtypes = DTYPES if grid != "ci" else (torch.float32,)
     shapes = [("layer", *shape) for shape in _layer_shapes(grid)]
-    shapes += [(kind, *shape) for kind in KINDS[1:] for shape in (KIND_SHAPES if grid != "ci" else [(4, 2, 8)])]
+    shapes += [(kind, *shape) for kind in KINDS[1:-1] for shape in (KIND_SHAPES if grid != "ci" else [(4, 2, 8)])]
+    shapes += [("cell", *shape) for shape in (CELL_SHAPES if grid != "ci" else [(4, 2, 8)])]
     for mode in MODES:
         for dtype in dtypes:
             for kind, T, B, H in shapes:
@@ -108,6 +112,10 @@ ENVIRONMENT = dict(
 
 def build(provider, kind, H, dtype):
     torch.manual_seed(0)
+    if kind == "cell":
+        if provider == "torch":
+            return torch.nn.LSTMCell(H, H, dtype=dtype)
+        return fusedrnn.LSTMCell(H, H, dtype=dtype, backend="auto" if provider == "fusedrnn-auto" else "reference")
     layer = dict(dtype=dtype, proj_size=H // 4 if kind == "projection" else 0)
     if kind == "stacked-bidirectional":
         layer.update(num_layers=2, bidirectional=True)
@@ -118,6 +126,16 @@ def build(provider, kind, H, dtype):
 
 def make_forward(module, provider, kind, T, B):
     """forward(x) -> the output tensor, for the kind's input: padded, packed, or with lengths."""
+    if kind == "cell":
+
+        def steps(x):
+            state, outputs = None, []
+            for x_t in x.unbind(0):
+                state = module(x_t, state)
+                outputs.append(state[0])
+            return torch.stack(outputs)
+
+        return steps
     lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(1))
     lengths[0] = T
     if kind == "packed":
@@ -168,9 +186,11 @@ def test_cpu_lstm(benchmark, mode, dtype, kind, T, B, H, provider):
     rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(ROUND_BUDGET_S / max(time.perf_counter() - start, 1e-6))))
     benchmark.pedantic(call, rounds=1 if benchmark.disabled else rounds, iterations=1)
     time_ms = None if benchmark.disabled else benchmark.stats.stats.median * 1e3
+    cell = kind == "cell"
     benchmark.extra_info.update(
-        provider=provider, mode=mode, kind=kind, T=T, B=B, I=H, H=H, P=module.proj_size or None,
-        layers=module.num_layers, bidirectional=module.bidirectional, dtype=dtype_name(dtype),
+        provider=provider, mode=mode, kind=kind, T=T, B=B, I=H, H=H, P=None if cell else module.proj_size or None,
+        layers=1 if cell else module.num_layers, bidirectional=False if cell else module.bidirectional,
+        dtype=dtype_name(dtype),
         threads=torch.get_num_threads(), **ENVIRONMENT, time_ms=time_ms,
         us_per_step=time_ms * 1e3 / T if time_ms is not None else None,
         tokens_per_s=T * B / (time_ms / 1e3) if time_ms is not None else None,

@@ -625,7 +625,7 @@ def cmd_dispatch(args):
 # bench/bench_cpu.py's results (bench/results/cpu/*.json, named by CPU model and date) into
 # bench/results/CPU-REPORT.md, cpu-speedup.png and the README's section between the
 # cpu-performance markers. A run is one pytest process (run_id); ratios only within a run;
-# per (CPU, threads) the latest run counts. Speedup = torch.nn.LSTM time / fusedrnn.LSTM
+# per (CPU, threads) and case the latest run that measured it counts. Speedup = torch.nn.LSTM time / fusedrnn.LSTM
 # (auto) time. Targets (issue 19): the geometric mean of the speedup over every case of the
 # run >= 1.0 and its worst case >= 0.9; time linear in T: per (mode, dtype, B, H) of a one-layer
 # case measured at T = 128 and 1024, time per step at 1024 / at 128 <= 1.25, for fusedrnn-auto
@@ -638,7 +638,7 @@ CPU_BEGIN, CPU_END = "<!-- cpu-performance:begin -->", "<!-- cpu-performance:end
 TORCH, REFERENCE = "torch", "reference-eager"  # and AUTO
 CPU_PROVIDERS = (TORCH, AUTO, REFERENCE)
 CPU_DTYPES = ("float32", "bfloat16", "float64")
-CPU_KINDS = ("layer", "stacked-bidirectional", "projection", "packed", "lengths")
+CPU_KINDS = ("layer", "stacked-bidirectional", "projection", "packed", "lengths", "cell")
 CPU_REQUIRED_KEYS = (
     "provider", "mode", "kind", "T", "B", "I", "H", "P", "layers", "bidirectional", "dtype", "threads", "cpu",
     "cpu_count", "torch", "fusedrnn", "python", "date", "run_id", "timer", "time_ms", "us_per_step",
@@ -667,8 +667,9 @@ class Machine(NamedTuple):
 
 
 def load_cpu(paths):
-    """{Machine: {CpuCase: {provider: info}}} of the latest run per machine."""
-    runs = defaultdict(lambda: defaultdict(dict))  # (machine, run_id) -> case -> provider -> info
+    """{Machine: {CpuCase: {provider: info}}}: per case the latest run that measured it, so a
+    later run of a few cases adds to an earlier one without mixing runs within a case."""
+    runs = defaultdict(dict)  # (machine, case, run_id) -> provider -> info
     dates = {}
     for path in paths:
         for bench in json.loads(Path(path).read_text())["benchmarks"]:
@@ -681,15 +682,17 @@ def load_cpu(paths):
             if info["time_ms"] is None:
                 continue
             info = dict(info, source=display_path(path))
-            key = (Machine(info["cpu"], info["threads"]), info["run_id"])
-            case = CpuCase(*(info[name] for name in CpuCase._fields))
-            if runs[key][case].setdefault(info["provider"], info) != info:
-                raise ValueError(f"run {info['run_id']} has two {info['provider']} rows for {case}")
-            dates[key] = max(dates.get(key, ""), info["date"])
+            key = (Machine(info["cpu"], info["threads"]), CpuCase(*(info[name] for name in CpuCase._fields)), info["run_id"])
+            if runs[key].setdefault(info["provider"], info) != info:
+                raise ValueError(f"run {info['run_id']} has two {info['provider']} rows for {key[1]}")
+            dates[info["run_id"]] = max(dates.get(info["run_id"], ""), info["date"])
     latest = {}
-    for machine, run_id in sorted(runs, key=lambda key: (dates[key], key[1])):
-        latest[machine] = runs[machine, run_id]
-    return {machine: dict(sorted(cases.items(), key=lambda item: cpu_order(item[0]))) for machine, cases in latest.items()}
+    for machine, case, run_id in sorted(runs, key=lambda key: (dates[key[2]], key[2])):
+        latest[machine, case] = runs[machine, case, run_id]
+    selected = defaultdict(dict)
+    for machine, case in sorted(latest, key=lambda key: (key[0], cpu_order(key[1]))):
+        selected[machine][case] = latest[machine, case]
+    return dict(selected)
 
 
 def cpu_order(case):

@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from fusedrnn import charlm, check, trace
+from fusedrnn._usage import UsageError
 
 COMMANDS = {
     "charlm": (charlm, "train a character-level language model on fusedrnn.LSTM"),
@@ -12,20 +13,25 @@ COMMANDS = {
 }
 
 
+def plain(docstring):
+    """A module docstring as --help shows it: without reStructuredText's literal markup."""
+    return docstring.replace("``", "")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fusedrnn")
     commands = parser.add_subparsers(dest="command", required=True)
+    parsers = {}
     for name, (module, summary) in COMMANDS.items():
-        module.add_arguments(
-            commands.add_parser(
-                name,
-                help=summary,
-                description=module.__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter,
-            )
+        parsers[name] = commands.add_parser(
+            name, help=summary, description=plain(module.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
         )
+        module.add_arguments(parsers[name])
     args = parser.parse_args(argv)
-    return COMMANDS[args.command][0].main(args)
+    try:
+        return COMMANDS[args.command][0].main(args)
+    except UsageError as error:
+        parsers[args.command].error(str(error))  # usage, the message, exit status 2
 
 
 if __name__ == "__main__":

@@ -150,8 +150,8 @@ def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, ba
             floating dtype than the rest: the outputs then take ``promote(input, c)``, as in torch.
         weight_ih: ``(4H, I)``. weight_hh: ``(4H, H)``.
         bias_ih, bias_hh: ``(4H,)`` each, or both ``None``.
-        backend: ``"auto"`` (the Triton kernel for CUDA tensors of float32/float16/bfloat16,
-            the reference otherwise), ``"triton"`` (always the kernel; CPU tensors only under
+        backend: ``"auto"`` (the Triton kernel for CUDA tensors of float32/float16/bfloat16;
+            on CPU torch's own cell op; the reference otherwise), ``"triton"`` (always the kernel; CPU tensors only under
             ``TRITON_INTERPRET=1``) or ``"reference"`` (plain PyTorch ops).
 
     Returns:
@@ -239,9 +239,6 @@ def _check_args(input, h, c, w_ih, w_hh, b_ih, b_hh):
     B = input.shape[0]
     if input.shape[1] != w_ih.shape[1]:
         raise RuntimeError(f"input has inconsistent input_size: got {input.shape[1]} expected {w_ih.shape[1]}")
-    check_params_like(input, (w_ih, w_hh, b_ih, b_hh))
-    if input.dtype != w_ih.dtype:
-        raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype})")
     if (h is None) != (c is None):
         raise ValueError("hx must be None or a tuple (h, c) of two tensors")
     for i, state in enumerate((h, c)):
@@ -258,6 +255,12 @@ def _check_args(input, h, c, w_ih, w_hh, b_ih, b_hh):
                 "Input and hidden tensors are not at the same device, found input tensor at "
                 f"{input.device} and hidden tensor at {state.device}"
             )
+    # Devices and dtypes after the sizes, in torch's order: its size checks come first, the
+    # dtypes meet only in the products (a float64 input with a wrong hidden size reports the
+    # size, as PyTorch's own test_modules error samples expect).
+    check_params_like(input, (w_ih, w_hh, b_ih, b_hh))
+    if input.dtype != w_ih.dtype:
+        raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype})")
     if h is not None and h.dtype != input.dtype:
         raise RuntimeError(f"hidden0 dtype ({h.dtype}) does not match input dtype ({input.dtype})")
     if c is not None and not c.is_floating_point():
@@ -270,9 +273,10 @@ class LSTMCell(nn.LSTMCell):
     Same constructor, parameters (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``),
     initialisation, ``state_dict``, input and output shapes, errors and autocast behaviour as
     ``torch.nn.LSTMCell``, plus a keyword-only ``backend``: ``"auto"`` (default: the fused
-    Triton kernel for CUDA tensors in float32/float16/bfloat16, the PyTorch reference
-    otherwise), ``"triton"`` (always the kernel; CPU tensors only under ``TRITON_INTERPRET=1``)
-    or ``"reference"``.
+    Triton kernel for CUDA tensors in float32/float16/bfloat16; on CPU, outside
+    torch.compile, ``torch.nn.LSTMCell.forward`` itself; the PyTorch reference otherwise),
+    ``"triton"`` (always the kernel; CPU tensors only under ``TRITON_INTERPRET=1``) or
+    ``"reference"``.
     """
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend="auto"):
@@ -286,6 +290,10 @@ class LSTMCell(nn.LSTMCell):
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
     def forward(self, input, hx=None):
+        if uses_torch_cpu(input.device, self.backend):
+            # torch.nn.LSTMCell itself: its checks, autocast rule and op, without a Python
+            # layer of ours around them (at B = 1 that layer cost more than the step).
+            return super().forward(input, hx)
         # torch.nn.LSTMCell.forward's own checks and unbatched handling, so errors read as torch's.
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")

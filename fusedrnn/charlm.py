@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fusedrnn._usage import UsageError
+
 CHECKPOINT_FORMAT = "fusedrnn.charlm/1"
 # Keys of the checkpoint's "config": everything needed to rebuild the model.
 MODEL_CONFIG_KEYS = ("vocab_size", "embed_size", "hidden_size", "num_layers")
@@ -218,24 +220,31 @@ def main(args):
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     if args.text:
-        with open(args.text, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(args.text, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as error:
+            raise UsageError(f"--text: cannot read {args.text}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise UsageError(f"--text: {args.text} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     else:
         text = default_text()
 
+    if args.resume and not os.path.isfile(args.resume):
+        raise UsageError(f"--resume: no checkpoint file {args.resume}")
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     corpus = Corpus(text, vocab=checkpoint["vocab"] if checkpoint else None)
     if len(corpus.val) < args.seq_len + 2 or len(corpus.train) < args.seq_len + 2:
-        raise SystemExit(f"the text is too short for --seq-len {args.seq_len}: {len(text)} characters")
+        raise UsageError(f"the text is too short for --seq-len {args.seq_len}: {len(text)} characters")
     if args.prompt is None:
         args.prompt = "The " if set("The ") <= set(corpus.vocab) else text[0]
     if args.sample_len > 0:  # fail now, not after training
         if not args.prompt:
-            raise SystemExit("--prompt must not be empty")
+            raise UsageError("--prompt must not be empty")
         try:
             corpus.encode(args.prompt)
         except ValueError as error:
-            raise SystemExit(f"--prompt: {error}") from None
+            raise UsageError(f"--prompt: {error}") from None
 
     if checkpoint:
         config = checkpoint["config"]  # the checkpoint's model, whatever the size flags say

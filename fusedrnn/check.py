@@ -18,6 +18,8 @@ import os
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from fusedrnn._usage import UsageError
+
 # Relative disagreement allowed between the float64 autograd gradients and the float64
 # hand-derived BPTT ones: rounding only.
 BPTT_AGREEMENT = 1e-10
@@ -47,6 +49,26 @@ def add_arguments(parser):
     parser.add_argument("--no-bias", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tol", type=float, default=1e-5, help="float32 relative tolerance")
+
+
+# What to do when the kernels cannot run interpreted on CPU.
+INTERPRETER_HINT = (
+    "the kernels run on CPU only under Triton's interpreter, which needs numpy < 2.4 with Triton 3.6 "
+    "(pip install 'numpy<2.4'); or check the other backends alone: --backend reference (or auto)"
+)
+
+
+def _check_interpreter_can_run():
+    """numpy 2.4 breaks Triton 3.6's interpreter on loops with a runtime bound (every kernel
+    here): say so before the first kernel fails with an InterpreterError deep in Triton."""
+    import numpy
+    import triton
+
+    def version(module):
+        return tuple(int(part) for part in module.__version__.split(".")[:2])
+
+    if version(numpy) >= (2, 4) and version(triton) <= (3, 6):
+        raise UsageError(f"numpy {numpy.__version__} with triton {triton.__version__}: {INTERPRETER_HINT}")
 
 
 def check_backend(args, backend):
@@ -173,6 +195,8 @@ def main(args):
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     backends = ["reference", "triton"] if args.backend == "all" else [args.backend]
+    if args.device == "cpu" and "triton" in backends:
+        _check_interpreter_can_run()
     import fusedrnn
 
     print(f"fusedrnn {fusedrnn.__version__}, torch {torch.__version__}", end="")
@@ -185,7 +209,12 @@ def main(args):
     if args.device.startswith("cuda"):
         print(f", {torch.cuda.get_device_name(torch.device(args.device))}", end="")
     print()
-    results = [check_backend(args, b) for b in backends]
+    try:
+        results = [check_backend(args, b) for b in backends]
+    except Exception as error:
+        if type(error).__name__ != "InterpreterError":  # triton.runtime.errors.InterpreterError
+            raise
+        raise UsageError(f"the Triton interpreter failed ({str(error).strip().splitlines()[-1]}); {INTERPRETER_HINT}") from None
     ok = all(results)
     print("\nall tensors within tolerance" if ok else "\nMISMATCH: some tensors are out of tolerance")
     return 0 if ok else 1

@@ -5,13 +5,24 @@ The new module is built on the meta device (no allocation) and then takes the ol
 updating the same tensors, and its state stays valid.
 """
 
+import warnings
+
 from torch import nn
 
 
-def convert(model, backend="auto"):
+class NotConvertedWarning(UserWarning):
+    """``convert`` left recurrent modules as they were (see its docstring)."""
+
+
+def convert(model, backend="auto", *, warn=True):
     """Replace every ``torch.nn.LSTM`` and ``torch.nn.LSTMCell`` in ``model``, in place, by
     ``fusedrnn.LSTM``/``fusedrnn.LSTMCell`` sharing the same parameters. Returns the model
-    (the new module if ``model`` itself is one of them)."""
+    (the new module if ``model`` itself is one of them).
+
+    Only those exact classes are converted: a subclass may override ``forward`` or hold
+    state that fusedrnn's module would not keep, and ``nn.GRU``, ``nn.RNN`` and the other
+    cells have no fusedrnn module yet. Every recurrent module left as it was is named in a
+    ``NotConvertedWarning``; ``warn=False`` (or a warnings filter on that category) silences it."""
     from fusedrnn.cell import LSTMCell
     from fusedrnn.modules import LSTM
 
@@ -22,7 +33,16 @@ def convert(model, backend="auto"):
             return LSTMCell(module.input_size, module.hidden_size, module.bias, device="meta", backend=backend)
         return None
 
-    return _swap(model, make)
+    model = _swap(model, make)
+    left = [f"{name or '(the model)'} ({type(module).__name__})" for name, module in model.named_modules()
+            if isinstance(module, (nn.RNNBase, nn.RNNCellBase)) and not isinstance(module, (LSTM, LSTMCell))]  # fmt: skip
+    if warn and left:
+        warnings.warn(
+            f"fusedrnn.convert left {len(left)} recurrent module(s) as they were: {', '.join(left)}. It converts "
+            "torch.nn.LSTM and torch.nn.LSTMCell only, not their subclasses; convert(..., warn=False) silences this.",
+            NotConvertedWarning, stacklevel=2,
+        )  # fmt: skip
+    return model
 
 
 def revert(model):

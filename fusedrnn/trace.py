@@ -23,6 +23,8 @@ import json
 
 import torch
 
+from fusedrnn._usage import UsageError
+
 # The notebooks' concatenated layout: gate name -> torch's gate index (i, f, g, o).
 NOTEBOOK_GATES = {"f": 1, "i": 0, "c": 2, "o": 3}
 # Printed as the notebooks print them: name, torch's gate index, activation.
@@ -138,9 +140,9 @@ def parse_sequence(text):
     try:
         rows = [[float(v) for v in step.split(",")] for step in text.split(";") if step.strip()]
     except ValueError as error:
-        raise ValueError(f"--input: steps separated by ';', features by ',': {error}") from None
+        raise UsageError(f"--input: steps separated by ';', features by ',': {error}") from None
     if not rows or len({len(r) for r in rows}) != 1:
-        raise ValueError(f"--input: every step needs the same number of features, got {text!r}")
+        raise UsageError(f"--input: every step needs the same number of features, got {text!r}")
     return torch.tensor(rows, dtype=torch.float64)
 
 
@@ -224,7 +226,7 @@ def main(args):
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
     generator = torch.Generator().manual_seed(args.seed)
     if args.example and args.weights:
-        raise SystemExit("--example and --weights: pick one")
+        raise UsageError("--example and --weights: pick one")
     if args.example:
         weights = EXAMPLE_WEIGHTS
         x = torch.tensor(EXAMPLE_INPUT, dtype=torch.float64) if args.input is None else parse_sequence(args.input)
@@ -235,8 +237,13 @@ def main(args):
             else torch.randn(args.seq_len, args.input_size, generator=generator, dtype=torch.float64)
         )
         if args.weights:
-            with open(args.weights) as f:
-                weights = json.load(f)
+            try:
+                with open(args.weights) as f:
+                    weights = json.load(f)
+            except OSError as error:
+                raise UsageError(f"--weights: cannot read {args.weights}: {error.strerror}") from None
+            except json.JSONDecodeError as error:
+                raise UsageError(f"--weights: {args.weights} is not JSON: {error}") from None
         else:
             I, H = x.shape[1], args.hidden_size
             bound = H**-0.5  # torch.nn.LSTM's initialisation
@@ -249,7 +256,10 @@ def main(args):
                     ("bias_hh_l0", (4 * H,)),
                 ]
             }
-    state, output_layer = load_weights(weights, x.shape[1])
+    try:
+        state, output_layer = load_weights(weights, x.shape[1])
+    except ValueError as error:
+        raise UsageError(f"--weights: {error}" if args.weights else str(error)) from None
     steps = trace_steps(x, state)
     print("=" * 60)
     print("LSTM step by step (fusedrnn)")

@@ -461,3 +461,90 @@ def test_case_table_shows_the_gain_of_per_step_graphs(tmp_path):
     header, _, *body = report.case_table("inference", cases).splitlines()
     gain = [c.strip() for c in header.split("|")].index("per-step graphs gain")
     assert sorted(row.split("|")[gain].strip() for row in body) == ["-", "1.30x"]
+
+
+# --------------------------------------------------------------- CPU (bench/bench_cpu.py's rows)
+
+
+def cpu_info(provider, mode, dtype, kind, T, B, H, time_ms, run_id="c", date="2030-01-01T00:00:00Z"):
+    return dict(
+        provider=provider, mode=mode, kind=kind, T=T, B=B, I=H, H=H, P=None, layers=1, bidirectional=False,
+        dtype=dtype, threads=1, cpu="Synthetic CPU", cpu_count=2, torch="0.0-synthetic", fusedrnn="0.0",
+        python="3.11", date=date, run_id=run_id, timer="perf_counter", time_ms=time_ms,
+        us_per_step=None if time_ms is None else time_ms * 1e3 / T, tokens_per_s=None,
+    )  # fmt: skip
+
+
+def cpu_rows(auto_factor=1.0, reference_growth=1.0, run_id="c", date="2030-01-01T00:00:00Z"):
+    """torch 1 ms a step-unit; fusedrnn-auto torch's time / auto_factor; the reference 10x
+    auto's at T=128 and reference_growth times that per step at T=1024."""
+    rows = []
+    for mode in ("training", "inference"):
+        for dtype in ("float32", "float64"):
+            for T in (128, 1024):
+                for B, H in ((1, 64), (8, 256)):
+                    base = T * 0.01
+                    rows += [cpu_info("torch", mode, dtype, "layer", T, B, H, base, run_id, date),
+                             cpu_info("fusedrnn-auto", mode, dtype, "layer", T, B, H, base / auto_factor, run_id, date),
+                             cpu_info("reference-eager", mode, dtype, "layer", T, B, H,
+                                      10 * base * (reference_growth if T == 1024 else 1.0), run_id, date)]  # fmt: skip
+    return rows
+
+
+def cpu_targets(rows, tmp_path):
+    path = write_results(tmp_path / "cpu.json", rows)
+    (cases,) = report.load_cpu([path]).values()
+    return {name: (measured, result) for name, _, measured, result in report.cpu_targets(cases)}
+
+
+def test_cpu_targets_pass_and_miss(tmp_path):
+    results = cpu_targets(cpu_rows(auto_factor=1.1, reference_growth=1.0), tmp_path)
+    assert results["speedup, geometric mean"] == ("1.10x", "PASS")
+    assert results["speedup, worst case"][1] == "PASS"
+    assert results["fusedrnn-auto: time per step, T=1024 / T=128"][1] == "PASS"
+    # a reference whose time per step grows 8x from T=128 to 1024 is quadratic: a miss, by how much
+    results = cpu_targets(cpu_rows(auto_factor=0.85, reference_growth=8.0), tmp_path)
+    assert results["speedup, geometric mean"] == ("0.85x", "MISS by 15%")
+    assert results["speedup, worst case"][1] == "MISS by 6%"
+    measured, result = results["reference-eager: time per step, T=1024 / T=128"]
+    assert measured.startswith("8.00x (") and result == "MISS by 540%"
+
+
+def test_cpu_ratios_come_from_the_latest_run(tmp_path):
+    old = cpu_rows(auto_factor=0.5, run_id="old", date="2029-01-01T00:00:00Z")
+    results = cpu_targets(old + cpu_rows(auto_factor=1.2, run_id="new"), tmp_path)
+    assert results["speedup, geometric mean"] == ("1.20x", "PASS")
+    with pytest.raises(ValueError, match="two torch rows"):
+        cpu_targets(cpu_rows() + [cpu_info("torch", "training", "float32", "layer", 128, 1, 64, 9.0)], tmp_path)
+
+
+def test_cpu_render_then_check(tmp_path, monkeypatch):
+    plots = []
+    monkeypatch.setattr(report, "write_plot", lambda series, path, *args: plots.append(path))  # test_plot draws
+    readme = readme_with_markers(tmp_path / "README.md")
+    cpu = write_results(tmp_path / "cpu.json", cpu_rows(auto_factor=1.05))
+    out = ["--out-md", str(tmp_path / "REPORT.md"), "--out-png", str(tmp_path / "speedup.png"),
+           "--cpu-md", str(tmp_path / "CPU-REPORT.md"), "--cpu-png", str(tmp_path / "cpu.png"), "--readme", str(readme)]  # fmt: skip
+    empty = write_results(tmp_path / "gpu.json", [])
+    assert report.main(["render", str(empty), *out, "--cpu-results", str(cpu)]) == 0
+    text = readme.read_text()
+    assert "No GPU results are committed yet." in text and "hand-typed too" not in text
+    assert "**Synthetic CPU**, 2 cores, 1 thread(s)" in text
+    assert "| speedup, geometric mean | >= 1.0 | 1.05x | PASS |" in text
+    assert "[CPU-REPORT.md](CPU-REPORT.md)" in text
+    md = (tmp_path / "CPU-REPORT.md").read_text()
+    assert "### training, float32" in md and "| layer | 1024 | 256 | 8 | 10.240 | 9.752 | 102.400 | 1.05x | 10.5x |" in md
+    assert report.main(["check", str(empty), *out, "--cpu-results", str(cpu)]) == 0
+    readme.write_text(text.replace("1.05x", "1.50x", 1))
+    assert report.main(["check", str(empty), *out, "--cpu-results", str(cpu)]) == 1
+    assert plots == [str(tmp_path / "cpu.png")]
+
+
+def test_cpu_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (the cli extra)")
+    selected = report.load_cpu([write_results(tmp_path / "cpu.json", cpu_rows(auto_factor=1.05))])
+    series = report.cpu_plot_series(selected)
+    assert len(series) == 4  # (training, inference) x (float32, float64), one-layer cases at T=128
+    png = tmp_path / "cpu.png"
+    report.write_plot(series, png, report.cpu_plot_title, "speedup vs torch.nn.LSTM")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000

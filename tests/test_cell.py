@@ -283,10 +283,21 @@ def test_state_dict_parameters_and_repr_are_torch_s():
     assert isinstance(ours, torch.nn.LSTMCell)
 
 
-def test_auto_picks_the_reference_on_cpu_and_bias_grads_are_distinct():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_wrong_hidden_size_is_reported_before_a_dtype_mismatch(backend):
+    """PyTorch's own test_modules error samples: a float64 input with a wrong hidden size
+    reports the size, as torch checks sizes before the dtypes meet."""
+    x = torch.randn(B_, I_, dtype=torch.float64)
+    hx = (torch.randn(B_, H_ + 1, dtype=torch.float64),) * 2
+    for cell in (torch.nn.LSTMCell(I_, H_), LSTMCell(I_, H_, backend=backend)):
+        with pytest.raises(RuntimeError, match="hidden_size"):
+            cell(x, hx)
+
+
+def test_auto_runs_torch_s_cell_on_cpu_and_bias_grads_are_distinct():
     cell = LSTMCell(3, 16)
     h, _ = cell(torch.randn(2, 3, requires_grad=True))
-    assert "LSTMCellFunction" not in type(h.grad_fn).__name__
+    assert "LSTMCellFunction" not in type(h.grad_fn).__name__  # torch's op (tests/test_cpu_path.py)
     cell = LSTMCell(3, 16, backend="triton", device=DEVICE)
     h, _ = cell(torch.randn(2, 3, device=DEVICE))
     assert "LSTMCellFunction" in type(h.grad_fn).__name__

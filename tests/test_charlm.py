@@ -84,10 +84,23 @@ def test_resume_refuses_a_text_with_new_characters(text_file, tmp_path):
         charlm("--text", other, "--steps", 4, "--resume", tmp_path / "charlm.pt", "--out", tmp_path, *TINY)
 
 
-def test_prompt_outside_the_vocabulary_fails_before_training(text_file, tmp_path):
-    with pytest.raises(SystemExit, match="--prompt"):
+def test_prompt_outside_the_vocabulary_fails_before_training(text_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
         charlm("--text", text_file, "--steps", 2, "--prompt", "Z", "--out", tmp_path, *TINY)
+    assert exited.value.code == 2 and "error: --prompt" in capsys.readouterr().err
     assert not (tmp_path / "charlm.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--text", "missing.txt"], "--text: cannot read missing.txt: No such file or directory"),
+     (["--resume", "missing.pt"], "--resume: no checkpoint file missing.pt")],
+)  # fmt: skip
+def test_bad_files_are_usage_errors_not_tracebacks(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        charlm(*argv, "--out", tmp_path, *TINY)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"error: {message}" in err and "Traceback" not in err
 
 
 def test_kernel_path_trains(text_file, tmp_path):

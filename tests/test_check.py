@@ -54,3 +54,20 @@ def test_check_fails_when_autograd_and_hand_derived_bptt_disagree(capsys, monkey
     assert main(SMALL + ["--backend", "reference"]) == 1
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("grad weight_hh_l0 "))
     assert row.endswith("NO")
+
+
+def test_an_interpreter_that_cannot_run_is_said_not_a_traceback(capsys, monkeypatch):
+    """numpy >= 2.4 breaks Triton 3.6's interpreter (an InterpreterError deep in Triton): the
+    check says why and what to install before it runs a kernel, and exits 2."""
+    import numpy
+    import pytest
+    import triton
+
+    monkeypatch.setattr(numpy, "__version__", "2.4.0")
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    with pytest.raises(SystemExit) as exited:
+        main(SMALL + ["--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err
+    assert "numpy 2.4.0 with triton 3.6.0" in err and "pip install 'numpy<2.4'" in err and "--backend reference" in err
+    assert main(SMALL + ["--device", "cpu", "--backend", "reference"]) == 0  # the other backends still run

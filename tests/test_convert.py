@@ -1,6 +1,7 @@
 """fusedrnn.convert / fusedrnn.revert: swap torch's LSTM modules in a model, sharing parameters."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from helpers import DEVICE
 from torch import nn
 
 import fusedrnn
+from fusedrnn.convert import NotConvertedWarning
 from fusedrnn.testing import assert_close
 
 
@@ -39,6 +41,25 @@ def test_convert_swaps_every_lstm_and_shares_parameters():
     assert fusedrnn.revert(model) is model
     assert type(model.encoder) is nn.LSTM and type(model.decoder["cell"]) is nn.LSTMCell
     assert all(a is b for a, b in zip(params, model.parameters()))
+
+
+def test_convert_names_the_recurrent_modules_it_leaves_alone():
+    class MyLSTM(nn.LSTM):  # a subclass may override forward: not converted
+        pass
+
+    model = nn.ModuleDict(dict(lstm=nn.LSTM(3, 4), gru=nn.GRU(3, 4), rnn=nn.RNN(3, 4), mine=MyLSTM(3, 4),
+                               cell=nn.GRUCell(3, 4)))  # fmt: skip
+    with pytest.warns(NotConvertedWarning) as caught:
+        fusedrnn.convert(model)
+    (message,) = [str(w.message) for w in caught]
+    assert "4 recurrent module(s)" in message and "warn=False" in message
+    for name in ("gru (GRU)", "rnn (RNN)", "mine (MyLSTM)", "cell (GRUCell)"):
+        assert name in message
+    assert type(model["lstm"]) is fusedrnn.LSTM and type(model["gru"]) is nn.GRU
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fusedrnn.convert(model, warn=False)  # silenced
+        fusedrnn.convert(nn.Sequential(nn.LSTM(3, 4)))  # nothing left alone: no warning
 
 
 def test_convert_a_bare_module_returns_the_new_one():

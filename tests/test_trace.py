@@ -129,6 +129,35 @@ def test_bad_weights_are_refused(weights, message):
         load_weights(weights, input_size=1)
 
 
-def test_bad_input_is_refused():
-    with pytest.raises(ValueError, match="same number of features"):
-        main(["trace", "--example", "--input", "1, 2; 3"])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--example", "--input", "1, 2; 3"], "--input: every step needs the same number of features"),
+        (["--input", "0.5; 1.5, 2"], "--input: every step needs the same number of features"),
+        (["--input", "0.5; x"], "--input: steps separated by ';', features by ','"),
+        (["--weights", "missing.json"], "--weights: cannot read missing.json: No such file or directory"),
+        (["--example", "--weights", "w.json"], "--example and --weights: pick one"),
+    ],
+)  # fmt: skip
+def test_bad_command_line_input_is_a_usage_error_not_a_traceback(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["trace", *argv])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err
+    assert err.startswith("usage: python -m fusedrnn trace") and f"error: {message}" in err
+
+
+def test_bad_weights_file_is_a_usage_error(tmp_path, capsys):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"W_x": [[1.0]]}))
+    with pytest.raises(SystemExit):
+        main(["trace", "--weights", str(path)])
+    assert "error: --weights: unknown weight names" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["trace", "check", "charlm"])
+def test_help_describes_without_restructuredtext_markup(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and f"python -m fusedrnn {command}: " in out
