@@ -499,21 +499,21 @@ def cpu_targets(rows, tmp_path):
 
 def test_cpu_targets_pass_and_miss(tmp_path):
     results = cpu_targets(cpu_rows(auto_factor=1.1, reference_growth=1.0), tmp_path)
-    assert results["speedup, geometric mean"] == ("1.10x", "PASS")
+    assert results["speedup, geometric mean"] == ("1.100x", "PASS")
     assert results["speedup, worst case"][1] == "PASS"
     assert results["fusedrnn-auto: time per step, T=1024 / T=128"][1] == "PASS"
     # a reference whose time per step grows 8x from T=128 to 1024 is quadratic: a miss, by how much
     results = cpu_targets(cpu_rows(auto_factor=0.85, reference_growth=8.0), tmp_path)
-    assert results["speedup, geometric mean"] == ("0.85x", "MISS by 15%")
-    assert results["speedup, worst case"][1] == "MISS by 6%"
+    assert results["speedup, geometric mean"] == ("0.850x", "MISS by 15.0%")
+    assert results["speedup, worst case"][1] == "MISS by 5.6%"
     measured, result = results["reference-eager: time per step, T=1024 / T=128"]
-    assert measured.startswith("8.00x (") and result == "MISS by 540%"
+    assert measured.startswith("8.000x (") and result == "MISS by 540.0%"
 
 
 def test_cpu_ratios_come_from_the_latest_run(tmp_path):
     old = cpu_rows(auto_factor=0.5, run_id="old", date="2029-01-01T00:00:00Z")
     results = cpu_targets(old + cpu_rows(auto_factor=1.2, run_id="new"), tmp_path)
-    assert results["speedup, geometric mean"] == ("1.20x", "PASS")
+    assert results["speedup, geometric mean"] == ("1.200x", "PASS")
     with pytest.raises(ValueError, match="two torch rows"):
         cpu_targets(cpu_rows() + [cpu_info("torch", "training", "float32", "layer", 128, 1, 64, 9.0)], tmp_path)
 
@@ -530,12 +530,12 @@ def test_cpu_render_then_check(tmp_path, monkeypatch):
     text = readme.read_text()
     assert "No GPU results are committed yet." in text and "hand-typed too" not in text
     assert "**Synthetic CPU**, 2 cores, 1 thread(s)" in text
-    assert "| speedup, geometric mean | >= 1.0 | 1.05x | PASS |" in text
+    assert "| speedup, geometric mean | >= 1.0 | 1.050x | PASS |" in text
     assert "[CPU-REPORT.md](CPU-REPORT.md)" in text
     md = (tmp_path / "CPU-REPORT.md").read_text()
     assert "### training, float32" in md and "| layer | 1024 | 256 | 8 | 10.240 | 9.752 | 102.400 | 1.05x | 10.5x |" in md
     assert report.main(["check", str(empty), *out, "--cpu-results", str(cpu)]) == 0
-    readme.write_text(text.replace("1.05x", "1.50x", 1))
+    readme.write_text(text.replace("1.050x", "1.500x", 1))
     assert report.main(["check", str(empty), *out, "--cpu-results", str(cpu)]) == 1
     assert plots == [str(tmp_path / "cpu.png")]
 
