@@ -19,6 +19,8 @@ the input and every parameter, as bench_lstm.py's modes):
 - measured (what bench/results/cpu/ holds): B in {1, 8, 32, 128} x H in {64, 256, 512} x
   T in {16, 128}, T = 1024 at B in {1, 8} x H in {64, 256} (time linear in T), the three
   dtypes, and the layer kinds.
+- long: T in {1000, 4000}, B = 8, H = 64, float32, one layer, every provider (the reference
+  too: its backward was quadratic in T, T = 1000 -> 4000 20x as long).
 - ci: T = 4, B = 2, H = 8, float32, every kind and provider, untimed.
 Layer kinds, at (T, B, H) in {(128, 8, 256), (128, 32, 512)}: "stacked-bidirectional"
 (2 layers, both directions), "projection" (proj_size = H / 4), "packed" (a PackedSequence of
@@ -63,6 +65,8 @@ ROUND_BUDGET_S, MIN_ROUNDS, MAX_ROUNDS = 1.0, 5, 50
 
 
 def _layer_shapes(grid):
+    if grid == "long":  # issue 19's quadratic case: T = 1000 -> 4000 took 20x as long
+        return [(T, 8, 64) for T in (1000, 4000)]
     if grid == "full":
         return [(T, B, H) for T in (16, 128, 1024) for B in (1, 8, 32, 128) for H in (64, 256, 512, 1024)]
     if grid == "measured":
@@ -73,16 +77,17 @@ def _layer_shapes(grid):
 
 def cases(grid):
     """(mode, dtype, kind, T, B, H, provider), providers innermost."""
-    dtypes = DTYPES if grid != "ci" else (torch.float32,)
+    dtypes = DTYPES if grid in ("full", "measured") else (torch.float32,)
     shapes = [("layer", *shape) for shape in _layer_shapes(grid)]
-    shapes += [(kind, *shape) for kind in KINDS[1:-1] for shape in (KIND_SHAPES if grid != "ci" else [(4, 2, 8)])]
-    shapes += [("cell", *shape) for shape in (CELL_SHAPES if grid != "ci" else [(4, 2, 8)])]
+    if grid != "long":
+        shapes += [(kind, *shape) for kind in KINDS[1:-1] for shape in (KIND_SHAPES if grid != "ci" else [(4, 2, 8)])]
+        shapes += [("cell", *shape) for shape in (CELL_SHAPES if grid != "ci" else [(4, 2, 8)])]
     for mode in MODES:
         for dtype in dtypes:
             for kind, T, B, H in shapes:
                 for provider in PROVIDERS:
                     slow = T * B * H * H > REFERENCE_MAX_WORK or dtype == torch.bfloat16
-                    if provider == "reference-eager" and slow and grid != "ci":
+                    if provider == "reference-eager" and slow and grid not in ("ci", "long"):
                         continue
                     name = f"{mode}-{dtype_name(dtype)}-{kind}-T{T}-B{B}-H{H}-{provider}"
                     yield pytest.param(mode, dtype, kind, T, B, H, provider, id=name)

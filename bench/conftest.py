@@ -32,7 +32,7 @@ def pytest_addoption(parser):
         help="which shapes, dtypes and providers (default: quick with CUDA, ci without)",
     )  # fmt: skip
     group.addoption("--bench-part", type=_part, metavar="K/N", help="run the K-th of N slices of the cases")
-    group.addoption("--cpu-grid", choices=["ci", "measured", "full"], default="ci",
+    group.addoption("--cpu-grid", choices=["ci", "measured", "long", "full"], default="ci",
                     help="bench_cpu.py's shapes (default: ci, untimed in the suite)")  # fmt: skip
     group.addoption("--cpu-threads", type=int, default=1, help="torch.set_num_threads for bench_cpu.py (default 1)")
     group.addoption(
