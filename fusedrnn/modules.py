@@ -31,8 +31,9 @@ class LSTM(nn.RNNBase):
     ``bias_hh_l0``), initialisation, ``state_dict``, input and output shapes as
     ``torch.nn.LSTM``, plus a keyword-only ``backend``:
 
-    - ``"auto"`` (default): the Triton kernels for CUDA tensors, the PyTorch reference path
-      otherwise (CPU, float64);
+    - ``"auto"`` (default): the Triton kernels for CUDA tensors; on CPU, outside
+      torch.compile, ``torch.nn.LSTM.forward`` itself (``lengths=``: packed, run by torch's
+      op, padded again); the PyTorch reference path otherwise;
     - ``"triton"``: always the kernels (CPU tensors only under ``TRITON_INTERPRET=1``);
     - ``"reference"``: always the plain-PyTorch reference.
 
@@ -67,6 +68,19 @@ class LSTM(nn.RNNBase):
         batched input (not with a PackedSequence); the output is zero past each length and
         ``h_n, c_n`` are each sequence's own last step."""
         self._update_flat_weights()
+        device = (input.data if isinstance(input, PackedSequence) else input).device
+        if lengths is None and F.uses_torch_cpu(device, self.backend):
+            # torch.nn.LSTM.forward itself: its checks, packed and unbatched input, op and
+            # dropout, without a Python layer of ours around them (7% of a T = 16, B = 1 call).
+            # Two of our errors stay: a third state refused with packed input too, and one
+            # tensor as the state named, where torch's op lists its overloads.
+            if hx is not None:
+                _check_state_count(hx)
+            try:
+                return nn.LSTM.forward(self, input, hx)
+            except TypeError:
+                _refuse_one_tensor(hx)
+                raise
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("lengths= is for padded input; a PackedSequence carries its own")
@@ -113,21 +127,9 @@ class LSTM(nn.RNNBase):
             _refuse_one_tensor(hx)
         else:
             self.check_input(data, batch_sizes)
-        if F.uses_torch_cpu(data.device, self.backend):  # torch's own LSTM takes the packed data as it is
-            if hx is None:
-                states = self.num_layers * (2 if self.bidirectional else 1)
-                B = int(batch_sizes[0])
-                hx = (data.new_zeros(states, B, self.proj_size or self.hidden_size),
-                      data.new_zeros(states, B, self.hidden_size))  # fmt: skip
-            output, (h_n, c_n) = F.torch_cpu_lstm_packed(
-                PackedSequence(data, batch_sizes), hx, self._flat_weights, num_layers=self.num_layers,
-                bidirectional=self.bidirectional, dropout=self.dropout, training=self.training,
-            )  # fmt: skip
-            output = output.data
-        else:
-            padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            output, (h_n, c_n) = self._layers(padded, hx, lengths, batch_first=False)
-            output = pack_padded_sequence(output, lengths).data
+        padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+        output, (h_n, c_n) = self._layers(padded, hx, lengths, batch_first=False)
+        output = pack_padded_sequence(output, lengths).data
         return (
             PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
             self.permute_hidden((h_n, c_n), unsorted_indices),
