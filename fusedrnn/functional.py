@@ -193,38 +193,16 @@ def torch_cpu_lstm_layers(input, hx, weights, *, num_layers=1, bidirectional=Fal
         output, h_n, c_n = torch._VF.lstm(input, hx, weights, has_bias, num_layers, dropout, training, bidirectional,
                                           batch_first)  # fmt: skip
         return output, (h_n, c_n)
+    # As torch.nn.LSTM runs a PackedSequence: hx permuted into the packed order, h_n and c_n back.
     T = input.shape[1 if batch_first else 0]
-    packed = pack_padded_sequence(input, lengths.cpu(), batch_first=batch_first, enforce_sorted=False)
-    output, (h_n, c_n) = torch_cpu_lstm_packed(packed, hx, weights, num_layers=num_layers, bidirectional=bidirectional,
-                                               dropout=dropout, training=training)  # fmt: skip
-    output, _ = pad_packed_sequence(output, batch_first=batch_first, total_length=T)
-    return output, (h_n, c_n)
-
-
-def torch_cpu_lstm_packed(packed, hx, weights, *, num_layers=1, bidirectional=False, dropout=0.0, training=False):
-    """A PackedSequence through torch's own LSTM, as ``torch.nn.LSTM`` runs one: ``hx`` (in
-    the batch's original order, not None) permuted into the packed order and ``h_n, c_n``
-    permuted back."""
-    data, batch_sizes, sorted_indices, unsorted_indices = packed
-    if autocast_enabled(data.device.type):  # as _without_autocast, for a PackedSequence
-        dtype = torch.get_autocast_dtype(data.device.type)
-
-        def cast(t):
-            return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
-
-        with torch.autocast(data.device.type, enabled=False):
-            return torch_cpu_lstm_packed(
-                packed._replace(data=cast(data)), tuple(map(cast, hx)), [cast(w) for w in weights],
-                num_layers=num_layers, bidirectional=bidirectional, dropout=dropout, training=training,
-            )  # fmt: skip
-    if sorted_indices is not None:
-        hx = (hx[0].index_select(1, sorted_indices), hx[1].index_select(1, sorted_indices))
-    has_bias = len(weights) // (num_layers * (2 if bidirectional else 1)) in (4, 5)
+    data, batch_sizes, order, unorder = pack_padded_sequence(input, lengths.cpu(), batch_first=batch_first,
+                                                             enforce_sorted=False)  # fmt: skip
+    hx = (hx[0].index_select(1, order), hx[1].index_select(1, order))
     output, h_n, c_n = torch._VF.lstm(data, batch_sizes, hx, weights, has_bias, num_layers, dropout, training,
                                       bidirectional)  # fmt: skip
-    if unsorted_indices is not None:
-        h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
-    return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+    output, _ = pad_packed_sequence(PackedSequence(output, batch_sizes, order, unorder), batch_first=batch_first,
+                                    total_length=T)  # fmt: skip
+    return output, (h_n.index_select(1, unorder), c_n.index_select(1, unorder))
 
 
 def _dropout_time_major(layer_output, p, batch_first):
