@@ -17,10 +17,12 @@ the input and every parameter, as bench_lstm.py's modes):
   largest training call (T = 1024, B = 128, H = 1024: about 3 TFLOP) takes about a minute:
   hours in all on a 2-core machine.
 - measured (what bench/results/cpu/ holds): B in {1, 8, 32, 128} x H in {64, 256, 512} x
-  T in {16, 128}, T = 1024 at B in {1, 8} x H in {64, 256} (time linear in T), the three
-  dtypes, and the layer kinds.
-- long: T in {1000, 4000}, B = 8, H = 64, float32, one layer, every provider (the reference
-  too: its backward was quadratic in T, T = 1000 -> 4000 20x as long).
+  T in {16, 128}, H = 1024 at T in {16, 128} x B in {1, 8, 32} and at T = 16, B = 128,
+  T = 1024 at B in {1, 8} x H in {64, 256} (time linear in T), the three dtypes, and the
+  layer kinds: the full grid less its calls of more than a few seconds.
+- long: T in {1000, 4000}, B = 8, H = 64, and T = 20000, B = 2, H = 32, float32, one layer,
+  every provider (the reference too: its backward was quadratic in T, T = 1000 -> 4000 20x as
+  long, and at T = 20000 its peak memory was 6x torch's); run it with ``--cpu-memory``.
 - ci: T = 4, B = 2, H = 8, float32, every kind and provider, untimed.
 Layer kinds, at (T, B, H) in {(128, 8, 256), (128, 32, 512)}: "stacked-bidirectional"
 (2 layers, both directions), "projection" (proj_size = H / 4), "packed" (a PackedSequence of
@@ -39,10 +41,19 @@ the fastest round, ``median_ms`` the median. The fastest, because whatever else 
 does only ever slows a call down. The fusedrnn and reference rows also time torch.nn.LSTM on
 the same input between their own rounds (pytest-benchmark's untimed setup), ``torch_ms``: the
 speedup is taken from these interleaved pairs, since rows of two providers measured one after
-the other differed by up to 40% on this shared 2-core machine even for the same op. Memory is not measured: the CPU path is torch's op, so its peak is
-torch's; the reference's backward is linear in T (tests/test_cpu_path.py checks its graph).
+the other differed by up to 40% on this shared 2-core machine even for the same op.
+
+Peak memory (``--cpu-memory``, Linux): ``peak_mib``, the resident memory one call adds at its
+peak, after the timed rounds: free heap returned (``malloc_trim``), the kernel's high-water
+mark reset (``/proc/self/clear_refs``), the call, then ``VmHWM`` less the resident size
+before. With the option the run fixes glibc's mmap threshold at 64 KiB (``mallopt``), so
+every large tensor is mapped and unmapped on its own: otherwise the threshold rises with
+each freed block and the same call measured 45.8-53.5 MiB. Both providers of a pair run
+under that setting.
 """
 
+import ctypes
+import gc
 import os
 import platform
 import time
@@ -66,12 +77,13 @@ ROUND_BUDGET_S, MIN_ROUNDS, MAX_ROUNDS = 1.0, 5, 50
 
 
 def _layer_shapes(grid):
-    if grid == "long":  # issue 19's quadratic case: T = 1000 -> 4000 took 20x as long
-        return [(T, 8, 64) for T in (1000, 4000)]
+    if grid == "long":  # issue 19's quadratic case (T = 1000 -> 4000 took 20x as long), and its memory case
+        return [(T, 8, 64) for T in (1000, 4000)] + [(20000, 2, 32)]
     if grid == "full":
         return [(T, B, H) for T in (16, 128, 1024) for B in (1, 8, 32, 128) for H in (64, 256, 512, 1024)]
     if grid == "measured":
         shapes = [(T, B, H) for T in (16, 128) for B in (1, 8, 32, 128) for H in (64, 256, 512)]
+        shapes += [(T, B, 1024) for T in (16, 128) for B in (1, 8, 32)] + [(16, 128, 1024)]
         return shapes + [(1024, B, H) for B in (1, 8) for H in (64, 256)]
     return [(4, 2, 8)]
 
@@ -156,6 +168,37 @@ def make_forward(module, provider, kind, T, B):
     return lambda x: module(x)[0]
 
 
+M_MMAP_THRESHOLD, FIXED_MMAP_THRESHOLD = -3, 64 * 1024  # glibc's mallopt parameter, and its value here
+
+
+def _libc():
+    return ctypes.CDLL("libc.so.6")
+
+
+def fix_mmap_threshold():
+    if not _libc().mallopt(M_MMAP_THRESHOLD, FIXED_MMAP_THRESHOLD):
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed: peak memory needs glibc")
+
+
+def _status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_memory_mib(call):
+    """Resident memory ``call()`` adds at its peak, in MiB (the module docstring says how)."""
+    gc.collect()
+    _libc().malloc_trim(0)
+    before = _status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    call()
+    return _status_mib("VmHWM") - before
+
+
 def make_call(mode, forward, x, parameters):
     if mode == "inference":
 
@@ -177,6 +220,12 @@ def make_call(mode, forward, x, parameters):
     return call
 
 
+@pytest.fixture(scope="session", autouse=True)
+def memory_setting(request):
+    if request.config.getoption("cpu_memory"):
+        fix_mmap_threshold()
+
+
 @pytest.fixture(autouse=True)
 def threads(request):
     saved = torch.get_num_threads()
@@ -185,7 +234,7 @@ def threads(request):
     torch.set_num_threads(saved)
 
 
-def test_cpu_lstm(benchmark, mode, dtype, kind, T, B, H, provider):
+def test_cpu_lstm(benchmark, request, mode, dtype, kind, T, B, H, provider):
     module = build(provider, kind, H, dtype)
     x = torch.randn(T, B, H, dtype=dtype, requires_grad=mode == "training")
     call = make_call(mode, make_forward(module, provider, kind, T, B), x, list(module.parameters()))
@@ -205,6 +254,7 @@ def test_cpu_lstm(benchmark, mode, dtype, kind, T, B, H, provider):
     rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(ROUND_BUDGET_S / max(time.perf_counter() - start, 1e-6))))
     benchmark.pedantic(call, setup=setup, rounds=1 if benchmark.disabled else rounds, iterations=1)
     stats = None if benchmark.disabled else benchmark.stats.stats
+    peak_mib = peak_memory_mib(call) if request.config.getoption("cpu_memory") else None
     time_ms, median_ms = (stats.min * 1e3, stats.median * 1e3) if stats else (None, None)
     cell = kind == "cell"
     benchmark.extra_info.update(
@@ -214,5 +264,5 @@ def test_cpu_lstm(benchmark, mode, dtype, kind, T, B, H, provider):
         threads=torch.get_num_threads(), **ENVIRONMENT, time_ms=time_ms, median_ms=median_ms,
         torch_ms=min(peer_times) * 1e3 if peer_times and stats else None,
         us_per_step=time_ms * 1e3 / T if time_ms is not None else None,
-        tokens_per_s=T * B / (time_ms / 1e3) if time_ms is not None else None,
+        tokens_per_s=T * B / (time_ms / 1e3) if time_ms is not None else None, peak_mib=peak_mib,
     )  # fmt: skip

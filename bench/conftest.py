@@ -35,6 +35,8 @@ def pytest_addoption(parser):
     group.addoption("--cpu-grid", choices=["ci", "measured", "long", "full"], default="ci",
                     help="bench_cpu.py's shapes (default: ci, untimed in the suite)")  # fmt: skip
     group.addoption("--cpu-threads", type=int, default=1, help="torch.set_num_threads for bench_cpu.py (default 1)")
+    group.addoption("--cpu-memory", action="store_true",
+                    help="bench_cpu.py: also measure each call's peak resident memory (Linux, glibc)")  # fmt: skip
     group.addoption(
         "--bench-tf32", choices=["on", "off"], default=None,
         help="set torch.backends.cudnn.allow_tf32 and cuda.matmul.allow_tf32 (default: torch's defaults)",

@@ -1,7 +1,7 @@
 """``fusedrnn.LSTM``: a drop-in ``torch.nn.LSTM`` running fused Triton kernels on CUDA."""
 
 import torch
-from torch import nn
+from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fusedrnn import functional as F
@@ -67,13 +67,21 @@ class LSTM(nn.RNNBase):
         """As ``torch.nn.LSTM.forward``. ``lengths``: ``(B,)`` sequence lengths of a padded
         batched input (not with a PackedSequence); the output is zero past each length and
         ``h_n, c_n`` are each sequence's own last step."""
-        self._update_flat_weights()
         device = (input.data if isinstance(input, PackedSequence) else input).device
         if lengths is None and F.uses_torch_cpu(device, self.backend):
-            # torch.nn.LSTM.forward itself: its checks, packed and unbatched input, op and
-            # dropout, without a Python layer of ours around them (7% of a T = 16, B = 1 call).
-            # Two of our errors stay: a third state refused with packed input too, and one
-            # tensor as the state named, where torch's op lists its overloads.
+            if self._can_call_torch_op_directly(input, hx):
+                # What torch.nn.LSTM.forward calls, once its checks would pass: checked here
+                # in a few comparisons instead (its checks are a tenth of a T = 16, B = 1 call).
+                self._update_flat_weights()
+                if hx is None:
+                    hx = self._zero_state(input)
+                output, h_n, c_n = _VF.lstm(input, hx, self._flat_weights, self.bias, self.num_layers,
+                                            self.dropout, self.training, self.bidirectional, self.batch_first)  # fmt: skip
+                return output, (h_n, c_n)
+            # torch.nn.LSTM.forward itself for everything else: its checks and errors, packed
+            # and unbatched input, autocast. Two of our errors stay: a third state refused with
+            # packed input too, and one tensor as the state named, where torch's op lists its
+            # overloads.
             if hx is not None:
                 _check_state_count(hx)
             try:
@@ -81,6 +89,7 @@ class LSTM(nn.RNNBase):
             except TypeError:
                 _refuse_one_tensor(hx)
                 raise
+        self._update_flat_weights()
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("lengths= is for padded input; a PackedSequence carries its own")
@@ -115,6 +124,36 @@ class LSTM(nn.RNNBase):
         if not is_batched:
             return output.squeeze(batch_dim), (h_n.squeeze(1), c_n.squeeze(1))
         return output, (h_n, c_n)
+
+    def _state_shapes(self, batch):
+        """(h0's shape, c0's shape) for a batch of ``batch``, as torch.nn.LSTM expects them."""
+        stacked = self.num_layers * (2 if self.bidirectional else 1)
+        return (stacked, batch, self.proj_size or self.hidden_size), (stacked, batch, self.hidden_size)
+
+    def _zero_state(self, input):
+        """(h0, c0) of zeros; one tensor for both where their shapes agree (the op only reads them)."""
+        h_shape, c_shape = self._state_shapes(input.shape[0 if self.batch_first else 1])
+        zeros = dict(dtype=input.dtype, device=input.device)
+        c0 = torch.zeros(c_shape, **zeros)
+        return (c0 if h_shape == c_shape else torch.zeros(h_shape, **zeros)), c0
+
+    def _can_call_torch_op_directly(self, input, hx):
+        """Whether every check of torch.nn.LSTM.forward would pass and leave the input as it
+        is: a batched padded tensor of the weights' dtype and input size, and no state or a
+        pair of tensors of the expected shapes. Anything else takes torch's own forward."""
+        if type(input) is not torch.Tensor or input.dim() != 3 or input.shape[2] != self.input_size:
+            return False
+        if input.dtype != self.weight_ih_l0.dtype:
+            return False  # torch's error, or autocast's rule
+        if hx is None:
+            return True
+        if type(hx) not in (tuple, list) or len(hx) != 2:
+            return False
+        h0, c0 = hx
+        if type(h0) is not torch.Tensor or type(c0) is not torch.Tensor:
+            return False
+        h_shape, c_shape = self._state_shapes(input.shape[0 if self.batch_first else 1])
+        return h0.shape == h_shape and c0.shape == c_shape
 
     def _forward_packed(self, packed, hx):
         """Unpack to a padded batch in the packed (sorted) order, run it with its lengths

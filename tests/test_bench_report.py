@@ -557,3 +557,26 @@ def test_cpu_speedup_comes_from_the_interleaved_torch_timing(tmp_path):
         if row["provider"] == "fusedrnn-auto":
             row["torch_ms"] = row["time_ms"] * 1.02
     assert cpu_targets(rows, tmp_path)["speedup, geometric mean"] == ("1.020x", "PASS")
+
+
+def test_cpu_peak_memory_targets_and_table(tmp_path):
+    """Peak memory over torch's per case, and its growth per step over T against torch's."""
+    rows = cpu_rows()
+    for row in rows:  # torch 2 MiB a step-unit at T = 128 and linear; auto at 1.1x; reference 2x, quadratic
+        scale = {"torch": 1.0, "fusedrnn-auto": 1.1, "reference-eager": 2.0}[row["provider"]]
+        growth = row["T"] / 128 if row["provider"] == "reference-eager" else 1.0
+        row["peak_mib"] = 2.0 * row["T"] / 128 * scale * growth
+    results = cpu_targets(rows, tmp_path)
+    assert results["fusedrnn-auto: peak memory / torch.nn.LSTM's"] == (results["fusedrnn-auto: peak memory / torch.nn.LSTM's"][0], "PASS")
+    assert results["fusedrnn-auto: peak memory / torch.nn.LSTM's"][0].startswith("1.100x (")
+    growth = results["fusedrnn-auto: growth of peak memory per step over T (over torch.nn.LSTM's where that grows)"]
+    assert growth[0].startswith("1.000x (") and growth[1] == "PASS"
+    measured, result = results["reference-eager: peak memory / torch.nn.LSTM's"]
+    assert measured.startswith("16.000x (") and result == "MISS by 1180.0%"  # 2x times 8x at T = 1024
+    growth = results["reference-eager: growth of peak memory per step over T (over torch.nn.LSTM's where that grows)"]
+    assert growth[0].startswith("8.000x (") and growth[1] == "MISS by 540.0%"
+    (cases,) = report.load_cpu([write_results(tmp_path / "cpu.json", rows)]).values()
+    table = report.cpu_memory_table(cases)
+    assert "| training | float32 | layer | 1024 | 256 | 8 | 16.0 | 17.6 | 256.0 | 1.10x | 16.00x |" in table
+    without = cpu_targets(cpu_rows(), tmp_path)  # no peak measured: said so, not passed
+    assert without["fusedrnn-auto: peak memory / torch.nn.LSTM's"] == ("-", report.NOT_MEASURED)

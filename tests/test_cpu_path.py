@@ -59,6 +59,30 @@ def test_auto_on_cpu_is_torch_s_lstm_bit_for_bit(config, dtype):
                      module_forward_backward(theirs, x, state, cotangents))  # fmt: skip
 
 
+def test_plain_calls_skip_torch_s_python_forward_and_the_rest_take_it(monkeypatch):
+    """A batched tensor with no state or a pair of the expected shapes calls the op directly
+    (torch's checks would pass; skipping them saves 6% of a T = 16, B = 1 call); any other
+    form goes through torch.nn.LSTM.forward for its errors and input handling."""
+    ours, theirs = pair(proj_size=3)
+    x, hx, _ = inputs(theirs, torch.float32)
+    expected = {"none": theirs(x), "pair": theirs(x, hx), "list": theirs(x, list(hx))}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.nn.LSTM.forward called")
+
+    monkeypatch.setattr(torch.nn.LSTM, "forward", refuse)
+    for name, state in (("none", None), ("pair", hx), ("list", list(hx))):
+        y, (h_n, c_n) = ours(x, state)
+        want_y, (want_h, want_c) = expected[name]
+        assert torch.equal(y, want_y) and torch.equal(h_n, want_h) and torch.equal(c_n, want_c), name
+    swapped = {name: torch.zeros_like(p) for name, p in ours.named_parameters()}  # functional_call's weights
+    assert not torch.func.functional_call(ours, swapped, (x,))[0].any()
+    others = [(x[:, 0], None), (x, (hx[0][:, :1], hx[1])), (x.double(), None), (x[..., :2], None)]
+    for other_input, state in others:  # unbatched, a wrong state, a wrong dtype, a wrong size
+        with pytest.raises(AssertionError, match="forward called"):
+            ours(other_input, state)
+
+
 def test_packed_input_and_lengths_are_torch_s_pack_lstm_pad():
     ours, theirs = pair(num_layers=2, bidirectional=True)
     x, hx, (dy, dh, dc) = inputs(theirs, torch.float32)
