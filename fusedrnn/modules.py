@@ -125,14 +125,9 @@ class LSTM(nn.RNNBase):
             return output.squeeze(batch_dim), (h_n.squeeze(1), c_n.squeeze(1))
         return output, (h_n, c_n)
 
-    def _state_shapes(self, batch):
-        """(h0's shape, c0's shape) for a batch of ``batch``, as torch.nn.LSTM expects them."""
-        stacked = self.num_layers * (2 if self.bidirectional else 1)
-        return (stacked, batch, self.proj_size or self.hidden_size), (stacked, batch, self.hidden_size)
-
     def _zero_state(self, input):
         """(h0, c0) of zeros; one tensor for both where their shapes agree (the op only reads them)."""
-        h_shape, c_shape = self._state_shapes(input.shape[0 if self.batch_first else 1])
+        h_shape, c_shape = self.get_expected_hidden_size(input, None), self.get_expected_cell_size(input, None)
         zeros = dict(dtype=input.dtype, device=input.device)
         c0 = torch.zeros(c_shape, **zeros)
         return (c0 if h_shape == c_shape else torch.zeros(h_shape, **zeros)), c0
@@ -152,8 +147,9 @@ class LSTM(nn.RNNBase):
         h0, c0 = hx
         if type(h0) is not torch.Tensor or type(c0) is not torch.Tensor:
             return False
-        h_shape, c_shape = self._state_shapes(input.shape[0 if self.batch_first else 1])
-        return h0.shape == h_shape and c0.shape == c_shape
+        return h0.shape == self.get_expected_hidden_size(input, None) and c0.shape == self.get_expected_cell_size(
+            input, None
+        )
 
     def _forward_packed(self, packed, hx):
         """Unpack to a padded batch in the packed (sorted) order, run it with its lengths
