@@ -38,7 +38,7 @@ backward of ``(y * dy).sum()`` (dy random, fixed, y's shape) into the input and 
 
 Providers
 - fusedrnn-{auto,persistent,per-step,one-launch}: ``fusedrnn.LSTM(backend="triton")`` under
-  ``fusedrnn.kernels.lstm.launch_strategy(name)``; "auto" lets the launchers choose, the
+  ``fusedrnn.kernels.planner.launch_strategy(name)``; "auto" lets the launchers choose, the
   others force a strategy and skip where it cannot run the shape on this device
   (``StrategyUnavailable``). The row's "strategy" is the one that ran (``last_strategy()``).
   Per-step recurrences replay CUDA graphs of their launches once a call repeats
@@ -89,7 +89,7 @@ import triton
 import triton.testing
 
 import fusedrnn
-from fusedrnn.kernels import lstm as lstm_kernels
+from fusedrnn.kernels import launch, planner
 from fusedrnn.kernels import step_graphs
 from fusedrnn.kernels.reference import lstm_cell_update
 from fusedrnn.kernels.tuning import dtype_name
@@ -193,8 +193,8 @@ def compiled_reference(module):
 def build(provider, T, B, H, P, dtype):
     """``forward(x) -> y`` and the parameters it trains; every module has the same weights."""
     if provider == "floor-barrier":
-        launch = lstm_kernels.barrier_floor(T, B, H, dtype, DEVICE, P=P)
-        return (lambda x: launch()), []
+        barriers = launch.barrier_floor(T, B, H, dtype, DEVICE, P=P)
+        return (lambda x: barriers()), []
     torch.manual_seed(0)
     layer = dict(proj_size=P or 0, device=DEVICE, dtype=dtype)
     if provider == "cudnn":
@@ -241,12 +241,12 @@ def launch_settings(provider):
     forces it, with CUDA graphs of the per-step launches off for PER_STEP_EAGER."""
     if provider == PER_STEP_EAGER:
         settings = contextlib.ExitStack()
-        settings.enter_context(lstm_kernels.launch_strategy("per-step"))
+        settings.enter_context(planner.launch_strategy("per-step"))
         settings.enter_context(step_graphs.enabled(False))
         return "per-step", settings
     if provider in FUSEDRNN:
         strategy = provider.removeprefix("fusedrnn-")
-        return strategy, lstm_kernels.launch_strategy(strategy)
+        return strategy, planner.launch_strategy(strategy)
     return None, contextlib.nullcontext()
 
 
@@ -263,9 +263,9 @@ def test_lstm(benchmark, mode, dtype, T, B, H, P, provider):
             x = torch.randn(T, B, H, device=DEVICE, dtype=dtype, requires_grad=mode == "training")
             call = make_call(mode, forward, x, parameters, P or H)
             call()  # warm-up and compilation; a forced strategy that cannot run the shape raises
-        except lstm_kernels.StrategyUnavailable as err:
+        except planner.StrategyUnavailable as err:
             pytest.skip(f"{provider} cannot run T={T} B={B} H={H} P={P} {dtype_name(dtype)} here: {err}")
-        ran = lstm_kernels.last_strategy() if strategy is not None else None
+        ran = planner.last_strategy() if strategy is not None else None
         if HAS_CUDA and not benchmark.disabled:
             time_ms, peak_memory_bytes = measure(call)
 

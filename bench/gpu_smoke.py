@@ -163,7 +163,7 @@ SMOKE_SPINS = 1 << 20
 def section_barrier(args, emit):
     import torch
 
-    from fusedrnn.kernels import lstm as K
+    from fusedrnn.kernels import barrier
 
     cuda = _cuda()
     device = "cuda" if cuda else "cpu"
@@ -181,7 +181,7 @@ def section_barrier(args, emit):
         for _ in range(5 if cuda else 1):
             sync = torch.zeros(n_b + 1, dtype=torch.int32, device=device)
             start, end = _events(cuda)
-            K._barrier_floor_kernel[(n_b, n_u)](sync, steps, SMOKE_SPINS, launch_cooperative_grid=True, num_warps=4)
+            barrier.barrier_floor_kernel[(n_b, n_u)](sync, steps, SMOKE_SPINS, launch_cooperative_grid=True, num_warps=4)
             us = _elapsed_us(start, end, cuda)
             counts = sync.tolist()
             exact &= counts[:-1] == [steps * n_u] * n_b
@@ -197,7 +197,7 @@ def section_barrier(args, emit):
 
     # A barrier one arrival short (counter primed at -1) never fills: the error word, no hang.
     sync = torch.tensor([-1, 0], dtype=torch.int32, device=device)
-    K._barrier_floor_kernel[(1, 1)](sync, 3, 1000)
+    barrier.barrier_floor_kernel[(1, 1)](sync, 3, 1000)
     counts = sync.tolist()
     good = counts == [2, 1]
     ok &= good
@@ -207,7 +207,7 @@ def section_barrier(args, emit):
         grid = (64, sms)
         sync = torch.zeros(grid[0] + 1, dtype=torch.int32, device=device)
         try:
-            K._barrier_floor_kernel[grid](sync, 2, 1 << 12, launch_cooperative_grid=True, num_warps=4)
+            barrier.barrier_floor_kernel[grid](sync, 2, 1 << 12, launch_cooperative_grid=True, num_warps=4)
             torch.cuda.synchronize()
             outcome, good = f"ran: counters {sync.tolist()[:3]}..., error word {sync.tolist()[-1]}", False
         except Exception as err:  # noqa: BLE001: Triton's launcher raises the driver's refusal as it likes
@@ -281,10 +281,10 @@ STRATEGY_RUNS = [
 
 
 def section_correct(args, emit):
-    from fusedrnn.kernels import lstm as K
+    from fusedrnn.kernels import barrier
 
     # A timed-out barrier raises after about a second, in this process, as in the tests.
-    K.BARRIER_ERROR_CHECK, K.BARRIER_MAX_SPINS = "host", SMOKE_SPINS
+    barrier.BARRIER_ERROR_CHECK, barrier.BARRIER_MAX_SPINS = "host", SMOKE_SPINS
     cases = correct_cases(args.tiny)
     k, n = args.part
     for index, case in enumerate(cases):
@@ -313,8 +313,8 @@ def check_case(case, emit, index):
     from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
     import fusedrnn
-    from fusedrnn.kernels import lstm as K
-    from fusedrnn.kernels import step_graphs
+    from fusedrnn.kernels import lstm, planner, step_graphs
+    from fusedrnn.kernels.cells import LSTM
     from fusedrnn.testing import error_stats, module_forward_backward, no_worse_than_bound
 
     device = torch.device("cuda" if _cuda() else "cpu")
@@ -363,17 +363,17 @@ def check_case(case, emit, index):
         counts_before = dict(step_graphs.cache.counts)
         row = dict(kind="correct", index=index, case=case["name"], strategy=label, baseline=baseline)
         try:
-            with K.launch_strategy(strategy), step_graphs.enabled(graphs):
+            with planner.launch_strategy(strategy), step_graphs.enabled(graphs):
                 runs = []
                 for _ in range(repeats):
                     runs.append(module_forward_backward(ours, x_d, hx_d, cotangents))
                     if device.type == "cuda":
                         torch.cuda.synchronize()
-                ran = K.last_strategy()
-                # the K slices of the backward's dh loop in the plan that ran (kernels/lstm.py DH_SPLIT)
-                plans = K._plans(B, H, P or None, dtype, device, K._lstm_bwd_kernel, True)
+                ran = planner.last_strategy()
+                # the K slices of the backward's dh loop in the plan that ran (kernels/planner.py DH_SPLIT)
+                plans = planner.plans(LSTM, B, H, P or None, dtype, device, lstm._lstm_bwd_kernel, True)
                 dh_split = next((config["DH_SPLIT"] for name, config in plans if name == ran), None)
-        except K.StrategyUnavailable as err:
+        except planner.StrategyUnavailable as err:
             emit(**row, unavailable=str(err), ok=None)
             continue
         except Exception as err:  # noqa: BLE001: the row says what and where; the next strategy runs

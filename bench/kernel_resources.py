@@ -34,11 +34,11 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from fusedrnn.kernels import lstm  # noqa: E402
+from fusedrnn.kernels import aot, launch, lstm, planner  # noqa: E402
 
 # An H100 SXM as the launcher would see it: 132 SMs, one program each planned (as test_compile).
 H100_SMS = 132
-lstm._resident_limits = lambda device, interpreted: (H100_SMS, None)
+planner.LIMITS = planner.PlannerLimits(modelled_sms=H100_SMS)
 # Per-SM limits of sm_90 (CUDA occupancy calculator): registers are allocated per warp in
 # units of 256; each block reserves 1 KiB of shared memory on top of what it asks for.
 SM_REGS, SM_SHARED, SM_THREADS = 65536, 228 * 1024, 2048
@@ -88,7 +88,7 @@ def compile_one(job):
     kernel_key, dtype_name, constexprs, options, int_args = job
     kernel = KERNELS[kernel_key][0]
     try:
-        signature, constants, attrs = lstm.compile_spec(kernel, dtype_name, dict(int_args))
+        signature, constants, attrs = aot.compile_spec(kernel, dtype_name, dict(int_args))
         source = ASTSource(kernel, signature, {**constexprs, **constants}, attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
         return dict(ptxas_info(compiled.asm["ptx"]), shared=compiled.metadata.shared)
@@ -120,13 +120,13 @@ def plan(dtype_name, B, H, P, kernel_key, strategy="persistent"):
     torch.backends.cudnn.allow_tf32 = True  # fp32 recurrent dots in TF32 (kernel_config reads it)
     backward = KERNELS[kernel_key][1]
     try:
-        config = lstm.kernel_config(B, H, DTYPES[dtype_name], strategy, P=P, backward=backward)
-    except lstm.StrategyUnavailable as e:
+        config = planner.kernel_config(B, H, DTYPES[dtype_name], strategy, P=P, backward=backward)
+    except planner.StrategyUnavailable as e:
         return {"unavailable": str(e)}, []
-    config, options = lstm.split_launch_options(config)
+    config, options = aot.split_launch_options(config)
     options["launch_cooperative_grid"] = config["GRID_SYNC"]
-    phases = lstm.kernel_phases(P is not None, backward, config.get("DH_SPLIT", 1))
-    launches = phases if strategy == "per-step" else [lstm.all_phase_flags(phases)]
+    phases = planner.kernel_phases(P is not None, backward, config.get("DH_SPLIT", 1))
+    launches = phases if strategy == "per-step" else [planner.all_phase_flags(phases)]
     int_args = layer_int_args(B, H, P if P is not None else H)
     jobs = [(flags, (kernel_key, dtype_name, dict(config, **flags, REVERSE=False, VARLEN=False), options, int_args))
             for flags in launches]  # fmt: skip
@@ -239,23 +239,23 @@ def render(results, elapsed, strategy, projection):
         f"torch {torch_v}, ptxas {ptxas_v} (Triton's wheel), fusedrnn at {commit}. **Compiled for sm_90 on a "
         "CPU machine, no GPU run**: nothing here is a measured time.",
         "",
-        f"- Config: `lstm.kernel_config(B, H, dtype, \"{strategy}\", P=P)` with {H100_SMS} SMs "
-        "(`_resident_limits` patched as tests/kernels/test_compile.py does); input = H, "
+        f"- Config: `planner.kernel_config(B, H, dtype, \"{strategy}\", P=P)` with {H100_SMS} SMs "
+        "(`PlannerLimits(modelled_sms)`, as tests/kernels/test_compile.py plans); input = H, "
         + ("P = proj_size" if projection else "no projection (P = H)")
         + ", REVERSE = VARLEN = False. A launch is `_lstm_fwd_kernel` (fwd) or `_lstm_bwd_kernel` (bwd) with "
-        "the phases it runs (`lstm.kernel_phases`): cell (DO_CELL), proj (DO_PROJ), dh (DO_DH), dh_partial "
+        "the phases it runs (`planner.kernel_phases`): cell (DO_CELL), proj (DO_PROJ), dh (DO_DH), dh_partial "
         "(DO_DH_PARTIAL: dh's K loop split in `dh split` = DH_SPLIT slices x BLOCK_PS units); a per-step "
         "layer launches each phase of a step on its own, except dh+cell without a projection. "
         "fp32 with `cudnn.allow_tf32 = True` "
         "(INPUT_PRECISION tf32).",
         "- Built with `triton.compile(..., GPUTarget(\"cuda\", 90, 32))`, specialised as a launch is "
-        "(`lstm.compile_spec`: aligned pointers, sizes and strides that are multiples of 16 marked so, those "
+        "(`aot.compile_spec`: aligned pointers, sizes and strides that are multiples of 16 marked so, those "
         "equal to 1 constants), "
         "num_warps, num_stages and maxnreg (ptxas register cap) from the config, "
         "`launch_cooperative_grid` for a persistent launch; regs and spills from `ptxas -lineinfo -v` on the PTX (target "
         f"{', '.join(archs)}). "
         "Shared = Triton's dynamic shared memory + ptxas static smem.",
-        f"- programs/SM: `lstm.programs_per_sm` (the launcher's check) with {SM_REGS} regs/SM (per warp, in "
+        f"- programs/SM: `launch.programs_per_sm` (the launcher's check) with {SM_REGS} regs/SM (per warp, in "
         f"units of 256), {SM_SHARED // 1024} KiB shared/SM with 1 KiB reserved per block, {SM_THREADS} "
         f"threads/SM; resident = grid (batch blocks x unit blocks) <= {H100_SMS} x programs/SM.",
         "- Floor per step of a launch (assumptions, not measurements): W read = the weights its phases read, "
@@ -311,8 +311,7 @@ def main():
                     # Shapes with the same constexprs, multiples of 16 and ones (constants) share a build.
                     key = repr((job[:4], [(name, value % 16 == 0, value == 1) for name, value in job[4]]))
                     jobs.setdefault(key, job)
-                    grid = lstm._grid(config, args.strategy, B, H, P or H, cell_units=flags["DO_CELL"],
-                                      dh_partial=flags.get("DO_DH_PARTIAL", False))  # fmt: skip
+                    grid = planner.phase_grid(config, args.strategy, B, H, P or H, flags)
                     parts = weight_parts(backward, flags, H, P, config.get("DH_SPLIT", 1))
                     results.append(dict(r, kernel=launch_name(kernel_key, flags), config=config, job=key, grid=grid,
                                         floor=floor(dtype_name, B, parts, config)))  # fmt: skip
@@ -325,7 +324,7 @@ def main():
         r.update(built[r["job"]])
         if "error" not in r:
             r["shared_total"] = r["shared"] + r["smem_static"]
-            r["per_sm"] = lstm.programs_per_sm(r["regs"], r["shared_total"], r["config"]["num_warps"], SM_REGS, SM_SHARED, SM_THREADS)
+            r["per_sm"] = launch.programs_per_sm(r["regs"], r["shared_total"], r["config"]["num_warps"], SM_REGS, SM_SHARED, SM_THREADS)
             r["resident"] = r["grid"][0] * r["grid"][1] <= H100_SMS * r["per_sm"]
 
     report = render(results, time.time() - start, args.strategy, args.projection)

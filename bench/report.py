@@ -551,6 +551,7 @@ def write_plot(series, path, title_of=None, ylabel="speedup vs cuDNN"):
 # -------------------------------------------------------------------------------- dispatch
 
 DISPATCH_KERNELS = {"inference": "fwd", "training": "bwd"}
+DISPATCH_CELL = "lstm"  # the tables' "cell" (kernels/cells.py): bench/bench_lstm.py times the LSTM's kernels
 
 
 def dispatch_choices(rows, tf32=True):
@@ -580,7 +581,7 @@ def dispatch_table(rows, tf32=True):
     entries, cases, used = [], [], []
     for (mode, dtype, B, H, P), (case, timed) in choices.items():
         fastest = min(timed, key=lambda p: (timed[p].info["time_ms"], STRATEGIES.index(p)))
-        shape = {"kernel": DISPATCH_KERNELS[mode], "dtype": dtype, "B": B, "H": H, "P": P}
+        shape = {"cell": DISPATCH_CELL, "kernel": DISPATCH_KERNELS[mode], "dtype": dtype, "B": B, "H": H, "P": P}
         entries.append({**shape, "strategy": fastest.removeprefix("fusedrnn-")})
         ms = {p.removeprefix("fusedrnn-"): timed[p].info["time_ms"] for p in STRATEGIES if p in timed}
         cases.append({**shape, "T": case.T, "tf32": case.tf32, "ms": ms})

@@ -51,15 +51,16 @@ if not torch.cuda.is_available():
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
-from fusedrnn.kernels import lstm, tuning  # noqa: E402
+from fusedrnn.kernels import lstm, planner, tuning  # noqa: E402
 from fusedrnn.kernels._helpers import is_interpreted  # noqa: E402
+from fusedrnn.kernels.cells import CELLS, LSTM  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 CANDIDATES = [
     dict(BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
     for block_k, num_warps, num_stages in itertools.product((16, 32, 64), (4, 8), (1, 2, 3, 4))
 ]
-# The backward also tries each split of its dh loop over K (kernels/lstm.py DH_SPLIT) with the
+# The backward also tries each split of its dh loop over K (kernels/planner.py DH_SPLIT) with the
 # other options at their defaults: whether splitting pays is the question, not the product.
 BACKWARD_CANDIDATES = CANDIDATES + [dict(DH_SPLIT=split) for split in (1, 2, 4, 8)]
 TUNED_KEYS = {"fwd": ("BLOCK_K", "num_warps", "num_stages"), "bwd": ("BLOCK_K", "num_warps", "num_stages", "DH_SPLIT")}
@@ -106,7 +107,7 @@ class Problem:
     def bwd(self):
         """lstm_bwd's outputs, on the default config's forward (made once, under the rule)."""
         if self._fwd_outputs is None:
-            with tuning.use_table(None), lstm.launch_strategy("auto"):
+            with tuning.use_table(None), planner.launch_strategy("auto"):
                 self._fwd_outputs = self.fwd()
         _, c, _, gates = self._fwd_outputs
         return lstm.lstm_bwd(gates, c, self.c0, self.w_hh, self.d_out, self.d_hn, self.d_cn, w_hr=self.w_hr)
@@ -138,18 +139,22 @@ def disagreement(outputs, reference, dtype):
     return None
 
 
+def case_key(kernel, strategy, problem):
+    """The table key of one case: the tuner times the LSTM's kernels."""
+    return dict(cell=LSTM.name, kernel=kernel, strategy=strategy, dtype=tuning.dtype_name(problem.dtype),
+                B=problem.B, H=problem.H, P=problem.P)  # fmt: skip
+
+
 def one_entry_table(kernel, strategy, problem, config):
     """A table that sets ``config`` for this kernel, strategy, dtype and shape only."""
-    key = dict(kernel=kernel, strategy=strategy, dtype=tuning.dtype_name(problem.dtype),
-               B=problem.B, H=problem.H, P=problem.P)  # fmt: skip
-    return {"gpu": "candidate", "dispatch": [], "configs": [dict(key, config=config)]}
+    return {"gpu": "candidate", "dispatch": [], "configs": [dict(case_key(kernel, strategy, problem), config=config)]}
 
 
 def effective(kernel, strategy, problem, device):
     """The tuned options of the config the launchers use now (under the installed table)."""
-    config = lstm.kernel_config(problem.B, problem.H, problem.dtype, strategy, P=problem.P,
-                                backward=kernel == "bwd", device=device,
-                                interpreted=is_interpreted(lstm._lstm_fwd_kernel))  # fmt: skip
+    config = planner.kernel_config(problem.B, problem.H, problem.dtype, strategy, cell=LSTM, P=problem.P,
+                                   backward=kernel == "bwd", device=device,
+                                   interpreted=is_interpreted(lstm._lstm_fwd_kernel))  # fmt: skip
     return {key: config[key] for key in TUNED_KEYS[kernel]}
 
 
@@ -165,20 +170,19 @@ def tune_case(kernel, strategy, problem, candidates, timing, say=print):
     or None), or the key and "error" when the default config fails; None when the strategy
     cannot run the shape."""
     device = problem.gx.device
-    key = dict(kernel=kernel, strategy=strategy, dtype=tuning.dtype_name(problem.dtype),
-               B=problem.B, H=problem.H, P=problem.P)  # fmt: skip
+    key = case_key(kernel, strategy, problem)
     name = f"{kernel} {strategy} {key['dtype']} B={problem.B} H={problem.H}" + (f" P={problem.P}" if problem.P else "")
 
     def bench(call):
         return triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median") if timing else None
 
-    with lstm.launch_strategy(strategy):
+    with planner.launch_strategy(strategy):
         with tuning.use_table(None):  # the default config: the register budget, no table
             try:
                 default = effective(kernel, strategy, problem, device)
                 reference = run_kernel(problem, kernel)
                 default_ms = bench(problem.timed_call(kernel))
-            except lstm.StrategyUnavailable as err:
+            except planner.StrategyUnavailable as err:
                 say(f"{name}: skipped, {err}")
                 return None
             except Exception as err:  # the default must run: a bug, reported; the table keeps its entry
@@ -242,7 +246,7 @@ def versions():
 def merge(table, results, date):
     """``table`` with the tuned results merged into its "configs" and "configs_provenance"
     (a new dict): the keys tuned are replaced (a winner) or removed (the default stays)."""
-    fields = ("kernel", "strategy", "dtype", "B", "H", "P")
+    fields = ("cell", "kernel", "strategy", "dtype", "B", "H", "P")
 
     def key(entry):
         return tuple(entry[f] for f in fields)
@@ -256,7 +260,7 @@ def merge(table, results, date):
                    date=date, versions=versions()) for k, r in tuned.items()]  # fmt: skip
 
     def order(entry):
-        return (KERNELS.index(entry["kernel"]), STRATEGIES.index(entry["strategy"]),
+        return (list(CELLS).index(entry["cell"]), KERNELS.index(entry["kernel"]), STRATEGIES.index(entry["strategy"]),
                 list(DTYPES).index(entry["dtype"]), entry["B"], entry["H"], entry["P"] or 0)  # fmt: skip
 
     provenance.update(made_by="bench/tune.py", min_gain=MIN_GAIN, cases=sorted(cases, key=order))

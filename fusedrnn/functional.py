@@ -278,10 +278,9 @@ def _check_kernels_can_run(input):
         )
     if input.is_cuda:
         return
-    from fusedrnn.kernels import lstm as lstm_kernels
-    from fusedrnn.kernels._helpers import is_interpreted
+    from fusedrnn.kernels.launch import kernels_interpreted
 
-    if input.device.type != "cpu" or not is_interpreted(lstm_kernels._lstm_fwd_kernel):
+    if input.device.type != "cpu" or not kernels_interpreted():
         raise RuntimeError(
             f"backend='triton' needs CUDA tensors, got a tensor on {input.device}. CPU tensors "
             "run the kernels only under the Triton interpreter: set TRITON_INTERPRET=1 before "

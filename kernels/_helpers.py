@@ -1,6 +1,8 @@
 """Device helpers shared by the Triton kernels (activations, the four-gate product), and the
 host helpers of their launchers."""
 
+from contextlib import nullcontext
+
 import torch
 import triton
 import triton.language as tl
@@ -101,29 +103,24 @@ def gates_matmul(acc_i, acc_f, acc_g, acc_o, p_a, mask_a, p_w, stride_w, mask_u,
     return acc_i, acc_f, acc_g, acc_o
 
 
-@triton.jit
-def grid_barrier(p_count, target, max_spins):
-    """Wait until ``target`` arrivals have been counted at ``p_count`` (an int32 counter that
-    starts at zero for the launch), counting this program's own; True when it gave up after
-    ``max_spins`` polls instead.
+MIN_DOT = 16  # tl.dot needs every dimension >= 16 on the GPU (the interpreter does not check)
 
-    A counting barrier: the n-th barrier of a group of g programs waits for n * g arrivals,
-    so the counter never needs a reset within a launch (int32 holds 2^31 arrivals). It only
-    works when every program of the group is resident at once: the launcher checks the grid
-    against the SMs and the occupancy, and launches cooperatively. The spin is bounded so that
-    a non-resident program shows up as an error, not a hang.
-    """
-    tl.debug_barrier()  # every thread of the program has stored its share of the step
-    # Release: the stores before the barrier are visible at GPU scope before the arrival is;
-    # acquire: the last to arrive sees the stores of all the others.
-    arrived = tl.atomic_add(p_count, 1, sem="acq_rel", scope="gpu") + 1
-    spins = 0
-    while (arrived < target) & (spins < max_spins):
-        # Acquire: what the other programs stored before arriving is visible after this.
-        arrived = tl.atomic_add(p_count, 0, sem="acquire", scope="gpu")
-        spins += 1
-    tl.debug_barrier()  # no thread reads the other programs' results before the wait is over
-    return arrived < target
+
+def cdiv(a, b):
+    """ceil(a / b) for ints. triton.cdiv and triton.next_power_of_2 are JIT functions: a host
+    call costs about 2 us each, and planning made dozens a launch (bench/NOTES.md, host time)."""
+    return -(-a // b)
+
+
+def padded(n, cap=None):
+    """n rounded up to a power of two, at least MIN_DOT (and at most ``cap``, a power of two)."""
+    block = max(MIN_DOT, 1 << (n - 1).bit_length())
+    return block if cap is None else min(cap, block)
+
+
+def launch_context(like):
+    """Triton launches on the current CUDA device and stream: make that the tensors' device."""
+    return torch.cuda.device(like.device) if like.is_cuda else nullcontext()
 
 
 def is_interpreted(kernel) -> bool:
@@ -136,6 +133,14 @@ TRITON_DTYPES = {
     torch.float16: tl.float16,
     torch.bfloat16: tl.bfloat16,
 }
+
+
+
+def check_kernel_dtype(dtype):
+    """The Triton kernels' dtype rule, with the one error message every launcher raises."""
+    if dtype not in TRITON_DTYPES:
+        raise TypeError(f"fusedrnn's Triton kernels support float32, float16 and bfloat16, got {dtype}")
+
 
 # Tests set this to True to fill every kernel output with NaN before launch, so an element a
 # kernel forgets to write cannot pass by holding a plausible value.

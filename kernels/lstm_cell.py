@@ -15,20 +15,23 @@ Dtypes. ``x``, ``h`` and the weights share one dtype; ``c`` may have another (to
 ``h'`` and ``c'`` take ``promote(x, c)``). The pre-activations are saved in fp32.
 """
 
-from contextlib import nullcontext
-
 import torch
 import triton
 import triton.language as tl
 
 from ._helpers import (
+    MIN_DOT,
     TRITON_DTYPES,
+    cdiv,
     cell_grads,
+    check_kernel_dtype,
     cell_update,
     empty_output,
     gates_matmul,
     is_interpreted,
+    launch_context,
     load_activations,
+    padded,
     store_gates,
     tanh,
 )
@@ -37,7 +40,6 @@ from ._helpers import (
 BLOCK_H = 32
 MAX_BLOCK_B = 64  # wider batch blocks re-read the weight tiles less often
 MAX_BLOCK_K = 64  # 16-bit operands; fp32 takes half (twice the bytes per W tile)
-MIN_DOT = 16  # tl.dot needs every dimension >= 16 on the GPU (the interpreter does not check)
 
 
 @triton.jit
@@ -174,21 +176,16 @@ def _lstm_cell_bwd_kernel(
 # Host launchers: check, allocate, pick blocks and grid, launch. No autograd here.
 
 
-def _pow2_block(n, cap):
-    return min(cap, max(MIN_DOT, triton.next_power_of_2(n)))
-
-
 def kernel_config(B, I, H, dtype, interpreted=False):
     """Constexprs and launch options of the forward kernel for x of shape (B, I), hidden size
     H and dtype."""
-    if dtype not in TRITON_DTYPES:
-        raise TypeError(f"fusedrnn's Triton kernels support float32, float16 and bfloat16, got {dtype}")
+    check_kernel_dtype(dtype)
     max_block_k = MAX_BLOCK_K if dtype.itemsize == 2 else max(MIN_DOT, MAX_BLOCK_K // 2)
     config = dict(
-        BLOCK_B=_pow2_block(B, MAX_BLOCK_B),
-        BLOCK_H=_pow2_block(H, BLOCK_H),
-        BLOCK_KI=_pow2_block(I, max_block_k),
-        BLOCK_KH=_pow2_block(H, max_block_k),
+        BLOCK_B=padded(B, MAX_BLOCK_B),
+        BLOCK_H=padded(H, BLOCK_H),
+        BLOCK_KI=padded(I, max_block_k),
+        BLOCK_KH=padded(H, max_block_k),
         # The interpreter computes 16-bit dots wrongly (bf16 is stored as uint16): fp32 there.
         DOT_DTYPE=tl.float32 if interpreted else TRITON_DTYPES[dtype],
         # fp32 follows cuBLAS's switch (default: off), not cuDNN's as kernels/lstm.py does:
@@ -202,11 +199,6 @@ def kernel_config(B, I, H, dtype, interpreted=False):
         value = config[name]
         assert value >= MIN_DOT and value & (value - 1) == 0, f"{name}={value}: a power of two >= 16"
     return config
-
-
-def _launch_context(like):
-    """Triton launches on the current CUDA device and stream: make that the tensors' device."""
-    return torch.cuda.device(like.device) if like.is_cuda else nullcontext()
 
 
 def _rows(t):
@@ -235,8 +227,8 @@ def lstm_cell_fwd(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
     (B, I), H = x.shape, w_hh.shape[1]
     dtype, device = x.dtype, x.device
     for t in (x, c):
-        if t is not None and t.dtype not in TRITON_DTYPES:
-            raise TypeError(f"fusedrnn's Triton kernels support float32, float16 and bfloat16, got {t.dtype}")
+        if t is not None:
+            check_kernel_dtype(t.dtype)
     _check_tensor(w_hh, "w_hh", (4 * H, H), [dtype], device)
     _check_tensor(w_ih, "w_ih", (4 * H, I), [dtype], device)
     if (b_ih is None) != (b_hh is None) or (h is None) != (c is None):
@@ -260,8 +252,8 @@ def lstm_cell_fwd(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
     h = _rows(h) if has_state else x  # unused pointers without a state or bias
     c = c if has_state else x
     b_ih, b_hh = (b_ih.contiguous(), b_hh.contiguous()) if has_bias else (w_ih, w_ih)
-    grid = (triton.cdiv(B, config["BLOCK_B"]), triton.cdiv(H, config["BLOCK_H"]))
-    with _launch_context(x):
+    grid = (cdiv(B, config["BLOCK_B"]), cdiv(H, config["BLOCK_H"]))
+    with launch_context(x):
         _lstm_cell_fwd_kernel[grid](
             x, h, c, w_ih, w_hh, b_ih, b_hh, h_out, c_out, gates, B, I, H,
             x.stride(0), h.stride(0), c.stride(0), c.stride(-1), w_ih.stride(0), w_hh.stride(0),
@@ -284,8 +276,7 @@ def lstm_cell_bwd(gates, c, d_h, d_c, dtype):
         raise ValueError(f"expected contiguous fp32 gates (B, 4H), got {gates.dtype} {tuple(gates.shape)}")
     B, H = gates.shape[0], gates.shape[1] // 4
     device = gates.device
-    if dtype not in TRITON_DTYPES:
-        raise TypeError(f"fusedrnn's Triton kernels support float32, float16 and bfloat16, got {dtype}")
+    check_kernel_dtype(dtype)
     for name, t in (("c", c), ("d_h", d_h), ("d_c", d_c)):
         if t is not None:
             _check_tensor(t, name, (B, H), list(TRITON_DTYPES), device)
@@ -293,11 +284,11 @@ def lstm_cell_bwd(gates, c, d_h, d_c, dtype):
     d_c_prev = empty_output(B, H, dtype=c.dtype if c is not None else dtype, device=device)
     if B == 0 or H == 0:
         return d_gates, d_c_prev
-    block_b, block_h = _pow2_block(B, MAX_BLOCK_B), _pow2_block(H, BLOCK_H)
-    grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
+    block_b, block_h = padded(B, MAX_BLOCK_B), padded(H, BLOCK_H)
+    grid = (cdiv(B, block_b), cdiv(H, block_h))
     unused = gates  # pointer for an absent tensor (never read)
     c_, d_h_, d_c_ = (t if t is not None else unused for t in (c, d_h, d_c))
-    with _launch_context(gates):
+    with launch_context(gates):
         _lstm_cell_bwd_kernel[grid](
             gates, c_, d_h_, d_c_, d_gates, d_c_prev, B, H,
             c_.stride(0), c_.stride(1), d_h_.stride(0), d_h_.stride(1), d_c_.stride(0), d_c_.stride(1),

@@ -1,19 +1,21 @@
-"""Measured launch choices of the LSTM kernels, per GPU: which strategy "auto" runs for a
-shape, and the block sizes (BLOCK_K, num_warps, num_stages; for the backward DH_SPLIT, the K
+"""Measured launch choices of the recurrence kernels, per GPU and cell: which strategy "auto"
+runs for a shape, and the block sizes (BLOCK_K, num_warps, num_stages; for the backward DH_SPLIT, the K
 slices of its dh loop) of a kernel config.
 
 Tables. One JSON file per GPU model, ``kernels/tuned/<slug of the GPU name>.json``, shipped
 as package data (``kernels/tuned/README.md`` says how they are made)::
 
     {"gpu": "NVIDIA H100 80GB HBM3",         # torch.cuda.get_device_name()
-     "dispatch": [{"kernel": "fwd", "dtype": "bfloat16", "B": 32, "H": 1024, "P": null,
-                   "strategy": "persistent"}, ...],
-     "configs": [{"kernel": "fwd", "strategy": "persistent", "dtype": "bfloat16", "B": 32,
-                  "H": 1024, "P": null, "config": {"BLOCK_K": 64, "num_warps": 8,
+     "dispatch": [{"cell": "lstm", "kernel": "fwd", "dtype": "bfloat16", "B": 32, "H": 1024,
+                   "P": null, "strategy": "persistent"}, ...],
+     "configs": [{"cell": "lstm", "kernel": "fwd", "strategy": "persistent", "dtype": "bfloat16",
+                  "B": 32, "H": 1024, "P": null, "config": {"BLOCK_K": 64, "num_warps": 8,
                   "num_stages": 3}}, ...],
      ...}                                    # other keys: provenance, not read here
 
-"kernel" is "fwd" (``lstm_fwd``) or "bwd" (``lstm_bwd``), "P" the projection size or null.
+"cell" names the cell (``kernels/cells.py`` CELLS: each cell's kernels are built and tuned
+apart), "kernel" is "fwd" (the forward recurrence, e.g. ``lstm_fwd``) or "bwd" (its
+backward), "P" the projection size or null.
 ``bench/report.py dispatch`` writes "dispatch" from benchmark results; ``bench/tune.py``
 writes "configs". A table is validated when it is loaded: a bad one raises ValueError naming
 its file.
@@ -36,22 +38,24 @@ from pathlib import Path
 
 import torch
 
+from .cells import CELLS
+
 TUNED_DIR = Path(__file__).parent / "tuned"
 ENV_VAR = "FUSEDRNN_TUNING"
 KERNELS = ("fwd", "bwd")
-STRATEGIES = ("one-launch", "persistent", "per-step")
+STRATEGIES = ("one-launch", "persistent", "per-step")  # kernels/planner.py launch_strategy
 DTYPES = ("float32", "float16", "bfloat16")
 NUM_WARPS = (1, 2, 4, 8, 16)
 MAX_NUM_STAGES = 5
-MAX_DH_SPLIT = 8  # kernels/lstm.py DH_SPLIT: the backward's K slices of its dh loop
+MAX_DH_SPLIT = 8  # DH_SPLIT (kernels/planner.py): the backward's K slices of its dh loop
 # A dispatch measurement stands in for shapes up to this far from it, in
 # |log2 B - log2 B'| + |log2 H - log2 H'| (+ the same for P): one doubling or halving of B or
 # H. The strategies trade launch count against programs and registers, which move with B*H;
 # two doublings away (4x the work per step) the measurement says little about the winner.
 MAX_DISTANCE = 1.0
 
-_DISPATCH_KEYS = ("kernel", "dtype", "B", "H", "P", "strategy")
-_CONFIG_KEYS = ("kernel", "strategy", "dtype", "B", "H", "P", "config")
+_DISPATCH_KEYS = ("cell", "kernel", "dtype", "B", "H", "P", "strategy")
+_CONFIG_KEYS = ("cell", "kernel", "strategy", "dtype", "B", "H", "P", "config")
 _NO_TABLE = object()  # use_table not active
 _installed = _NO_TABLE
 _cache = {}  # ("gpu", name) or ("file", absolute path) -> _Table or None
@@ -77,16 +81,16 @@ class _Table:
 
     def __init__(self, table, dispatch, configs):
         self.table = table
-        self.dispatch = dispatch  # {(kernel, dtype, B, H, P): strategy}
-        self.configs = configs  # {(kernel, strategy, dtype, B, H, P): {option: value}}
+        self.dispatch = dispatch  # {(cell, kernel, dtype, B, H, P): strategy}
+        self.configs = configs  # {(cell, kernel, strategy, dtype, B, H, P): {option: value}}
 
-    def strategy(self, kernel, B, H, P, dtype):
-        exact = self.dispatch.get((kernel, dtype, B, H, P))
+    def strategy(self, cell, kernel, B, H, P, dtype):
+        exact = self.dispatch.get((cell, kernel, dtype, B, H, P))
         if exact is not None:
             return exact
         nearest, strategies = math.inf, set()
-        for (k, d, b, h, p), strategy in self.dispatch.items():
-            if k != kernel or d != dtype or (p is None) != (P is None):
+        for (c, k, d, b, h, p), strategy in self.dispatch.items():
+            if c != cell or k != kernel or d != dtype or (p is None) != (P is None):
                 continue
             distance = abs(math.log2(B / b)) + abs(math.log2(H / h)) + (abs(math.log2(P / p)) if P else 0.0)
             if distance < nearest - 1e-9:
@@ -108,6 +112,8 @@ def _check_entry(entry, keys, where):
     if not isinstance(entry, dict) or set(entry) != set(keys):
         got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
         return f"{where}: expected the keys {', '.join(keys)}, got {got}"
+    if entry["cell"] not in CELLS:
+        return f"{where}: cell must be one of {tuple(CELLS)}, got {entry['cell']!r}"
     if entry["kernel"] not in KERNELS:
         return f"{where}: kernel must be one of {KERNELS}, got {entry['kernel']!r}"
     if entry["strategy"] not in STRATEGIES:
@@ -230,7 +236,7 @@ _generation = 0  # counts the changes of which tables apply (use_table, clear_ca
 
 def state():
     """A token that changes whenever the tables that apply may have: what the launchers' kept
-    plans (kernels/lstm.py ``_plans``) are keyed on."""
+    plans (kernels/planner.py ``plans``) are keyed on."""
     return _generation, os.environ.get(ENV_VAR)
 
 
@@ -268,24 +274,25 @@ def use_table(table):
         _changed()
 
 
-def measured_strategy(kernel, B, H, P, dtype, device):
-    """The strategy the table measured fastest for ``kernel`` ("fwd" or "bwd") at (B, H, P)
-    in ``dtype``: the entry of that shape, else of the nearest measured shape with the same
-    dtype and projection-ness within MAX_DISTANCE; None when there is none (or no table)."""
+def measured_strategy(cell, kernel, B, H, P, dtype, device):
+    """The strategy the table measured fastest for ``cell``'s (a CELLS name) ``kernel`` ("fwd"
+    or "bwd") at (B, H, P) in ``dtype``: the entry of that shape, else of the nearest measured
+    shape of the same cell, kernel, dtype and projection-ness within MAX_DISTANCE; None when
+    there is none (or no table)."""
     index = _index_for(device)
-    return None if index is None else index.strategy(kernel, B, H, P, dtype_name(dtype))
+    return None if index is None else index.strategy(cell, kernel, B, H, P, dtype_name(dtype))
 
 
-def tuned_config(kernel, strategy, B, H, P, dtype, device):
+def tuned_config(cell, kernel, strategy, B, H, P, dtype, device):
     """The measured overrides ({"BLOCK_K", "num_warps", "num_stages"}, some of them) of the
-    kernel config of ``kernel`` under ``strategy`` at exactly (B, H, P) in ``dtype`` (a fresh
+    kernel config of ``cell``'s ``kernel`` under ``strategy`` at exactly (B, H, P) in ``dtype`` (a fresh
     dict), or None. Exact: the tiles the options were tuned for depend on B beyond its power
     of two (the per-step plan weighs the grid against the SMs), and options tuned for one
     tile can spill on another."""
     index = _index_for(device)
     if index is None:
         return None
-    config = index.configs.get((kernel, strategy, dtype_name(dtype), B, H, P))
+    config = index.configs.get((cell, kernel, strategy, dtype_name(dtype), B, H, P))
     return None if config is None else dict(config)
 
 

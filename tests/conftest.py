@@ -24,11 +24,11 @@ def poison_kernel_outputs(monkeypatch):
 def barrier_timeouts_raise_on_the_host(monkeypatch):
     """A persistent launch whose barrier times out raises a RuntimeError after about a second,
     instead of a device-side assert that would end the CUDA context of every later test in
-    the process (kernels/lstm.py BARRIER_ERROR_CHECK)."""
-    from fusedrnn.kernels import lstm as lstm_kernels
+    the process (kernels/barrier.py BARRIER_ERROR_CHECK)."""
+    from fusedrnn.kernels import barrier
 
-    monkeypatch.setattr(lstm_kernels, "BARRIER_ERROR_CHECK", "host")
-    monkeypatch.setattr(lstm_kernels, "BARRIER_MAX_SPINS", 1 << 20)
+    monkeypatch.setattr(barrier, "BARRIER_ERROR_CHECK", "host")
+    monkeypatch.setattr(barrier, "BARRIER_MAX_SPINS", 1 << 20)
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +41,9 @@ def ieee_fp32():
 
 
 @pytest.fixture(params=["one-launch", "per-step", "persistent", "persistent-streamed"])
-def strategy(request, monkeypatch):
-    """Every launch strategy of the LSTM kernels, forced with launch_strategy.
+def strategy(request):
+    """Every launch strategy of the recurrence kernels, forced with launch_strategy, within
+    planner limits lowered for small test shapes (kernels/planner.py override_limits).
 
     'per-step' shrinks the blocks so that small test shapes split H over several programs,
     run one launch per timestep, and chunk K. 'persistent' runs every step in one launch
@@ -52,23 +53,20 @@ def strategy(request, monkeypatch):
     has one program per batch block (a barrier over more would wait for a program that runs
     later); on a GPU the unit blocks are the smallest, so several programs meet at each
     barrier. 'per-step' and 'persistent-streamed' split the backward's dh loop over K, in 2
-    and 3 slices (DH_SPLIT_OVERRIDE), on any device."""
-    from fusedrnn.kernels import lstm as lstm_kernels
+    and 3 slices (dh_split_override), on any device."""
+    from fusedrnn.kernels import planner
 
     name = request.param
+    limits = {}
     if name == "per-step":
-        monkeypatch.setattr(lstm_kernels, "PER_STEP_BLOCK_H", 16)
-        monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)
+        limits.update(per_step_block_units=16, max_block_k=16)
     if name in ("per-step", "persistent-streamed"):
         # The backward's dh loop over K = 4H split into K slices, partial sums over 32 units
         # (wider than per-step's 16-unit dh blocks); unsplit it runs in one-launch.
-        monkeypatch.setattr(lstm_kernels, "DH_SPLIT_OVERRIDE", 2 if name == "per-step" else 3)
-        monkeypatch.setattr(lstm_kernels, "DH_SPLIT_BLOCK_P", 32)
+        limits.update(dh_split_override=2 if name == "per-step" else 3, dh_split_block_p=32)
     if name.startswith("persistent"):
-        monkeypatch.setattr(lstm_kernels, "PERSISTENT_MAX_BLOCK_B", 16)
-        monkeypatch.setattr(lstm_kernels, "MAX_BLOCK_K", 16)
         held = () if name == "persistent-streamed" else (torch.float32, torch.float16, torch.bfloat16)
-        monkeypatch.setattr(lstm_kernels, "RESIDENT_WEIGHT_DTYPES", held)
-        monkeypatch.setattr(lstm_kernels, "RESIDENT_ALIGNMENT", 1)  # odd test sizes too
-    with lstm_kernels.launch_strategy(name.removesuffix("-streamed")):
+        # resident_alignment=1: odd test sizes hold their weights too
+        limits.update(persistent_max_block_b=16, max_block_k=16, resident_weight_dtypes=held, resident_alignment=1)
+    with planner.override_limits(**limits), planner.launch_strategy(name.removesuffix("-streamed")):
         yield name

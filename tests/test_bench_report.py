@@ -365,12 +365,12 @@ def test_dispatch_takes_the_fastest_strategy_per_mode_at_the_largest_t(tmp_path)
     table = dispatch(tmp_path, rows)
     assert table["gpu"] == GPU and table["sm_count"] == 100 and table["configs"] == []
     assert table["dispatch"] == [
-        {"kernel": "fwd", "dtype": "float32", "B": 1, "H": 256, "P": None, "strategy": "per-step"},
-        {"kernel": "fwd", "dtype": "bfloat16", "B": 8, "H": 512, "P": None, "strategy": "persistent"},
-        {"kernel": "bwd", "dtype": "bfloat16", "B": 8, "H": 512, "P": None, "strategy": "per-step"},
+        {"cell": "lstm", "kernel": "fwd", "dtype": "float32", "B": 1, "H": 256, "P": None, "strategy": "per-step"},
+        {"cell": "lstm", "kernel": "fwd", "dtype": "bfloat16", "B": 8, "H": 512, "P": None, "strategy": "persistent"},
+        {"cell": "lstm", "kernel": "bwd", "dtype": "bfloat16", "B": 8, "H": 512, "P": None, "strategy": "per-step"},
     ]
     provenance = table["dispatch_provenance"]
-    assert provenance["cases"][0] == {"kernel": "fwd", "dtype": "float32", "B": 1, "H": 256, "P": None, "T": 512,
+    assert provenance["cases"][0] == {"cell": "lstm", "kernel": "fwd", "dtype": "float32", "B": 1, "H": 256, "P": None, "T": 512,
                                       "tf32": True, "ms": {"per-step": 4.0, "one-launch": 5.0}}  # fmt: skip
     assert provenance["versions"]["torch"] == "0.0-synthetic"
     assert provenance["source"] == ["results0.json"]  # outside the repository: the file's name
@@ -378,7 +378,7 @@ def test_dispatch_takes_the_fastest_strategy_per_mode_at_the_largest_t(tmp_path)
     from fusedrnn.kernels import tuning
 
     with tuning.use_table(table):  # what auto then reads
-        assert tuning.measured_strategy("bwd", 8, 512, None, "bfloat16", None) == "per-step"
+        assert tuning.measured_strategy("lstm", "bwd", 8, 512, None, "bfloat16", None) == "per-step"
 
 
 def test_dispatch_entries_of_a_projection_are_their_own(tmp_path):
@@ -386,15 +386,15 @@ def test_dispatch_entries_of_a_projection_are_their_own(tmp_path):
             *strategy_rows("training", "bfloat16", 8, 1024, {"persistent": 3.0, "per-step": 2.0}, P=256)]  # fmt: skip
     table = dispatch(tmp_path, rows)
     assert table["dispatch"] == [
-        {"kernel": "bwd", "dtype": "bfloat16", "B": 8, "H": 1024, "P": None, "strategy": "persistent"},
-        {"kernel": "bwd", "dtype": "bfloat16", "B": 8, "H": 1024, "P": 256, "strategy": "per-step"},
+        {"cell": "lstm", "kernel": "bwd", "dtype": "bfloat16", "B": 8, "H": 1024, "P": None, "strategy": "persistent"},
+        {"cell": "lstm", "kernel": "bwd", "dtype": "bfloat16", "B": 8, "H": 1024, "P": 256, "strategy": "per-step"},
     ]
 
     from fusedrnn.kernels import tuning
 
     with tuning.use_table(table):
-        assert tuning.measured_strategy("bwd", 8, 1024, 256, "bfloat16", None) == "per-step"
-        assert tuning.measured_strategy("bwd", 8, 1024, None, "bfloat16", None) == "persistent"
+        assert tuning.measured_strategy("lstm", "bwd", 8, 1024, 256, "bfloat16", None) == "per-step"
+        assert tuning.measured_strategy("lstm", "bwd", 8, 1024, None, "bfloat16", None) == "persistent"
 
 
 def test_dispatch_float32_follows_one_tf32_setting(tmp_path):
@@ -412,9 +412,9 @@ def test_dispatch_float32_follows_one_tf32_setting(tmp_path):
 
 def test_dispatch_keeps_the_tuned_configs_of_the_same_gpu(tmp_path):
     output = tmp_path / "table.json"
-    config = {"kernel": "fwd", "strategy": "per-step", "dtype": "bfloat16", "B": 8, "H": 512, "P": None,
+    config = {"cell": "lstm", "kernel": "fwd", "strategy": "per-step", "dtype": "bfloat16", "B": 8, "H": 512, "P": None,
               "config": {"num_warps": 8}}  # fmt: skip
-    old_dispatch = {"kernel": "bwd", "dtype": "float16", "B": 1, "H": 256, "P": None, "strategy": "one-launch"}
+    old_dispatch = {"cell": "lstm", "kernel": "bwd", "dtype": "float16", "B": 1, "H": 256, "P": None, "strategy": "one-launch"}
     output.write_text(json.dumps({"gpu": GPU, "dispatch": [old_dispatch], "configs": [config],
                                   "configs_provenance": {"made_by": "bench/tune.py"}}))  # fmt: skip
     rows = strategy_rows("inference", "bfloat16", 8, 512, {"persistent": 1.0, "per-step": 2.0})

@@ -38,15 +38,15 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from fusedrnn.kernels import lstm
+from fusedrnn.kernels import aot, lstm, planner
 
-lstm._resident_limits = lambda device, interpreted: (132, None)  # an H100's SMs, one program each
+planner.LIMITS = planner.PlannerLimits(modelled_sms=132)  # an H100's SMs, one program each
 NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 results = []
 
 
 def compile_kernel(kernel, dtype, config, options, sizes):
-    signature, constants, attrs = lstm.compile_spec(kernel, NAMES[dtype], sizes)  # as a launch specialises
+    signature, constants, attrs = aot.compile_spec(kernel, NAMES[dtype], sizes)  # as a launch specialises
     source = ASTSource(kernel, signature, {**config, **constants}, attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     assert compiled.asm.get("cubin"), "no cubin"
@@ -58,16 +58,16 @@ for dtype in NAMES:
         torch.backends.cudnn.allow_tf32 = tf32
         for B, H, P, strategy in json.loads(sys.argv[1]):
             if strategy == "auto":
-                strategy = lstm.choose_strategy(H, P)
+                strategy = planner.fallback_strategy(H, P)
             # REVERSE and VARLEN only add index arithmetic and masks: compile them with all
             # their code in one dtype, and the plain variant everywhere.
             variants = [(False, False)] + ([(True, True)] if dtype == torch.bfloat16 else [])
             for kernel, backward in ((lstm._lstm_fwd_kernel, False), (lstm._lstm_bwd_kernel, True)):
-                config = lstm.kernel_config(B, H, dtype, strategy, P=P, backward=backward)
-                config, options = lstm.split_launch_options(config)
+                config = planner.kernel_config(B, H, dtype, strategy, P=P, backward=backward)
+                config, options = aot.split_launch_options(config)
                 options["launch_cooperative_grid"] = config["GRID_SYNC"]
-                phases = lstm.kernel_phases(P is not None, backward, config.get("DH_SPLIT", 1))
-                for flags in phases if strategy == "per-step" else [lstm.all_phase_flags(phases)]:
+                phases = planner.kernel_phases(P is not None, backward, config.get("DH_SPLIT", 1))
+                for flags in phases if strategy == "per-step" else [planner.all_phase_flags(phases)]:
                     for reverse, varlen in variants:
                         constexprs = dict(config, **flags, REVERSE=reverse, VARLEN=varlen)
                         shared = compile_kernel(kernel, dtype, constexprs, options, dict(B=B, H=H, P=P or H))

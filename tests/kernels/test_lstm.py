@@ -273,20 +273,20 @@ def test_reverse_lengths_projection_match_reference(case, reverse, varlen, strat
 def test_per_step_projection_tiles_of_their_own(tiles, monkeypatch):
     """The per-step planner sizes the cell and the projection units' tiles apart (on a GPU):
     either may be the wider one, over batch blocks wider than 16 rows."""
-    from fusedrnn.kernels import lstm as lstm_kernels
+    from fusedrnn.kernels import planner
 
-    monkeypatch.setattr(lstm_kernels, "_per_step_blocks", lambda *args: tiles)
+    monkeypatch.setattr(planner, "per_step_blocks", lambda *args: tiles)
     case = (3, 20, 4, 40, 36)  # two 32-unit or three 16-unit blocks of H and of P
     oracle = extended_problem(*case, batch_first=False)
     ours = cast(oracle, dtype=torch.float32, device=DEVICE)
     kwargs = dict(reverse=True, lengths=lengths_for(*case[:2]))
-    with lstm_kernels.launch_strategy("per-step"):
+    with planner.launch_strategy("per-step"):
         actual = run_extended(ours, "triton", **kwargs)
         expected = run_extended(oracle, "reference", **kwargs)
         cotangents = random_cotangents(*expected)
         backward_all(expected, cotangents)
         backward_all(actual, cotangents)
-    config = lstm_kernels.kernel_config(20, 40, torch.float32, "per-step", P=36)
+    config = planner.kernel_config(20, 40, torch.float32, "per-step", P=36)
     assert (config["BLOCK_B"], config["BLOCK_H"], config["BLOCK_P"]) == tiles
     assert_all_close((actual, grads(ours)), (expected, grads(oracle)), rel=1e-5)
 
@@ -294,18 +294,16 @@ def test_per_step_projection_tiles_of_their_own(tiles, monkeypatch):
 @pytest.mark.parametrize("case", [(4, 17, 3, 20, None), (4, 5, 3, 20, 11)], ids=["B17-H20", "B5-H20-P11"])
 @pytest.mark.parametrize("split", [1, 2, 4])
 @pytest.mark.parametrize("how", ["per-step", "persistent"])
-def test_dh_split_over_k_matches_reference_and_repeats_bitwise(how, split, case, monkeypatch):
+def test_dh_split_over_k_matches_reference_and_repeats_bitwise(how, split, case):
     """The backward's dh_t = dG_{t+1} @ W_hh over K = 4H = 80 in chunks of 16, split in K
-    slices of whole chunks (kernels/lstm.py DH_SPLIT): unsplit, in two (48 + 32) and in four,
+    slices of whole chunks (kernels/planner.py, DH_SPLIT): unsplit, in two (48 + 32) and in four,
     whose last slice is empty (32 + 32 + 16 + 0); partial sums over 16-unit items, reverse,
     lengths, two batch blocks or a projection. The slices are added in a fixed order, so a
     second run gives the same bits."""
     from fusedrnn.kernels import lstm as lstm_kernels
+    from fusedrnn.kernels import planner
+    from fusedrnn.kernels.cells import LSTM
 
-    for name, value in [("MAX_BLOCK_K", 16), ("PER_STEP_BLOCK_H", 16), ("PERSISTENT_MAX_BLOCK_B", 16),
-                        ("RESIDENT_WEIGHT_DTYPES", ()), ("DH_SPLIT_BLOCK_P", 16),
-                        ("DH_SPLIT_OVERRIDE", split)]:  # fmt: skip
-        monkeypatch.setattr(lstm_kernels, name, value)
     T, B, _, H, P = case
     oracle = extended_problem(*case, batch_first=False)
     kwargs = dict(reverse=True, lengths=lengths_for(T, B))
@@ -313,8 +311,10 @@ def test_dh_split_over_k_matches_reference_and_repeats_bitwise(how, split, case,
     cotangents = random_cotangents(*expected)
     backward_all(expected, cotangents)
     runs = []
-    with lstm_kernels.launch_strategy(how):
-        config = lstm_kernels._plans(B, H, P, torch.float32, torch.device(DEVICE), lstm_kernels._lstm_bwd_kernel, True)
+    limits = dict(max_block_k=16, per_step_block_units=16, persistent_max_block_b=16, resident_weight_dtypes=(),
+                  dh_split_block_p=16, dh_split_override=split)  # fmt: skip
+    with planner.override_limits(**limits), planner.launch_strategy(how):
+        config = planner.plans(LSTM, B, H, P, torch.float32, torch.device(DEVICE), lstm_kernels._lstm_bwd_kernel, True)
         assert config[0][1]["DH_SPLIT"] == split
         for _ in range(2):
             ours = cast(oracle, dtype=torch.float32, device=DEVICE)

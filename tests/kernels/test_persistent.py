@@ -13,7 +13,10 @@ import torch
 from helpers import DEVICE
 
 import fusedrnn
-from fusedrnn.kernels import lstm as K
+from triton.runtime.errors import OutOfResources
+
+from fusedrnn.kernels import barrier, launch, planner
+from fusedrnn.kernels.cells import LSTM
 
 
 def sync_buffer(counters, error=0):
@@ -28,31 +31,32 @@ GROUP = 8 if torch.cuda.is_available() else 1
 @pytest.mark.parametrize("n_batch_blocks", [1, 3])
 def test_barrier_counts_one_arrival_per_program_and_step(n_batch_blocks):
     sync = sync_buffer([0] * n_batch_blocks)
-    K._barrier_floor_kernel[(n_batch_blocks, GROUP)](sync, 5, K.BARRIER_MAX_SPINS, launch_cooperative_grid=True)
+    barrier.barrier_floor_kernel[(n_batch_blocks, GROUP)](sync, 5, barrier.BARRIER_MAX_SPINS, launch_cooperative_grid=True)
     assert sync.tolist() == [5 * GROUP] * n_batch_blocks + [0]
-    K._check_barriers(sync)  # no error raised
+    barrier.check_barriers(sync)  # no error raised
 
 
 def test_barrier_that_never_fills_times_out_with_an_error_not_a_hang(monkeypatch):
     # One arrival short, as when a program of the grid is not resident: every barrier of the
     # launch waits in vain; the first gives up after max_spins polls, the later ones at once.
     sync = sync_buffer([-1])
-    K._barrier_floor_kernel[(1, 1)](sync, 3, 4)
+    barrier.barrier_floor_kernel[(1, 1)](sync, 3, 4)
     assert sync.tolist() == [2, 1]  # three arrivals counted, error word raised
     # The tests read the error word on the host (conftest): a RuntimeError, the context intact.
-    assert K.BARRIER_ERROR_CHECK == "host"
+    assert barrier.BARRIER_ERROR_CHECK == "host"
     with pytest.raises(RuntimeError, match="grid barrier of the persistent LSTM kernel timed out"):
-        K._check_barriers(sync)
+        barrier.check_barriers(sync)
     if not sync.is_cuda:  # the default check: on CUDA a device-side assert, the end of this context
-        monkeypatch.setattr(K, "BARRIER_ERROR_CHECK", "async")
+        monkeypatch.setattr(barrier, "BARRIER_ERROR_CHECK", "async")
         with pytest.raises(RuntimeError, match="grid barrier of the persistent LSTM kernel timed out"):
-            K._check_barriers(sync)
+            barrier.check_barriers(sync)
 
 
 @pytest.fixture
-def h100(monkeypatch):
+def h100():
     """Plan persistent grids as on an H100 (132 SMs, one program each), on any machine."""
-    monkeypatch.setattr(K, "_resident_limits", lambda device, interpreted: (132, None))
+    with planner.override_limits(modelled_sms=132):
+        yield
 
 
 @pytest.mark.parametrize(
@@ -67,21 +71,21 @@ def h100(monkeypatch):
     ],
 )  # fmt: skip
 def test_persistent_plan_takes_the_smallest_resident_blocks(h100, B, H, P, block_b, block_h, grid):
-    config = K.kernel_config(B, H, torch.bfloat16, "persistent", P=P)
+    config = planner.kernel_config(B, H, torch.bfloat16, "persistent", P=P)
     assert (config["BLOCK_B"], config["BLOCK_H"], config["GRID_SYNC"]) == (block_b, block_h, True)
-    assert K._grid(config, "persistent", B, H, P if P is not None else H, cell_units=True) == grid
+    assert planner.grid(config, "persistent", B, H, P if P is not None else H, cell_units=True) == grid
 
 
 def test_persistent_plan_refuses_grids_larger_than_the_gpu(h100):
-    with pytest.raises(K.StrategyUnavailable, match="16 batch blocks x 16 unit blocks"):
-        K.kernel_config(1024, 2048, torch.bfloat16, "persistent")
+    with pytest.raises(planner.StrategyUnavailable, match="16 batch blocks x 16 unit blocks"):
+        planner.kernel_config(1024, 2048, torch.bfloat16, "persistent")
 
 
 def test_persistent_plan_refuses_tiles_that_would_spill(h100):
     # 8 x 16 programs would fit the SMs, but with 64 x 128 tiles: four 64 x 128 fp32
     # accumulators alone are 128 registers per thread of 8 warps.
-    with pytest.raises(K.StrategyUnavailable, match="8x16 programs of 64 rows x 128 units, more than registers hold"):
-        K.kernel_config(512, 2048, torch.bfloat16, "persistent")
+    with pytest.raises(planner.StrategyUnavailable, match="8x16 programs of 64 rows x 128 units, more than registers hold"):
+        planner.kernel_config(512, 2048, torch.bfloat16, "persistent")
 
 
 @pytest.mark.parametrize(
@@ -99,11 +103,11 @@ def test_persistent_plan_refuses_tiles_that_would_spill(h100):
 )  # fmt: skip
 def test_persistent_kernels_hold_their_weights_where_they_fit(h100, B, H, P, dtype, held):
     for backward in (False, True):
-        config = K.kernel_config(B, H, dtype, "persistent", P=P, backward=backward)
+        config = planner.kernel_config(B, H, dtype, "persistent", P=P, backward=backward)
         assert config["W_RESIDENT"] == held
         if held:  # dots over the whole padded K (= H: the forward's h, each gate's dG in the backward)
             assert config["BLOCK_K"] == max(16, 1 << (H - 1).bit_length())
-        assert not K.kernel_config(B, H, dtype, "per-step", P=P, backward=backward)["W_RESIDENT"]
+        assert not planner.kernel_config(B, H, dtype, "per-step", P=P, backward=backward)["W_RESIDENT"]
 
 
 @pytest.mark.parametrize(
@@ -116,16 +120,16 @@ def test_persistent_kernels_hold_their_weights_where_they_fit(h100, B, H, P, dty
     ],
 )  # fmt: skip
 def test_per_step_tiles_read_the_weights_least_while_every_sm_has_a_program(h100, B, H, dtype, blocks, grid):
-    config = K.kernel_config(B, H, dtype, "per-step")
+    config = planner.kernel_config(B, H, dtype, "per-step")
     assert (config["BLOCK_B"], config["BLOCK_H"]) == blocks
-    assert K._grid(config, "per-step", B, H, H, cell_units=True) == grid
+    assert planner.grid(config, "per-step", B, H, H, cell_units=True) == grid
     # Within the register budget: four fp32 accumulators of the tile, at most 32 per thread.
-    assert 4 * config["BLOCK_B"] * config["BLOCK_H"] <= K.MAX_ACCUMULATORS_PER_THREAD * 32 * config["num_warps"]
+    assert LSTM.gates * config["BLOCK_B"] * config["BLOCK_H"] <= planner.LIMITS.max_accumulators_per_thread * 32 * config["num_warps"]
 
 
 def test_per_step_tiles_under_the_interpreter_are_the_fixed_ones():
-    config = K.kernel_config(512, 1024, torch.bfloat16, "per-step", interpreted=True)
-    assert (config["BLOCK_B"], config["BLOCK_H"]) == (K.BLOCK_B, K.PER_STEP_BLOCK_H)
+    config = planner.kernel_config(512, 1024, torch.bfloat16, "per-step", interpreted=True)
+    assert (config["BLOCK_B"], config["BLOCK_H"]) == (planner.LIMITS.block_b, planner.LIMITS.per_step_block_units)
 
 
 @pytest.mark.parametrize(
@@ -143,16 +147,16 @@ def test_per_step_tiles_with_a_projection_plan_each_phase(h100, B, H, P, backwar
     """The phase that reads W_hh (the forward's cell units, the backward's dh over the
     projected units) picks the batch block by the rule above; the other phase then its own
     unit block. Grids: (cell units, projected units)."""
-    config = K.kernel_config(B, H, torch.bfloat16, "per-step", P=P, backward=backward)
+    config = planner.kernel_config(B, H, torch.bfloat16, "per-step", P=P, backward=backward)
     assert (config["BLOCK_B"], config["BLOCK_H"], config["BLOCK_P"]) == blocks
-    assert tuple(K._grid(config, "per-step", B, H, P, cell_units=c) for c in (True, False)) == grids
+    assert tuple(planner.grid(config, "per-step", B, H, P, cell_units=c) for c in (True, False)) == grids
     units = max(config["BLOCK_H"], config["BLOCK_P"])
-    assert 4 * config["BLOCK_B"] * units <= K.MAX_ACCUMULATORS_PER_THREAD * 32 * config["num_warps"]
+    assert LSTM.gates * config["BLOCK_B"] * units <= planner.LIMITS.max_accumulators_per_thread * 32 * config["num_warps"]
 
 
 def test_per_step_tiles_with_a_projection_under_the_interpreter_are_the_fixed_ones():
-    config = K.kernel_config(512, 1024, torch.bfloat16, "per-step", P=20, interpreted=True)
-    assert (config["BLOCK_B"], config["BLOCK_H"], config["BLOCK_P"]) == (K.BLOCK_B, K.PER_STEP_BLOCK_H, 32)
+    config = planner.kernel_config(512, 1024, torch.bfloat16, "per-step", P=20, interpreted=True)
+    assert (config["BLOCK_B"], config["BLOCK_H"], config["BLOCK_P"]) == (planner.LIMITS.block_b, planner.LIMITS.per_step_block_units, 32)
 
 
 class FakeCompiled:
@@ -164,7 +168,7 @@ class FakeCompiled:
 
     def _init_handles(self):
         if self.out_of_resources:
-            raise K.OutOfResources(300000, 232448, "shared memory")
+            raise OutOfResources(300000, 232448, "shared memory")
 
 
 class FakeKernel:
@@ -192,7 +196,7 @@ def fake_gpu(monkeypatch):
     props = type("Props", (), dict(multi_processor_count=132, regs_per_multiprocessor=65536,
                                    shared_memory_per_multiprocessor=233472, max_threads_per_multi_processor=2048))  # fmt: skip
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
-    monkeypatch.setattr(K, "_residency", {})
+    monkeypatch.setattr(launch, "_residency", {})
 
 
 @pytest.mark.parametrize(
@@ -209,27 +213,27 @@ def test_residency_is_checked_once_per_variant_refusals_included(fake_gpu, compi
     kernel, args = FakeKernel(compiled), (torch.zeros(1),)
     for _ in range(3):
         if refusal is None:
-            K._check_resident(kernel, grid, args, dict(BLOCK_B=16))
+            launch._check_resident(kernel, grid, args, dict(BLOCK_B=16))
         else:
-            with pytest.raises(K.StrategyUnavailable, match=refusal):
-                K._check_resident(kernel, grid, args, dict(BLOCK_B=16))
+            with pytest.raises(planner.StrategyUnavailable, match=refusal):
+                launch._check_resident(kernel, grid, args, dict(BLOCK_B=16))
     assert kernel.warmups == 1
-    with contextlib.suppress(K.StrategyUnavailable):  # another grid is another question
-        K._check_resident(kernel, (1, 2), args, dict(BLOCK_B=16))
+    with contextlib.suppress(planner.StrategyUnavailable):  # another grid is another question
+        launch._check_resident(kernel, (1, 2), args, dict(BLOCK_B=16))
     assert kernel.warmups == 2
 
 
 def test_a_cooperative_grid_the_driver_refuses_is_a_refusal_the_next_plan_can_follow(fake_gpu):
     """Should the residency estimate pass a grid the driver will not hold at once, its launch
-    error becomes StrategyUnavailable (which _run_plans falls back from), kept like the
+    error becomes StrategyUnavailable (which planner.run_plans falls back from), kept like the
     estimate's refusals; other launch errors stay what they are."""
     refused = RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
     kernel, args, sync = FakeKernel(FakeCompiled(n_regs=64), launch_error=refused), (torch.zeros(1),), torch.zeros(3)
     for _ in range(2):  # the second call is refused by the kept answer, without a launch
-        with pytest.raises(K.StrategyUnavailable, match="driver refused a cooperative grid of 2x132 programs"):
-            K._launch(kernel, (2, 132), args, dict(BLOCK_B=16), sync)
+        with pytest.raises(planner.StrategyUnavailable, match="driver refused a cooperative grid of 2x132 programs"):
+            launch.launch(kernel, (2, 132), args, dict(BLOCK_B=16), sync)
     assert kernel.launches == 1
     faulty = FakeKernel(FakeCompiled(n_regs=64), launch_error=RuntimeError("Triton Error [CUDA]: an illegal memory access"))
     with pytest.raises(RuntimeError, match="illegal memory access") as raised:
-        K._launch(faulty, (2, 132), args, dict(BLOCK_B=32), sync)
+        launch.launch(faulty, (2, 132), args, dict(BLOCK_B=32), sync)
     assert raised.type is RuntimeError

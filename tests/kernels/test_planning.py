@@ -1,4 +1,4 @@
-"""The launchers' kept plans and the pipelined K loops' stages (kernels/lstm.py).
+"""The planner's kept plans, pipelined K loops and dh splits (kernels/planner.py).
 
 A plan is kept per key; these tests change each thing a plan reads and check that the plan
 follows, so that a kept plan is always the one that would be made afresh."""
@@ -7,14 +7,15 @@ import pytest
 import torch
 import triton
 
-from fusedrnn.kernels import lstm as K
-from fusedrnn.kernels import tuning
+from fusedrnn.kernels import lstm, planner, tuning
+from fusedrnn.kernels._helpers import MIN_DOT, cdiv, padded
+from fusedrnn.kernels.cells import LSTM
 
 CPU = torch.device("cpu")
 
 
 def plans(B=2, H=32, P=None, dtype=torch.float32, backward=False):
-    return K._plans(B, H, P, dtype, CPU, K._lstm_bwd_kernel if backward else K._lstm_fwd_kernel, backward)
+    return planner.plans(LSTM, B, H, P, dtype, CPU, lstm._lstm_bwd_kernel if backward else lstm._lstm_fwd_kernel, backward)
 
 
 def test_a_repeated_call_reuses_its_plan_and_a_new_shape_gets_its_own():
@@ -26,35 +27,45 @@ def test_a_repeated_call_reuses_its_plan_and_a_new_shape_gets_its_own():
 
 def test_kept_plans_follow_the_forced_strategy_tf32_limits_and_tables(monkeypatch):
     assert [s for s, _ in plans()] == ["one-launch"]
-    with K.launch_strategy("per-step"):
+    with planner.launch_strategy("per-step"):
         assert [s for s, _ in plans()] == ["per-step"]
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     assert plans()[0][1]["INPUT_PRECISION"] == "tf32"
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert plans()[0][1]["INPUT_PRECISION"] == "ieee"
-    with K.launch_strategy("per-step"):
+    with planner.launch_strategy("per-step"):
         assert plans(H=64)[0][1]["BLOCK_H"] == 64
-        monkeypatch.setattr(K, "PER_STEP_BLOCK_H", 16)  # a planner limit, as the strategy fixture lowers it
-        assert plans(H=64)[0][1]["BLOCK_H"] == 16
-    entry = dict(kernel="fwd", strategy="one-launch", dtype="float32", B=2, H=32, P=None, config={"num_stages": 4})
+        with planner.override_limits(per_step_block_units=16):  # as the strategy fixture lowers it
+            assert plans(H=64)[0][1]["BLOCK_H"] == 16
+        assert plans(H=64)[0][1]["BLOCK_H"] == 64
+    entry = dict(cell="lstm", kernel="fwd", strategy="one-launch", dtype="float32", B=2, H=32, P=None, config={"num_stages": 4})
     with tuning.use_table({"gpu": "any", "dispatch": [], "configs": [entry]}):
         assert plans()[0][1]["num_stages"] == 4
-    assert plans()[0][1]["num_stages"] == K.STREAMED_NUM_STAGES
+    assert plans()[0][1]["num_stages"] == planner.LIMITS.streamed_num_stages
 
 
 def test_a_forced_strategy_that_cannot_run_raises_every_time():
-    with K.launch_strategy("one-launch"):
+    with planner.launch_strategy("one-launch"):
         for _ in range(2):
-            with pytest.raises(K.StrategyUnavailable, match="exceed one program's"):
+            with pytest.raises(planner.StrategyUnavailable, match="exceed one program's"):
                 plans(H=300)
 
 
 @pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 100, 1024, 1025])
 def test_host_integer_helpers_match_triton(n):
-    assert K._padded(n) == max(K.MIN_DOT, triton.next_power_of_2(n))
-    assert K._cdiv(n, 16) == triton.cdiv(n, 16)
+    assert padded(n) == max(MIN_DOT, triton.next_power_of_2(n))
+    assert padded(n, 64) == min(64, max(MIN_DOT, triton.next_power_of_2(n)))
+    assert cdiv(n, 16) == triton.cdiv(n, 16)
 
 
+@pytest.fixture
+def an_h100():
+    """Plan as on an H100's 132 SMs, one program each, on any device."""
+    with planner.override_limits(modelled_sms=132):
+        yield
+
+
+@pytest.mark.usefixtures("an_h100")
 @pytest.mark.parametrize(
     "B, H, dtype, strategy, stages",
     [
@@ -68,14 +79,13 @@ def test_host_integer_helpers_match_triton(n):
         (100, 1000, torch.bfloat16, "per-step", 2),
     ],
 )  # fmt: skip
-def test_streamed_k_loops_are_double_buffered_where_they_fit(monkeypatch, B, H, dtype, strategy, stages):
-    monkeypatch.setattr(K, "_resident_limits", lambda device, interpreted: (132, None))
-    config = K.kernel_config(B, H, dtype, strategy)
+def test_streamed_k_loops_are_double_buffered_where_they_fit(B, H, dtype, strategy, stages):
+    config = planner.kernel_config(B, H, dtype, strategy)
     assert config["num_stages"] == stages
     units = max(config["BLOCK_H"], config["BLOCK_P"])
-    stage_bytes = (config["BLOCK_B"] + 4 * units) * config["BLOCK_K"] * dtype.itemsize
+    stage_bytes = (config["BLOCK_B"] + LSTM.gates * units) * config["BLOCK_K"] * dtype.itemsize
     aligned = H % 16 == 0
-    assert config.get("W_RESIDENT") or (aligned and stages * stage_bytes <= K.MAX_PIPELINE_SHARED_BYTES) == (stages == 3)
+    assert config.get("W_RESIDENT") or (aligned and stages * stage_bytes <= planner.LIMITS.max_pipeline_shared_bytes) == (stages == 3)
 
 
 @pytest.mark.parametrize(
@@ -93,25 +103,25 @@ def test_streamed_k_loops_are_double_buffered_where_they_fit(monkeypatch, B, H, 
         (8, 100, torch.bfloat16, "one-launch", 1),
     ],
 )  # fmt: skip
-def test_dh_loop_splits_where_it_is_long_and_the_sms_have_room(monkeypatch, B, H, dtype, strategy, split):
-    monkeypatch.setattr(K, "_resident_limits", lambda device, interpreted: (132, None))  # an H100
-    config = K.kernel_config(B, H, dtype, strategy, backward=True)
+@pytest.mark.usefixtures("an_h100")
+def test_dh_loop_splits_where_it_is_long_and_the_sms_have_room(B, H, dtype, strategy, split):
+    config = planner.kernel_config(B, H, dtype, strategy, backward=True)
     assert config["DH_SPLIT"] == split
     if split > 1:  # every item of the partial sums has a program, every slice its chunks
-        items = K._cdiv(B, config["BLOCK_B"]) * K._cdiv(H, config["BLOCK_PS"]) * split
-        grid = K._grid(config, strategy, B, H, H, cell_units=True)
+        items = cdiv(B, config["BLOCK_B"]) * cdiv(H, config["BLOCK_PS"]) * split
+        grid = planner.grid(config, strategy, B, H, H, cell_units=True)
         assert items <= (132 if strategy == "per-step" else grid[0] * grid[1])
-        assert K._cdiv(4 * H, config["BLOCK_K"]) >= split * K.DH_SPLIT_MIN_CHUNKS
-        assert config["BLOCK_B"] * config["BLOCK_PS"] <= K.MAX_ACCUMULATORS_PER_THREAD * 32 * config["num_warps"]
-    assert "DH_SPLIT" not in K.kernel_config(B, H, dtype, strategy)  # the forward has no dh
+        assert cdiv(4 * H, config["BLOCK_K"]) >= split * planner.LIMITS.dh_split_min_chunks
+        assert config["BLOCK_B"] * config["BLOCK_PS"] <= planner.LIMITS.max_accumulators_per_thread * 32 * config["num_warps"]
+    assert "DH_SPLIT" not in planner.kernel_config(B, H, dtype, strategy)  # the forward has no dh
 
 
 def test_dh_split_phases_and_grid():
-    config = K.kernel_config(20, 40, torch.float32, "per-step", backward=True, interpreted=True)
+    config = planner.kernel_config(20, 40, torch.float32, "per-step", backward=True, interpreted=True)
     assert config["DH_SPLIT"] == 1  # the interpreter does not split unless told to
-    phases = K.kernel_phases(True, backward=True, dh_split=3)
+    phases = planner.kernel_phases(True, backward=True, dh_split=3)
     assert [flags["DO_DH_PARTIAL"] for flags in phases] == [True, False, False]
-    assert K.all_phase_flags(K.kernel_phases(False, backward=True, dh_split=3)) == dict(
+    assert planner.all_phase_flags(planner.kernel_phases(False, backward=True, dh_split=3)) == dict(
         DO_DH_PARTIAL=True, DO_DH=True, DO_CELL=True)  # fmt: skip
     config = dict(config, DH_SPLIT=3, BLOCK_PS=32)
-    assert K._grid(config, "per-step", 20, 40, 40, cell_units=False, dh_partial=True) == (2, 2 * 3)
+    assert planner.grid(config, "per-step", 20, 40, 40, cell_units=False, dh_partial=True) == (2, 2 * 3)

@@ -13,6 +13,7 @@ import triton
 from helpers import DEVICE, HAS_CUDA
 
 from fusedrnn.kernels import lstm as K
+from fusedrnn.kernels import planner
 from fusedrnn.kernels import step_graphs
 
 NEEDS_CUDA_GRAPHS = pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a CUDA device")
@@ -122,8 +123,8 @@ def stand_in_graphs(monkeypatch):
     cache = step_graphs.GraphCache(capture=ReplayedClosure)
     monkeypatch.setattr(step_graphs, "cache", cache)
     monkeypatch.setattr(step_graphs, "active", lambda device: True)
-    monkeypatch.setattr(K, "PER_STEP_BLOCK_H", 16)  # several programs per step
-    return cache
+    with planner.override_limits(per_step_block_units=16):  # several programs per step
+        yield cache
 
 
 @pytest.fixture
@@ -173,7 +174,7 @@ def forward_backward(buffers, values, h0=None):
 def test_per_step_launchers_replay_with_the_current_contents(stand_in_graphs, fixed_outputs):
     T, B, H = 3, 4, 32
     buffers = lstm_inputs(T, B, H, seed=0)
-    with K.launch_strategy("per-step"):
+    with planner.launch_strategy("per-step"):
         for seed in range(1, 4):  # eager, captured, replayed: each with new values in place
             values = lstm_inputs(T, B, H, seed)
             expected = _eager(values)
@@ -186,7 +187,7 @@ def test_per_step_launchers_do_not_replay_for_another_tensor(stand_in_graphs, fi
     T, B, H = 3, 4, 32
     buffers = lstm_inputs(T, B, H, seed=0)
     values = lstm_inputs(T, B, H, seed=1)
-    with K.launch_strategy("per-step"):
+    with planner.launch_strategy("per-step"):
         forward_backward(buffers, values)
         forward_backward(buffers, values)  # captured
         other_h0 = torch.randn(B, H, generator=torch.Generator().manual_seed(9)).to(DEVICE)
@@ -212,7 +213,7 @@ def test_persistent_and_one_launch_do_not_use_the_cache(stand_in_graphs):
     T, B, H = 3, 4, 32
     values = lstm_inputs(T, B, H, seed=1)
     for strategy in ("one-launch", "persistent"):
-        with K.launch_strategy(strategy):
+        with planner.launch_strategy(strategy):
             forward_backward({n: torch.empty_like(t) for n, t in values.items()}, values)
     assert stand_in_graphs.counts == dict(eager=0, captured=0, replayed=0, failed=0)
 
@@ -226,7 +227,7 @@ def test_cuda_graphs_replay_a_loop_exactly(fixed_outputs, side_stream):
     buffers = lstm_inputs(T, B, H, seed=0)
     stream = torch.cuda.Stream() if side_stream else torch.cuda.current_stream()
     # on a side stream the replays must follow the copies into the buffers on that stream
-    with K.launch_strategy("per-step"), step_graphs.enabled(True), torch.cuda.stream(stream):
+    with planner.launch_strategy("per-step"), step_graphs.enabled(True), torch.cuda.stream(stream):
         for seed in range(1, 5):
             values = lstm_inputs(T, B, H, seed)
             got = forward_backward(buffers, values)
@@ -243,7 +244,7 @@ def test_per_step_launches_go_into_the_callers_own_graph():
     T, B, H = 16, 8, 64
     values = lstm_inputs(T, B, H, seed=1)
     buffers = {n: torch.empty_like(t) for n, t in values.items()}
-    with K.launch_strategy("per-step"), step_graphs.enabled(True):
+    with planner.launch_strategy("per-step"), step_graphs.enabled(True):
         expected = forward_backward({n: torch.empty_like(t) for n, t in values.items()}, values)
         forward_backward(buffers, values)  # compiles before the capture
         counts, graphs = dict(step_graphs.cache.counts), len(step_graphs.cache)

@@ -11,7 +11,8 @@ import torch
 from helpers import DEVICE
 
 from fusedrnn.kernels import lstm as K
-from fusedrnn.kernels import tuning
+from fusedrnn.kernels import planner, tuning
+from fusedrnn.kernels.cells import LSTM
 from fusedrnn.kernels.reference import lstm_reference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,12 +29,13 @@ def no_tables(monkeypatch):
     tuning.clear_cache()
 
 
-def entry(kernel, dtype, B, H, strategy, P=None):
-    return {"kernel": kernel, "dtype": dtype, "B": B, "H": H, "P": P, "strategy": strategy}
+def entry(kernel, dtype, B, H, strategy, P=None, cell="lstm"):
+    return {"cell": cell, "kernel": kernel, "dtype": dtype, "B": B, "H": H, "P": P, "strategy": strategy}
 
 
-def config_entry(kernel, strategy, dtype, B, H, config, P=None):
-    return {"kernel": kernel, "strategy": strategy, "dtype": dtype, "B": B, "H": H, "P": P, "config": config}
+def config_entry(kernel, strategy, dtype, B, H, config, P=None, cell="lstm"):
+    return {"cell": cell, "kernel": kernel, "strategy": strategy, "dtype": dtype, "B": B, "H": H, "P": P,
+            "config": config}  # fmt: skip
 
 
 def table(dispatch=(), configs=(), gpu=GPU):
@@ -73,21 +75,22 @@ LOOKUP = table([
 )  # fmt: skip
 def test_measured_strategy_exact_nearest_or_none(kernel, B, H, P, dtype, expected):
     with tuning.use_table(LOOKUP):
-        assert tuning.measured_strategy(kernel, B, H, P, dtype, None) == expected
-    assert tuning.measured_strategy(kernel, B, H, P, dtype, None) is None  # no table outside
+        assert tuning.measured_strategy("lstm", kernel, B, H, P, dtype, None) == expected
+        assert tuning.measured_strategy("rnn", kernel, B, H, P, dtype, None) is None  # each cell its own entries
+    assert tuning.measured_strategy("lstm", kernel, B, H, P, dtype, None) is None  # no table outside
 
 
 def test_tuned_config_is_keyed_on_the_exact_shape():
     configs = [config_entry("fwd", "per-step", "bfloat16", 32, 512, {"num_warps": 8})]
     with tuning.use_table(table(configs=configs)):
-        assert tuning.tuned_config("fwd", "per-step", 32, 512, None, torch.bfloat16, None) == {"num_warps": 8}
+        assert tuning.tuned_config("lstm", "fwd", "per-step", 32, 512, None, torch.bfloat16, None) == {"num_warps": 8}
         for B in (20, 33):  # other tiles may be planned there
-            assert tuning.tuned_config("fwd", "per-step", B, 512, None, torch.bfloat16, None) is None
-        assert tuning.tuned_config("fwd", "persistent", 32, 512, None, torch.bfloat16, None) is None
-        assert tuning.tuned_config("bwd", "per-step", 32, 512, None, torch.bfloat16, None) is None
-        assert tuning.tuned_config("fwd", "per-step", 32, 512, 256, torch.bfloat16, None) is None
-        tuning.tuned_config("fwd", "per-step", 32, 512, None, torch.bfloat16, None)["num_warps"] = 4
-        assert tuning.tuned_config("fwd", "per-step", 32, 512, None, torch.bfloat16, None) == {"num_warps": 8}
+            assert tuning.tuned_config("lstm", "fwd", "per-step", B, 512, None, torch.bfloat16, None) is None
+        assert tuning.tuned_config("lstm", "fwd", "persistent", 32, 512, None, torch.bfloat16, None) is None
+        assert tuning.tuned_config("lstm", "bwd", "per-step", 32, 512, None, torch.bfloat16, None) is None
+        assert tuning.tuned_config("lstm", "fwd", "per-step", 32, 512, 256, torch.bfloat16, None) is None
+        tuning.tuned_config("lstm", "fwd", "per-step", 32, 512, None, torch.bfloat16, None)["num_warps"] = 4
+        assert tuning.tuned_config("lstm", "fwd", "per-step", 32, 512, None, torch.bfloat16, None) == {"num_warps": 8}
 
 
 GOOD_CONFIG = config_entry("fwd", "per-step", "bfloat16", 32, 512, {"BLOCK_K": 32, "num_warps": 8, "num_stages": 3})
@@ -110,6 +113,7 @@ GOOD_CONFIG = config_entry("fwd", "per-step", "bfloat16", 32, 512, {"BLOCK_K": 3
         (dict(config={}), "config must set some of"),
         (dict(strategy="auto"), "strategy must be one of"),
         (dict(kernel="both"), "kernel must be one of"),
+        (dict(cell="lstmp"), "cell must be one of"),
         (dict(dtype="float64"), "dtype must be one of"),
         (dict(H=0), "H must be a positive integer"),
         (dict(P=1.5), "P must be null or a positive integer"),
@@ -152,7 +156,7 @@ def test_bad_tables_raise(tmp_path):
 
 def test_kernel_config_applies_the_tuned_overrides():
     override = {"BLOCK_K": 16, "num_warps": 8, "num_stages": 4}
-    default = K.kernel_config(2, 32, torch.float32, "per-step", interpreted=True)
+    default = planner.kernel_config(2, 32, torch.float32, "per-step", interpreted=True)
     assert (default["BLOCK_K"], default["num_warps"], default["num_stages"]) == (32, 4, 3)
     configs = [
         config_entry("fwd", "per-step", "float32", 2, 32, override),
@@ -162,16 +166,16 @@ def test_kernel_config_applies_the_tuned_overrides():
         config_entry("bwd", "persistent", "bfloat16", 2, 32, {"DH_SPLIT": 4}),
     ]
     with tuning.use_table(table(configs=configs)):
-        tuned = K.kernel_config(2, 32, torch.float32, "per-step", interpreted=True)
+        tuned = planner.kernel_config(2, 32, torch.float32, "per-step", interpreted=True)
         assert tuned == dict(default, **override)
-        assert K.kernel_config(2, 32, torch.float32, "per-step", backward=True, interpreted=True)["BLOCK_K"] == 32
-        assert K.kernel_config(2, 32, torch.float32, "one-launch", interpreted=True)["num_stages"] == 3  # no entry
+        assert planner.kernel_config(2, 32, torch.float32, "per-step", backward=True, interpreted=True)["BLOCK_K"] == 32
+        assert planner.kernel_config(2, 32, torch.float32, "one-launch", interpreted=True)["num_stages"] == 3  # no entry
         # held weights are one dot over the whole padded K: a tuned BLOCK_K is ignored there
-        held = K.kernel_config(2, 32, torch.bfloat16, "persistent", interpreted=True)
+        held = planner.kernel_config(2, 32, torch.bfloat16, "persistent", interpreted=True)
         assert held["W_RESIDENT"] and (held["BLOCK_K"], held["num_warps"]) == (32, 4)
         # a tuned split of the backward's dh loop applies, except where W is held (no K loop)
-        assert K.kernel_config(2, 32, torch.float16, "per-step", backward=True, interpreted=True)["DH_SPLIT"] == 4
-        held = K.kernel_config(2, 32, torch.bfloat16, "persistent", backward=True, interpreted=True)
+        assert planner.kernel_config(2, 32, torch.float16, "per-step", backward=True, interpreted=True)["DH_SPLIT"] == 4
+        held = planner.kernel_config(2, 32, torch.bfloat16, "persistent", backward=True, interpreted=True)
         assert held["W_RESIDENT"] and held["DH_SPLIT"] == 1
 
 
@@ -181,11 +185,11 @@ def test_interpreted_launches_ignore_committed_tables(synthetic_gpu):
         configs=[config_entry("fwd", "per-step", "float32", 2, 32, {"num_stages": 4})],
     )))  # fmt: skip
     # The table is there for this (synthetic) device...
-    assert tuning.tuned_config("fwd", "per-step", 2, 32, None, torch.float32, CPU) == {"num_stages": 4}
+    assert tuning.tuned_config("lstm", "fwd", "per-step", 2, 32, None, torch.float32, CPU) == {"num_stages": 4}
     # ...but an interpreted launch asks with no device: only use_table's table applies.
-    assert K.kernel_config(2, 32, torch.float32, "per-step", interpreted=True, device=CPU)["num_stages"] == 3
-    plans = K._plans(2, 32, None, torch.float32, CPU, K._lstm_fwd_kernel, False)
-    assert [strategy for strategy, _ in plans] == ["one-launch"] == [K.choose_strategy(32)]
+    assert planner.kernel_config(2, 32, torch.float32, "per-step", interpreted=True, device=CPU)["num_stages"] == 3
+    plans = planner.plans(LSTM, 2, 32, None, torch.float32, CPU, K._lstm_fwd_kernel, False)
+    assert [strategy for strategy, _ in plans] == ["one-launch"] == [planner.fallback_strategy(32)]
 
 
 def problem(T=3, B=2, H=16, dtype=torch.float32, seed=0):
@@ -198,7 +202,7 @@ def problem(T=3, B=2, H=16, dtype=torch.float32, seed=0):
 
 def test_measured_strategy_drives_auto():
     gx, w_hh, h0, c0 = problem()
-    assert K.choose_strategy(16) == "one-launch"
+    assert planner.fallback_strategy(16) == "one-launch"
     measured = table([entry("fwd", "float32", 2, 16, "per-step"), entry("bwd", "float32", 2, 16, "per-step")])
     w_hh32, c0_32 = w_hh.float().to(DEVICE), c0.float().to(DEVICE)
 
@@ -209,21 +213,21 @@ def test_measured_strategy_drives_auto():
 
     with tuning.use_table(measured):
         out, c, gates = forward()
-        assert K.last_strategy() == "per-step"
+        assert planner.last_strategy() == "per-step"
         d_out = torch.randn_like(out)
         d_gates = K.lstm_bwd(gates, c, c0_32, w_hh32, d_out, out[-1] * 0, c[-1] * 0)[0]
-        assert K.last_strategy() == "per-step"
-        with K.launch_strategy("one-launch"):  # a forced strategy beats the table
+        assert planner.last_strategy() == "per-step"
+        with planner.launch_strategy("one-launch"):  # a forced strategy beats the table
             forward()
-            assert K.last_strategy() == "one-launch"
+            assert planner.last_strategy() == "one-launch"
     expected, (_, c_n) = lstm_reference(gx, h0, c0, torch.eye(4 * 16, dtype=torch.float64), w_hh)
     torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(c[-1].cpu().double(), c_n, rtol=1e-5, atol=1e-6)
 
     forward()  # without the table: the rule
-    assert K.last_strategy() == "one-launch"
+    assert planner.last_strategy() == "one-launch"
     rule = K.lstm_bwd(gates, c, c0_32, w_hh32, d_out, out[-1] * 0, c[-1] * 0)[0]
-    assert K.last_strategy() == "one-launch"
+    assert planner.last_strategy() == "one-launch"
     torch.testing.assert_close(d_gates, rule, rtol=1e-5, atol=1e-6)
 
 
@@ -235,8 +239,8 @@ def test_measured_strategy_that_cannot_run_falls_back_to_the_rule(measured):
     # H=200: more units than one program holds; under the interpreter a persistent grid has
     # one program per batch block, so it cannot either. Measured at B=4, one doubling away.
     with tuning.use_table(table([entry("fwd", "float32", 4, 200, measured)])):
-        plans = K._plans(2, 200, None, torch.float32, torch.device(DEVICE), K._lstm_fwd_kernel, False)
-    assert [strategy for strategy, _ in plans] == [K.choose_strategy(200)] == ["per-step"]
+        plans = planner.plans(LSTM, 2, 200, None, torch.float32, torch.device(DEVICE), K._lstm_fwd_kernel, False)
+    assert [strategy for strategy, _ in plans] == [planner.fallback_strategy(200)] == ["per-step"]
     assert not plans[0][1]["GRID_SYNC"]
 
 
@@ -248,12 +252,12 @@ def test_plan_refused_at_the_launch_falls_back_to_the_next():
     def run(strategy, config):
         ran.append(strategy)
         if strategy == "persistent":
-            raise K.StrategyUnavailable("persistent: not resident")
+            raise planner.StrategyUnavailable("persistent: not resident")
 
-    K._run_plans([("persistent", {}), ("per-step", {})], run)
-    assert ran == ["persistent", "per-step"] and K.last_strategy() == "per-step"
-    with pytest.raises(K.StrategyUnavailable, match="not resident"):  # nothing left to try
-        K._run_plans([("persistent", {})], run)
+    planner.run_plans([("persistent", {}), ("per-step", {})], run)
+    assert ran == ["persistent", "per-step"] and planner.last_strategy() == "per-step"
+    with pytest.raises(planner.StrategyUnavailable, match="not resident"):  # nothing left to try
+        planner.run_plans([("persistent", {})], run)
 
 
 # ---------------------------------------------------------------------- which table applies
@@ -277,12 +281,12 @@ def test_committed_table_environment_and_use_table(synthetic_gpu, tmp_path, monk
     tuning.clear_cache()
     assert tuning.table_for(CPU) == committed
     assert tuning.table_for(None) is None  # device None: no table
-    assert tuning.measured_strategy("fwd", 2, 16, None, torch.float32, CPU) == "per-step"
+    assert tuning.measured_strategy("lstm", "fwd", 2, 16, None, torch.float32, CPU) == "per-step"
 
     other = tmp_path / "other.json"
     other.write_text(json.dumps(table([entry("fwd", "float32", 2, 16, "persistent")], gpu="Another GPU")))
     monkeypatch.setenv(tuning.ENV_VAR, str(other))  # any file, whichever GPU it names
-    assert tuning.measured_strategy("fwd", 2, 16, None, torch.float32, CPU) == "persistent"
+    assert tuning.measured_strategy("lstm", "fwd", 2, 16, None, torch.float32, CPU) == "persistent"
     monkeypatch.setenv(tuning.ENV_VAR, "off")
     assert tuning.table_for(CPU) is None
     with tuning.use_table(committed):  # use_table beats the environment
@@ -399,7 +403,7 @@ def test_tuner_keeps_a_candidate_only_if_clearly_faster(monkeypatch, tmp_path, c
     path.write_text(json.dumps(table(dispatch, [other, stale])))
     written = tune.write_table(path, [result], GPU, 100, "2030-01-01T00:00:00+00:00")
     assert tuning.load_table(path) == written
-    key = dict(kernel="fwd", strategy="per-step", dtype="float32", B=2, H=32, P=None)
+    key = dict(cell="lstm", kernel="fwd", strategy="per-step", dtype="float32", B=2, H=32, P=None)
     assert written["configs"] == ([dict(key, config=K16)] if wins else []) + [other]  # forward first
     assert written["dispatch"] == dispatch
     (case,) = written["configs_provenance"]["cases"]
