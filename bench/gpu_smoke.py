@@ -313,7 +313,7 @@ def check_case(case, emit, index):
     from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
     import fusedrnn
-    from fusedrnn.kernels import lstm, planner, step_graphs
+    from fusedrnn.kernels import planner, recurrence, step_graphs
     from fusedrnn.kernels.cells import LSTM
     from fusedrnn.testing import error_stats, module_forward_backward, no_worse_than_bound
 
@@ -371,7 +371,7 @@ def check_case(case, emit, index):
                         torch.cuda.synchronize()
                 ran = planner.last_strategy()
                 # the K slices of the backward's dh loop in the plan that ran (kernels/planner.py DH_SPLIT)
-                plans = planner.plans(LSTM, B, H, P or None, dtype, device, lstm._lstm_bwd_kernel, True)
+                plans = planner.plans(LSTM, B, H, P or None, dtype, device, recurrence._recurrence_bwd_kernel, True)
                 dh_split = next((config["DH_SPLIT"] for name, config in plans if name == ran), None)
         except planner.StrategyUnavailable as err:
             emit(**row, unavailable=str(err), ok=None)

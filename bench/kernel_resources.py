@@ -34,7 +34,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from fusedrnn.kernels import aot, launch, lstm, planner  # noqa: E402
+from fusedrnn.kernels import aot, launch, planner, recurrence  # noqa: E402
+from fusedrnn.kernels.cells import LSTM  # noqa: E402
 
 # An H100 SXM as the launcher would see it: 132 SMs, one program each planned (as test_compile).
 H100_SMS = 132
@@ -55,7 +56,7 @@ GRID_SHAPES = [(B, H, None) for H in HIDDENS for B in BATCHES]  # (B, H, proj_si
 PROJECTION_SHAPES = [(8, 1024, 256), (128, 1024, 256), (512, 1024, 128), (512, 2048, 512), (512, 2048, 1024),
                      (100, 4096, 1024)]  # fmt: skip
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-KERNELS = {"fwd": (lstm._lstm_fwd_kernel, False), "bwd": (lstm._lstm_bwd_kernel, True)}
+KERNELS = {"fwd": (recurrence._recurrence_fwd_kernel, False), "bwd": (recurrence._recurrence_bwd_kernel, True)}
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
 
 
@@ -128,7 +129,8 @@ def plan(dtype_name, B, H, P, kernel_key, strategy="persistent"):
     phases = planner.kernel_phases(P is not None, backward, config.get("DH_SPLIT", 1))
     launches = phases if strategy == "per-step" else [planner.all_phase_flags(phases)]
     int_args = layer_int_args(B, H, P if P is not None else H)
-    jobs = [(flags, (kernel_key, dtype_name, dict(config, **flags, REVERSE=False, VARLEN=False), options, int_args))
+    constexprs = dict(REVERSE=False, VARLEN=False, **recurrence.cell_constexprs(LSTM))
+    jobs = [(flags, (kernel_key, dtype_name, dict(config, **flags, **constexprs), options, int_args))
             for flags in launches]  # fmt: skip
     return dict(config, **options), jobs
 
@@ -242,7 +244,7 @@ def render(results, elapsed, strategy, projection):
         f"- Config: `planner.kernel_config(B, H, dtype, \"{strategy}\", P=P)` with {H100_SMS} SMs "
         "(`PlannerLimits(modelled_sms)`, as tests/kernels/test_compile.py plans); input = H, "
         + ("P = proj_size" if projection else "no projection (P = H)")
-        + ", REVERSE = VARLEN = False. A launch is `_lstm_fwd_kernel` (fwd) or `_lstm_bwd_kernel` (bwd) with "
+        + ", REVERSE = VARLEN = False. A launch is `_recurrence_fwd_kernel` (fwd) or `_recurrence_bwd_kernel` (bwd), CELL = lstm, with "
         "the phases it runs (`planner.kernel_phases`): cell (DO_CELL), proj (DO_PROJ), dh (DO_DH), dh_partial "
         "(DO_DH_PARTIAL: dh's K loop split in `dh split` = DH_SPLIT slices x BLOCK_PS units); a per-step "
         "layer launches each phase of a step on its own, except dh+cell without a projection. "

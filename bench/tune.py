@@ -7,7 +7,7 @@
 
 For each shape (B, H, P) of the grid (bench/bench_lstm.py's, I = H) or of
 --shapes, each dtype, each strategy that can run the shape (StrategyUnavailable: skipped) and
-each kernel (``lstm_fwd``, ``lstm_bwd`` of fusedrnn.kernels.lstm), every candidate of
+each kernel (the LSTM's ``recurrence_fwd``, ``recurrence_bwd`` of fusedrnn.kernels.recurrence), every candidate of
 CANDIDATES (the backward's: BACKWARD_CANDIDATES, which adds the splits of its dh loop) runs
 once under ``tuning.use_table`` with a one-entry table and
 ``launch_strategy(strategy)``. Candidates that come out as the same kernel config (BLOCK_K is
@@ -19,7 +19,7 @@ with ``triton.testing.do_bench`` (median), as is the default config before and a
 replay CUDA graphs of their launches (kernels/step_graphs.py), as a training loop does. The
 fastest candidate becomes the table entry only if it beats the default by more than
 MIN_GAIN; otherwise the entry of that key is removed and the default (the register budget of
-kernels/lstm.py) stays.
+kernels/planner.py) stays.
 
 The table (default kernels/tuned/<slug of the GPU name>.json) is merged: entries of the keys
 tuned now are replaced or removed, the others and its "dispatch" (bench/report.py dispatch)
@@ -51,7 +51,7 @@ if not torch.cuda.is_available():
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
-from fusedrnn.kernels import lstm, planner, tuning  # noqa: E402
+from fusedrnn.kernels import planner, recurrence, tuning  # noqa: E402
 from fusedrnn.kernels._helpers import is_interpreted  # noqa: E402
 from fusedrnn.kernels.cells import CELLS, LSTM  # noqa: E402
 
@@ -92,25 +92,25 @@ class Problem:
         self.h0, self.c0 = rand(B, K, scale=0.5), rand(B, H, scale=0.5)
         self.d_out, self.d_hn, self.d_cn = rand(T, B, K), rand(B, K), rand(B, H)
         self._fwd_outputs = None
-        # Timed forward calls overwrite this one copy of Gx in place (lstm_fwd stores the
+        # Timed forward calls overwrite this one copy of Gx in place (recurrence_fwd stores the
         # pre-activations over it), so its values drift from call to call. The kernels' work
         # does not depend on the values, and a fresh clone per call would add a copy of
         # T*B*4H elements to every timing. Correctness runs take fresh clones.
         self.gates_timed = self.gx.clone()
 
     def fwd(self, gates=None):
-        """lstm_fwd's outputs, gates (overwritten with the pre-activations) included."""
+        """recurrence_fwd's outputs, gates (overwritten with the pre-activations) included."""
         gates = self.gx.clone() if gates is None else gates
-        out, c, m = lstm.lstm_fwd(gates, self.w_hh, self.h0, self.c0, w_hr=self.w_hr)
+        out, c, m = recurrence.recurrence_fwd(LSTM, gates, self.w_hh, self.h0, self.c0, w_hr=self.w_hr)
         return out, c, m, gates
 
     def bwd(self):
-        """lstm_bwd's outputs, on the default config's forward (made once, under the rule)."""
+        """recurrence_bwd's outputs, on the default config's forward (made once, under the rule)."""
         if self._fwd_outputs is None:
             with tuning.use_table(None), planner.launch_strategy("auto"):
                 self._fwd_outputs = self.fwd()
         _, c, _, gates = self._fwd_outputs
-        return lstm.lstm_bwd(gates, c, self.c0, self.w_hh, self.d_out, self.d_hn, self.d_cn, w_hr=self.w_hr)
+        return recurrence.recurrence_bwd(LSTM, gates, c, self.c0, self.w_hh, self.d_out, self.d_hn, self.d_cn, w_hr=self.w_hr)
 
     def run(self, kernel):
         return self.fwd() if kernel == "fwd" else self.bwd()
@@ -154,7 +154,7 @@ def effective(kernel, strategy, problem, device):
     """The tuned options of the config the launchers use now (under the installed table)."""
     config = planner.kernel_config(problem.B, problem.H, problem.dtype, strategy, cell=LSTM, P=problem.P,
                                    backward=kernel == "bwd", device=device,
-                                   interpreted=is_interpreted(lstm._lstm_fwd_kernel))  # fmt: skip
+                                   interpreted=is_interpreted(recurrence._recurrence_fwd_kernel))  # fmt: skip
     return {key: config[key] for key in TUNED_KEYS[kernel]}
 
 

@@ -3,8 +3,8 @@
 One layer, one direction (the reverse direction of a bidirectional layer is ``reverse=True``).
 
 Forward:  Gx = X W_ih^T + (b_ih + b_hh)     one GEMM over all timesteps (cuBLAS)
-          recurrence                         fusedrnn.kernels.lstm.lstm_fwd
-Backward: dG (gradient of the pre-activations) from fusedrnn.kernels.lstm.lstm_bwd, then
+          recurrence                         fusedrnn.kernels.recurrence.recurrence_fwd
+Backward: dG (gradient of the pre-activations) from fusedrnn.kernels.recurrence.recurrence_bwd, then
           dX = dG W_ih,  dW_ih = dG^T X,  dW_hh = sum_t dG_t^T h_prev(t),
           db_ih = db_hh = sum_{t,b} dG,  dh_0 = dG_first W_hh,  dc_0 from the kernel,
           and for a projection dW_hr = sum_t dh_t^T m_t.
@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from fusedrnn._double_backward import tie_to_double_backward_error
-from fusedrnn.kernels import lstm as lstm_kernels
+from fusedrnn.kernels import recurrence
+from fusedrnn.kernels.cells import LSTM
 from fusedrnn.kernels.reference import valid_steps
 
 
@@ -51,8 +52,8 @@ def lstm_fwd_op(
     tensor (an op cannot return None)."""
     gx = torch.addmm(bias, _flat(x), w_ih.t()) if bias is not None else _flat(x) @ w_ih.t()
     gates = gx.view(*x.shape[:2], w_hh.shape[0])  # the layout of x: batch_first costs no copy
-    out, c, m = lstm_kernels.lstm_fwd(
-        _time_major(gates, batch_first), w_hh, h0, c0, w_hr=w_hr, lengths=lengths, reverse=reverse
+    out, c, m = recurrence.recurrence_fwd(
+        LSTM, _time_major(gates, batch_first), w_hh, h0, c0, w_hr=w_hr, lengths=lengths, reverse=reverse
     )
     return _time_major(out, batch_first), gates, c, m if m is not None else x.new_empty(0)
 
@@ -62,7 +63,7 @@ def _(x, w_ih, bias, w_hh, h0, c0, w_hr, lengths, batch_first, reverse):
     # The launcher's own allocations, so shapes and strides cannot drift from the real op's.
     gates = x.new_empty(*x.shape[:2], w_hh.shape[0])
     H, P = w_hh.shape[0] // 4, w_hh.shape[1]
-    out, c, m = lstm_kernels.forward_outputs(_time_major(gates, batch_first), H, P, w_hr is not None)
+    out, c, m = recurrence.forward_outputs(LSTM, _time_major(gates, batch_first), H, P, w_hr is not None)
     return _time_major(out, batch_first), gates, c, m if m is not None else x.new_empty(0)
 
 
@@ -72,10 +73,10 @@ def _backward_kernels(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batc
     layout of x (``gates`` itself when ``into_gates``), ``d_c0``, ``d_h`` or an empty tensor."""
     gates_tm = _time_major(gates, batch_first)
     if fake:
-        outputs = lstm_kernels.backward_outputs(gates_tm, d_cn, w_hh.shape[1], w_hr is not None, into_gates)
+        outputs = recurrence.backward_outputs(LSTM, gates_tm, d_cn, w_hh.shape[1], w_hr is not None, into_gates)
     else:
-        outputs = lstm_kernels.lstm_bwd(
-            gates_tm, c, c0, w_hh, _time_major(d_out, batch_first), d_hn, d_cn,
+        outputs = recurrence.recurrence_bwd(
+            LSTM, gates_tm, c, c0, w_hh, _time_major(d_out, batch_first), d_hn, d_cn,
             w_hr=w_hr, lengths=lengths, reverse=reverse, d_gates_into_gates=into_gates,
         )  # fmt: skip
     d_gates, d_c0, d_h = outputs
@@ -102,7 +103,7 @@ def lstm_bwd_inplace_op(
     gates: Tensor, c: Tensor, c0: Tensor, w_hh: Tensor, d_out: Tensor, d_hn: Tensor, d_cn: Tensor,
     w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool, reverse: bool,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """``lstm_bwd`` writing d_gates over ``gates`` (the backward's largest buffer saved).
+    """``recurrence_bwd`` writing d_gates over ``gates`` (the backward's largest buffer saved).
     Returns ``d_c0`` and ``d_h`` (or an empty tensor)."""
     return _backward_kernels(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse, True)[1:]
 

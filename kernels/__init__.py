@@ -2,7 +2,9 @@
 
 - ``fusedrnn.kernels.reference``: the recurrences written in plain PyTorch ops. It is the CPU
   path of the modules and the oracle of the tests; it needs no Triton.
-- ``fusedrnn.kernels.lstm``: the fused Triton LSTM kernels and their host launchers.
+- ``fusedrnn.kernels.recurrence``: the fused Triton recurrence kernels (one forward and one
+  backward body for every cell) and their host launchers; ``cell_math`` holds each cell's
+  step math.
 - ``fusedrnn.kernels.cells``, ``planner``, ``launch``, ``barrier``, ``aot``: what every cell's
   kernels share (the cell description, planning, launching, the grid barrier, ahead-of-time
   builds); ``kernels/README.md`` maps every file to its job.

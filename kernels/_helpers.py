@@ -1,5 +1,6 @@
-"""Device helpers shared by the Triton kernels (activations, the four-gate product), and the
-host helpers of their launchers."""
+"""Device helpers shared by the Triton kernels (activations; a step's gate tiles, loaded,
+stored and multiplied, for any gate count), and the host helpers of their launchers. A cell's
+own math is in ``kernels/cell_math.py``."""
 
 from contextlib import nullcontext
 
@@ -32,53 +33,50 @@ def tanh(x):
 
 
 @triton.jit
-def store_gates(p_g, H, g_i, g_f, g_g, g_o, mask):
-    """Store four (rows, units) gate tiles at p_g, p_g + H, p_g + 2H, p_g + 3H (order i, f, g,
-    o), cast to p_g's element type."""
+def load_gate_tiles(p_g, H, mask, GATES: tl.constexpr):
+    """The GATES (rows, units) tiles at p_g, p_g + H, ... (a step's gates, in the cell's gate
+    order), in fp32, as a tuple."""
+    tiles = ()
+    for gate in tl.static_range(GATES):
+        tiles = tiles + (tl.load(p_g + gate * H, mask=mask, other=0.0).to(tl.float32),)
+    return tiles
+
+
+@triton.jit
+def store_gate_tiles(p_g, H, tiles, mask, GATES: tl.constexpr):
+    """Store the tuple of GATES (rows, units) tiles at p_g, p_g + H, ..., cast to p_g's
+    element type."""
     ty = p_g.dtype.element_ty
-    tl.store(p_g, g_i.to(ty), mask=mask)
-    tl.store(p_g + H, g_f.to(ty), mask=mask)
-    tl.store(p_g + 2 * H, g_g.to(ty), mask=mask)
-    tl.store(p_g + 3 * H, g_o.to(ty), mask=mask)
+    for gate in tl.static_range(GATES):
+        tl.store(p_g + gate * H, tiles[gate].to(ty), mask=mask)
 
 
 @triton.jit
-def load_activations(p_g, H, mask):
-    """The four gate activations, in fp32, from the pre-activations stored by store_gates."""
-    gate_i = sigmoid(tl.load(p_g, mask=mask, other=0.0).to(tl.float32))
-    gate_f = sigmoid(tl.load(p_g + H, mask=mask, other=0.0).to(tl.float32))
-    gate_g = tanh(tl.load(p_g + 2 * H, mask=mask, other=0.0).to(tl.float32))
-    gate_o = sigmoid(tl.load(p_g + 3 * H, mask=mask, other=0.0).to(tl.float32))
-    return gate_i, gate_f, gate_g, gate_o
+def load_weight_tiles(p_w, gate_rows, mask_w, DOT_DTYPE: tl.constexpr, GATES: tl.constexpr):
+    """Every gate's tile of W at p_w, gate_rows elements apart, as dot operands (a tuple):
+    the weights a program holds across the steps (W_RESIDENT)."""
+    tiles = ()
+    for gate in tl.static_range(GATES):
+        tiles = tiles + (tl.load(p_w + gate * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE),)
+    return tiles
 
 
 @triton.jit
-def cell_update(pre_i, pre_f, pre_g, pre_o, c):
-    """The LSTM cell from its pre-activations (fp32): returns (o * tanh(c'), c') with
-    c' = f*c + i*g. The device twin of kernels.reference.lstm_cell_update."""
-    c_new = sigmoid(pre_f) * c + sigmoid(pre_i) * tanh(pre_g)
-    return sigmoid(pre_o) * tanh(c_new), c_new
+def zero_gate_tiles(BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, GATES: tl.constexpr):
+    """GATES fp32 accumulators of (BLOCK_B, BLOCK_U), zero, as a tuple."""
+    tiles = ()
+    for _ in tl.static_range(GATES):
+        tiles = tiles + (tl.zeros((BLOCK_B, BLOCK_U), dtype=tl.float32),)
+    return tiles
 
 
 @triton.jit
-def cell_grads(gate_i, gate_f, gate_g, gate_o, c_prev, tanh_c, dm, dc):
-    """Backward of cell_update: from the activations, c_{t-1}, tanh(c_t), the gradient dm of
-    o * tanh(c_t) and the gradient dc of c_t from later steps, the gradients of the four
-    pre-activations and dc_t in full (its share for c_{t-1} is dc_t * f)."""
-    dc_t = dc + dm * gate_o * (1.0 - tanh_c * tanh_c)
-    d_i = dc_t * gate_g * gate_i * (1.0 - gate_i)
-    d_f = dc_t * c_prev * gate_f * (1.0 - gate_f)
-    d_g = dc_t * gate_i * (1.0 - gate_g * gate_g)
-    d_o = dm * tanh_c * gate_o * (1.0 - gate_o)
-    return d_i, d_f, d_g, d_o, dc_t
-
-
-@triton.jit
-def gates_matmul(acc_i, acc_f, acc_g, acc_o, p_a, mask_a, p_w, stride_w, mask_u, H, K,
-                 BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """acc_gate += A @ W[gate*H + units, :K]^T for the four gates (order i, f, g, o). p_a:
-    pointers to the rows of A (element k at +k); p_w: pointers to the rows of W of gate i's
-    units (element k at +k). A's chunk is loaded once for the four gates."""
+def gates_matmul(acc, p_a, mask_a, p_w, stride_w, mask_u, H, K, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                 INPUT_PRECISION: tl.constexpr, GATES: tl.constexpr):  # fmt: skip
+    """acc[gate] += A @ W[gate*H + units, :K]^T for every gate (acc: a tuple of GATES fp32
+    tiles). p_a: pointers to the rows of A (element k at +k); p_w: pointers to the rows of W
+    of the first gate's units (element k at +k). A's chunk is loaded once for every gate; each
+    gate's W tile is loaded just before its dot, so one is live at a time."""
     offs_k = tl.arange(0, BLOCK_K)
     gate_rows = tl.cast(H, tl.int64) * stride_w
     for k0 in range(0, K, BLOCK_K):
@@ -92,15 +90,12 @@ def gates_matmul(acc_i, acc_f, acc_g, acc_o, p_a, mask_a, p_w, stride_w, mask_u,
         # W tile transposed to (BLOCK_K, units): element [k, u] = W[gate*H + u, k].
         p_wk = p_w[None, :] + offs_kk[:, None]
         mask_w = mask_k[:, None] & mask_u[None, :]
-        b_w = tl.load(p_wk, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        acc_i += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
-        b_w = tl.load(p_wk + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        acc_f += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
-        b_w = tl.load(p_wk + 2 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        acc_g += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
-        b_w = tl.load(p_wk + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-        acc_o += tl.dot(b_a, b_w, input_precision=INPUT_PRECISION)
-    return acc_i, acc_f, acc_g, acc_o
+        summed = ()
+        for gate in tl.static_range(GATES):
+            b_w = tl.load(p_wk + gate * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+            summed = summed + (acc[gate] + tl.dot(b_a, b_w, input_precision=INPUT_PRECISION),)
+        acc = summed
+    return acc
 
 
 MIN_DOT = 16  # tl.dot needs every dimension >= 16 on the GPU (the interpreter does not check)

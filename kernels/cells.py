@@ -3,8 +3,8 @@
 Everything that is not the cell's own math (the launch strategies, the block planner, the
 launch, residency and barriers, the ahead-of-time compile spec, the tuning tables) reads a
 cell through this description and nothing else. The math lives beside the kernels as
-``@triton.jit`` functions (the LSTM's ``cell_update`` and ``cell_grads`` in
-``kernels/_helpers.py``, its kernels in ``kernels/lstm.py``) and in the reference
+``@triton.jit`` functions (``kernels/cell_math.py``, branched on ``CellSpec.name``; one
+kernel body for every cell in ``kernels/recurrence.py``) and in the reference
 (``kernels/reference.py``). ``kernels/README.md`` says where a new cell goes.
 """
 
@@ -44,4 +44,14 @@ LSTM = CellSpec(
     split_gate_grads=False,
 )  # fmt: skip
 
-CELLS = {cell.name: cell for cell in (LSTM,)}
+# torch.nn.RNN's two nonlinearities (torch's _VF.rnn_tanh and rnn_relu): h' = act(Gx + W_hh h).
+RNN_TANH = CellSpec(
+    name="rnn_tanh", gates=1, states=("h",), saved_tiles=1, folded_biases=("b_ih", "b_hh"), projection=False,
+    split_gate_grads=False,
+)  # fmt: skip
+RNN_RELU = CellSpec(
+    name="rnn_relu", gates=1, states=("h",), saved_tiles=1, folded_biases=("b_ih", "b_hh"), projection=False,
+    split_gate_grads=False,
+)  # fmt: skip
+
+CELLS = {cell.name: cell for cell in (LSTM, RNN_TANH, RNN_RELU)}

@@ -23,18 +23,16 @@ from ._helpers import (
     MIN_DOT,
     TRITON_DTYPES,
     cdiv,
-    cell_grads,
     check_kernel_dtype,
-    cell_update,
     empty_output,
     gates_matmul,
     is_interpreted,
     launch_context,
-    load_activations,
     padded,
-    store_gates,
-    tanh,
+    store_gate_tiles,
+    zero_gate_tiles,
 )
+from .cell_math import cell_grads, cell_update, load_activations
 
 # Block sizes. Tests lower them to get several programs and K chunks on small shapes.
 BLOCK_H = 32
@@ -88,37 +86,34 @@ def _lstm_cell_fwd_kernel(
     rows_b = offs_b.to(tl.int64)
     units = offs_h.to(tl.int64)
 
-    acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc = zero_gate_tiles(BLOCK_B, BLOCK_H, 4)
     if HAS_BIAS:
-        acc_i += _bias(p_b_ih, p_b_hh, offs_h, mask_h)
-        acc_f += _bias(p_b_ih + H, p_b_hh + H, offs_h, mask_h)
-        acc_g += _bias(p_b_ih + 2 * H, p_b_hh + 2 * H, offs_h, mask_h)
-        acc_o += _bias(p_b_ih + 3 * H, p_b_hh + 3 * H, offs_h, mask_h)
-    acc_i, acc_f, acc_g, acc_o = gates_matmul(
-        acc_i, acc_f, acc_g, acc_o, p_x + rows_b * stride_xb, mask_b, p_w_ih + units * stride_w_ih, stride_w_ih,
-        mask_h, H, I, BLOCK_KI, DOT_DTYPE, INPUT_PRECISION,
+        biased = ()
+        for gate in tl.static_range(4):
+            biased = biased + (acc[gate] + _bias(p_b_ih + gate * H, p_b_hh + gate * H, offs_h, mask_h),)
+        acc = biased
+    acc = gates_matmul(
+        acc, p_x + rows_b * stride_xb, mask_b, p_w_ih + units * stride_w_ih, stride_w_ih, mask_h, H, I, BLOCK_KI,
+        DOT_DTYPE, INPUT_PRECISION, 4,
     )  # fmt: skip
     if HAS_STATE:
-        acc_i, acc_f, acc_g, acc_o = gates_matmul(
-            acc_i, acc_f, acc_g, acc_o, p_h + rows_b * stride_hb, mask_b, p_w_hh + units * stride_w_hh, stride_w_hh,
-            mask_h, H, H, BLOCK_KH, DOT_DTYPE, INPUT_PRECISION,
+        acc = gates_matmul(
+            acc, p_h + rows_b * stride_hb, mask_b, p_w_hh + units * stride_w_hh, stride_w_hh, mask_h, H, H, BLOCK_KH,
+            DOT_DTYPE, INPUT_PRECISION, 4,
         )  # fmt: skip
         p_c_tile = p_c + rows_b[:, None] * stride_cb + units[None, :] * stride_ch
         c = tl.load(p_c_tile, mask=mask_bh, other=0.0).to(tl.float32)
     else:
         c = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
 
-    h_new, c_new = cell_update(acc_i, acc_f, acc_g, acc_o, c)
+    h_new, c_new = cell_update(acc, c, "lstm")
 
     offs_out = rows_b[:, None] * H + units[None, :]
     tl.store(p_h_out + offs_out, h_new.to(p_h_out.dtype.element_ty), mask=mask_bh)
     tl.store(p_c_out + offs_out, c_new.to(p_c_out.dtype.element_ty), mask=mask_bh)
     # Pre-activations, not activations: 1 - f and 1 - tanh(g)^2 lose their bits when f or
-    # tanh(g) is near 1; recomputed from x they are accurate (see kernels/lstm.py).
-    store_gates(p_gates + rows_b[:, None] * (4 * H) + units[None, :], H, acc_i, acc_f, acc_g, acc_o, mask_bh)
+    # tanh(g) is near 1; recomputed from x they are accurate (see kernels/recurrence.py).
+    store_gate_tiles(p_gates + rows_b[:, None] * (4 * H) + units[None, :], H, acc, mask_bh, 4)
 
 
 @triton.jit(do_not_specialize=["B"])
@@ -149,14 +144,14 @@ def _lstm_cell_bwd_kernel(
     rows_b = offs_b.to(tl.int64)
     units = offs_h.to(tl.int64)
 
-    gate_i, gate_f, gate_g, gate_o = load_activations(p_gates + rows_b[:, None] * (4 * H) + units[None, :], H, mask_bh)
+    acts = load_activations(p_gates + rows_b[:, None] * (4 * H) + units[None, :], H, mask_bh, "lstm", 4)
     if HAS_STATE:
         c = tl.load(p_c + rows_b[:, None] * stride_cb + units[None, :] * stride_ch, mask=mask_bh, other=0.0)
         c = c.to(tl.float32)
     else:
         c = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     # c' recomputed exactly as the forward computed it (same fp32 operations).
-    tanh_c = tanh(gate_f * c + gate_i * gate_g)
+    c_new = acts[1] * c + acts[0] * acts[2]
 
     dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     if HAS_DC:
@@ -166,10 +161,10 @@ def _lstm_cell_bwd_kernel(
     if HAS_DH:
         p_dh_tile = p_dh + rows_b[:, None] * stride_dhb + units[None, :] * stride_dhh
         dh += tl.load(p_dh_tile, mask=mask_bh, other=0.0).to(tl.float32)
-    d_i, d_f, d_g, d_o, dc = cell_grads(gate_i, gate_f, gate_g, gate_o, c, tanh_c, dh, dc)
-    store_gates(p_dgates + rows_b[:, None] * (4 * H) + units[None, :], H, d_i, d_f, d_g, d_o, mask_bh)
+    d_pre, dc_prev = cell_grads(acts, c, c_new, dh, dc, "lstm")
+    store_gate_tiles(p_dgates + rows_b[:, None] * (4 * H) + units[None, :], H, d_pre, mask_bh, 4)
     p_dcp = p_dc_prev + rows_b[:, None] * H + units[None, :]
-    tl.store(p_dcp, (dc * gate_f).to(p_dc_prev.dtype.element_ty), mask=mask_bh)
+    tl.store(p_dcp, dc_prev.to(p_dc_prev.dtype.element_ty), mask=mask_bh)
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,7 +183,7 @@ def kernel_config(B, I, H, dtype, interpreted=False):
         BLOCK_KH=padded(H, max_block_k),
         # The interpreter computes 16-bit dots wrongly (bf16 is stored as uint16): fp32 there.
         DOT_DTYPE=tl.float32 if interpreted else TRITON_DTYPES[dtype],
-        # fp32 follows cuBLAS's switch (default: off), not cuDNN's as kernels/lstm.py does:
+        # fp32 follows cuBLAS's switch (default: off), not cuDNN's as kernels/recurrence.py does:
         # torch.nn.LSTMCell never runs cuDNN, its two GEMMs are cuBLAS (so are our backward's).
         # For 16-bit operands the setting has no effect.
         INPUT_PRECISION="tf32" if dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32 else "ieee",

@@ -3,7 +3,7 @@ measured, or the fallback rule), the blocks, warps and stages of each strategy's
 their grid and phases, all within ``PlannerLimits``. Pure host arithmetic: nothing here
 launches (``kernels/launch.py`` does) or knows a kernel's arguments.
 
-Strategies (``kernels/lstm.py`` describes what each does on the device):
+Strategies (``kernels/recurrence.py`` describes what each does on the device):
 
 - "one-launch": one program per batch block owns every unit, one launch for all steps;
 - "persistent": one cooperative launch for all steps, a grid barrier per step and phase;

@@ -143,6 +143,42 @@ def lstm_reference(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, *, re
     return torch.stack(outputs), (h, c.to(x.dtype))
 
 
+RNN_NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+def rnn_reference(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", reverse=False, lengths=None):
+    """One layer, one direction of ``torch.nn.RNN``, time-major, in the numerics of
+    ``lstm_reference`` (fp32 or wider accumulation, h_t rounded to the input dtype each step):
+    ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``, act tanh or relu.
+
+    x: (T, B, I); h0: (B, H) or None for zeros; w_ih: (H, I); w_hh: (H, H); b_ih, b_hh: (H,)
+    or None. reverse and lengths as for ``lstm_reference``. Returns ``output (T, B, H), h_n``.
+    """
+    T, B, _ = x.shape
+    H = w_hh.shape[0]
+    act = RNN_NONLINEARITIES[nonlinearity]
+    acc_dtype = torch.promote_types(x.dtype, torch.float32)
+    if lengths is not None:
+        x = x.masked_fill(~valid_steps(T, lengths, x.device)[..., None], 0)  # as lstm_reference
+    gx = x @ w_ih.t()
+    if b_ih is not None:
+        gx = gx + (b_ih + b_hh)
+    gx = gx.unbind(0)  # one tensor per step (see lstm_reference)
+    h = h0 if h0 is not None else x.new_zeros(B, H)
+    w_hh_t = w_hh.to(acc_dtype).t()
+    outputs = [None] * T
+    for t in reversed(range(T)) if reverse else range(T):
+        h_new = act(gx[t].to(acc_dtype) + h.to(acc_dtype) @ w_hh_t).to(x.dtype)
+        if lengths is not None:
+            active = (t < lengths).to(x.device)[:, None]
+            h_new = torch.where(active, h_new, h)
+            outputs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+        else:
+            outputs[t] = h_new
+        h = h_new
+    return torch.stack(outputs), h
+
+
 # ----------------------------------------------------------------------------------------
 # Hand-derived backward (BPTT): the equations of the module docstring, no autograd.
 

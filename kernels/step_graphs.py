@@ -1,4 +1,4 @@
-"""CUDA graphs of the per-step strategy's launches (``fusedrnn.kernels.lstm``).
+"""CUDA graphs of the per-step strategy's launches (``fusedrnn.kernels.recurrence``).
 
 Why. The per-step strategy launches its kernel once per step and phase: T or 2T launches a
 recurrence. Each launch from Python costs Triton's argument binding and a driver call on the

@@ -14,7 +14,7 @@ as package data (``kernels/tuned/README.md`` says how they are made)::
      ...}                                    # other keys: provenance, not read here
 
 "cell" names the cell (``kernels/cells.py`` CELLS: each cell's kernels are built and tuned
-apart), "kernel" is "fwd" (the forward recurrence, e.g. ``lstm_fwd``) or "bwd" (its
+apart), "kernel" is "fwd" (the forward recurrence, ``recurrence_fwd``) or "bwd" (its
 backward), "P" the projection size or null.
 ``bench/report.py dispatch`` writes "dispatch" from benchmark results; ``bench/tune.py``
 writes "configs". A table is validated when it is loaded: a bad one raises ValueError naming

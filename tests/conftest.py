@@ -5,7 +5,7 @@ import os
 import torch
 
 if not torch.cuda.is_available():
-    # Read when @triton.jit runs, i.e. when fusedrnn.kernels.lstm is first imported: set it
+    # Read when @triton.jit runs, i.e. when fusedrnn.kernels.recurrence is first imported: set it
     # before anything imports the kernels.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

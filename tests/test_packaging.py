@@ -34,7 +34,8 @@ def test_wheel_maps_kernels_into_the_package(tmp_path):
     )
     (wheel,) = tmp_path.glob("fusedrnn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "fusedrnn/kernels/lstm.py" in names
+    for module in ("recurrence", "cell_math", "cells", "planner", "launch", "barrier", "aot"):
+        assert f"fusedrnn/kernels/{module}.py" in names
     assert "fusedrnn/kernels/lstm_cell.py" in names
     assert "fusedrnn/kernels/reference.py" in names
     assert "fusedrnn/kernels/tuning.py" in names
@@ -44,7 +45,7 @@ def test_wheel_maps_kernels_into_the_package(tmp_path):
 
 
 def test_installed_package_finds_its_kernels():
-    import fusedrnn.kernels.lstm
+    import fusedrnn.kernels.recurrence
     import fusedrnn.kernels.reference
 
     assert Path(fusedrnn.kernels.reference.__file__).parent.name == "kernels"

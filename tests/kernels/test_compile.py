@@ -31,6 +31,13 @@ SIZES = [
     (1, 100, None, "auto"), (1, 300, 200, "auto"), (1, 256, None, "persistent"),
     (8, 1024, None, "per-step"),  # the backward's dh K loop split: a partial-sums launch of its own
 ]  # fmt: skip
+# The RNN's builds (one gate, no c, no projection) in a few of those: the smallest and the
+# largest one-launch, per step, persistent with held and with streamed weights; rnn_relu differs
+# from rnn_tanh only in its activation, so one size is enough for it.
+RNN_SIZES = [(16, 100, None, "auto"), (16, 128, None, "auto"), (16, 300, None, "auto"), (8, 256, None, "persistent"),
+             (128, 1024, None, "persistent"), (8, 1024, None, "per-step")]  # fmt: skip
+CASES = [("lstm", *size) for size in SIZES] + [("rnn_tanh", *size) for size in RNN_SIZES]
+CASES.append(("rnn_relu", *RNN_SIZES[-1]))
 
 COMPILE_ALL = r"""
 import json, sys
@@ -38,7 +45,8 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from fusedrnn.kernels import aot, lstm, planner
+from fusedrnn.kernels import aot, planner, recurrence
+from fusedrnn.kernels.cells import CELLS
 
 planner.LIMITS = planner.PlannerLimits(modelled_sms=132)  # an H100's SMs, one program each
 NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -56,22 +64,24 @@ def compile_kernel(kernel, dtype, config, options, sizes):
 for dtype in NAMES:
     for tf32 in ([False, True] if dtype == torch.float32 else [True]):
         torch.backends.cudnn.allow_tf32 = tf32
-        for B, H, P, strategy in json.loads(sys.argv[1]):
+        for cell_name, B, H, P, strategy in json.loads(sys.argv[1]):
+            cell = CELLS[cell_name]
             if strategy == "auto":
                 strategy = planner.fallback_strategy(H, P)
             # REVERSE and VARLEN only add index arithmetic and masks: compile them with all
             # their code in one dtype, and the plain variant everywhere.
             variants = [(False, False)] + ([(True, True)] if dtype == torch.bfloat16 else [])
-            for kernel, backward in ((lstm._lstm_fwd_kernel, False), (lstm._lstm_bwd_kernel, True)):
-                config = planner.kernel_config(B, H, dtype, strategy, P=P, backward=backward)
+            for kernel, backward in ((recurrence._recurrence_fwd_kernel, False), (recurrence._recurrence_bwd_kernel, True)):
+                config = planner.kernel_config(B, H, dtype, strategy, cell=cell, P=P, backward=backward)
                 config, options = aot.split_launch_options(config)
                 options["launch_cooperative_grid"] = config["GRID_SYNC"]
                 phases = planner.kernel_phases(P is not None, backward, config.get("DH_SPLIT", 1))
                 for flags in phases if strategy == "per-step" else [planner.all_phase_flags(phases)]:
                     for reverse, varlen in variants:
-                        constexprs = dict(config, **flags, REVERSE=reverse, VARLEN=varlen)
+                        constexprs = dict(config, **flags, REVERSE=reverse, VARLEN=varlen,
+                                          **recurrence.cell_constexprs(cell))
                         shared = compile_kernel(kernel, dtype, constexprs, options, dict(B=B, H=H, P=P or H))
-                        results.append({"kernel": kernel.fn.__name__, "dtype": NAMES[dtype], "B": B, "H": H, "P": P,
+                        results.append({"cell": cell_name, "kernel": kernel.fn.__name__, "dtype": NAMES[dtype], "B": B, "H": H, "P": P,
                                         "strategy": strategy, "w_resident": config.get("W_RESIDENT", False),
                                         "flags": flags, "reverse": reverse, "varlen": varlen,
                                         "precision": config["INPUT_PRECISION"], "shared": shared})
@@ -84,17 +94,18 @@ print(json.dumps(results))
 def test_kernels_compile_for_sm90_within_shared_memory():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(
-        [sys.executable, "-c", COMPILE_ALL, json.dumps(SIZES)],
+        [sys.executable, "-c", COMPILE_ALL, json.dumps(CASES)],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {(r["B"], r["H"], r["P"]) for r in results} == {tuple(size[:3]) for size in SIZES}
+    assert {(r["cell"], r["B"], r["H"], r["P"]) for r in results} == {tuple(case[:4]) for case in CASES}
     assert {r["strategy"] for r in results} == {"one-launch", "per-step", "persistent"}
-    for kernel in ("_lstm_fwd_kernel", "_lstm_bwd_kernel"):  # both hold their weights in some builds
-        held = [r["w_resident"] for r in results if r["kernel"] == kernel]
-        assert any(held) and not all(held), kernel
-    assert {r["kernel"] for r in results} == {"_lstm_fwd_kernel", "_lstm_bwd_kernel"}
+    for kernel in ("_recurrence_fwd_kernel", "_recurrence_bwd_kernel"):  # both hold their weights in some builds
+        for cell in ("lstm", "rnn_tanh"):
+            held = [r["w_resident"] for r in results if r["kernel"] == kernel and r["cell"] == cell]
+            assert any(held) and not all(held), (kernel, cell)
+    assert {r["kernel"] for r in results} == {"_recurrence_fwd_kernel", "_recurrence_bwd_kernel"}
     split = [r for r in results if r["flags"].get("DO_DH_PARTIAL")]  # the split dh loop, per step and persistent
     assert {r["strategy"] for r in split} == {"per-step", "persistent"}
     too_big = [r for r in results if r["shared"] > SM90_MAX_SHARED_BYTES]

@@ -7,13 +7,13 @@ import os
 import pytest
 import torch
 
-from fusedrnn.kernels import launch, lstm, planner
+from fusedrnn.kernels import launch, planner, recurrence
 
 
 def forward_arguments(T=3, B=2, H=16):
-    """The forward kernel's arguments by name, as lstm_fwd builds them (absent ones None)."""
+    """The forward kernel's arguments by name, as recurrence_fwd builds them (absent ones None)."""
     gates, w_hh, state = torch.zeros(T, B, 4 * H), torch.zeros(4 * H, H), torch.zeros(B, H)
-    names = [name for name in launch.runtime_parameters(lstm._lstm_fwd_kernel) if name != "max_spins"]
+    names = [name for name in launch.runtime_parameters(recurrence._recurrence_fwd_kernel) if name != "max_spins"]
     values = {name: index + 100 for index, name in enumerate(names)}  # a distinct int for each
     values.update(p_gates=gates, p_w_hh=w_hh, p_w_hr=w_hh, p_h0=state, p_c0=state, p_lengths=None, p_m=None,
                   p_sync=None)  # fmt: skip
@@ -24,7 +24,7 @@ def test_kernel_args_follow_the_kernel_s_order_whatever_the_dict_s():
     names, values = forward_arguments()
     unused = torch.zeros(1)
     shuffled = dict(reversed(list(values.items())))
-    args = launch.kernel_args(lstm._lstm_fwd_kernel, shuffled, unused)
+    args = launch.kernel_args(recurrence._recurrence_fwd_kernel, shuffled, unused)
     assert len(args) == len(names)
     for name, arg in zip(names, args):
         expected = unused if values[name] is None else values[name]
@@ -39,14 +39,14 @@ def test_kernel_args_refuse_a_missing_or_unknown_name(change):
         del values["stride_ob"]
     else:
         values["stride_typo"] = 1
-    with pytest.raises(TypeError, match=r"_lstm_fwd_kernel: missing arguments \['stride_ob'\]" if change == "missing"
+    with pytest.raises(TypeError, match=r"_recurrence_fwd_kernel: missing arguments \['stride_ob'\]" if change == "missing"
                        else r"unknown \['stride_typo'\]"):  # fmt: skip
-        launch.kernel_args(lstm._lstm_fwd_kernel, values, torch.zeros(1))
+        launch.kernel_args(recurrence._recurrence_fwd_kernel, values, torch.zeros(1))
 
 
 def test_every_runtime_parameter_but_max_spins_is_named_by_the_launchers():
     """The forward and backward take max_spins last (the launch's), and the step range."""
-    for kernel in (lstm._lstm_fwd_kernel, lstm._lstm_bwd_kernel):
+    for kernel in (recurrence._recurrence_fwd_kernel, recurrence._recurrence_bwd_kernel):
         names = launch.runtime_parameters(kernel)
         assert names[-1] == "max_spins" and {"s_start", "s_end", "p_sync"} <= set(names)
         assert not {"BLOCK_B", "GRID_SYNC", "REVERSE", "DOT_DTYPE"} & set(names)  # constexprs are not

@@ -138,16 +138,16 @@ def test_backward_twice_with_retain_graph():
 @pytest.fixture
 def into_gates(monkeypatch):
     """Whether each backward of the kernels wrote dG over the saved gates, in call order."""
-    from fusedrnn.kernels import lstm as lstm_kernels
+    from fusedrnn.kernels import recurrence
 
     calls = []
-    real_bwd = lstm_kernels.lstm_bwd
+    real_bwd = recurrence.recurrence_bwd
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("d_gates_into_gates", False))
         return real_bwd(*args, **kwargs)
 
-    monkeypatch.setattr(lstm_kernels, "lstm_bwd", spy)
+    monkeypatch.setattr(recurrence, "recurrence_bwd", spy)
     return calls
 
 
@@ -300,8 +300,7 @@ def test_dh_split_over_k_matches_reference_and_repeats_bitwise(how, split, case)
     whose last slice is empty (32 + 32 + 16 + 0); partial sums over 16-unit items, reverse,
     lengths, two batch blocks or a projection. The slices are added in a fixed order, so a
     second run gives the same bits."""
-    from fusedrnn.kernels import lstm as lstm_kernels
-    from fusedrnn.kernels import planner
+    from fusedrnn.kernels import planner, recurrence
     from fusedrnn.kernels.cells import LSTM
 
     T, B, _, H, P = case
@@ -314,7 +313,7 @@ def test_dh_split_over_k_matches_reference_and_repeats_bitwise(how, split, case)
     limits = dict(max_block_k=16, per_step_block_units=16, persistent_max_block_b=16, resident_weight_dtypes=(),
                   dh_split_block_p=16, dh_split_override=split)  # fmt: skip
     with planner.override_limits(**limits), planner.launch_strategy(how):
-        config = planner.plans(LSTM, B, H, P, torch.float32, torch.device(DEVICE), lstm_kernels._lstm_bwd_kernel, True)
+        config = planner.plans(LSTM, B, H, P, torch.float32, torch.device(DEVICE), recurrence._recurrence_bwd_kernel, True)
         assert config[0][1]["DH_SPLIT"] == split
         for _ in range(2):
             ours = cast(oracle, dtype=torch.float32, device=DEVICE)

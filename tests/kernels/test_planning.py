@@ -7,7 +7,7 @@ import pytest
 import torch
 import triton
 
-from fusedrnn.kernels import lstm, planner, tuning
+from fusedrnn.kernels import planner, recurrence, tuning
 from fusedrnn.kernels._helpers import MIN_DOT, cdiv, padded
 from fusedrnn.kernels.cells import LSTM
 
@@ -15,7 +15,7 @@ CPU = torch.device("cpu")
 
 
 def plans(B=2, H=32, P=None, dtype=torch.float32, backward=False):
-    return planner.plans(LSTM, B, H, P, dtype, CPU, lstm._lstm_bwd_kernel if backward else lstm._lstm_fwd_kernel, backward)
+    return planner.plans(LSTM, B, H, P, dtype, CPU, recurrence._recurrence_bwd_kernel if backward else recurrence._recurrence_fwd_kernel, backward)
 
 
 def test_a_repeated_call_reuses_its_plan_and_a_new_shape_gets_its_own():

@@ -12,9 +12,10 @@ import torch
 import triton
 from helpers import DEVICE, HAS_CUDA
 
-from fusedrnn.kernels import lstm as K
+from fusedrnn.kernels import recurrence as K
 from fusedrnn.kernels import planner
 from fusedrnn.kernels import step_graphs
+from fusedrnn.kernels.cells import LSTM
 
 NEEDS_CUDA_GRAPHS = pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a CUDA device")
 
@@ -60,17 +61,17 @@ def test_a_sequence_seen_once_never_captures():
 
 def test_launch_key_changes_with_every_argument():
     x, y = torch.zeros(8), torch.zeros(8)
-    base = step_graphs.launch_key(K._lstm_fwd_kernel, (1, 2), (x, 3), dict(BLOCK_B=16))
-    assert base == step_graphs.launch_key(K._lstm_fwd_kernel, (1, 2), (x, 3), dict(BLOCK_B=16))
-    assert base == step_graphs.launch_key(K._lstm_fwd_kernel, (1, 2), (x[:4], 3), dict(BLOCK_B=16))  # same address
+    base = step_graphs.launch_key(K._recurrence_fwd_kernel, (1, 2), (x, 3), dict(BLOCK_B=16))
+    assert base == step_graphs.launch_key(K._recurrence_fwd_kernel, (1, 2), (x, 3), dict(BLOCK_B=16))
+    assert base == step_graphs.launch_key(K._recurrence_fwd_kernel, (1, 2), (x[:4], 3), dict(BLOCK_B=16))  # same address
     for other in [
-        step_graphs.launch_key(K._lstm_bwd_kernel, (1, 2), (x, 3), dict(BLOCK_B=16)),
-        step_graphs.launch_key(K._lstm_fwd_kernel, (2, 2), (x, 3), dict(BLOCK_B=16)),
-        step_graphs.launch_key(K._lstm_fwd_kernel, (1, 2), (y, 3), dict(BLOCK_B=16)),
-        step_graphs.launch_key(K._lstm_fwd_kernel, (1, 2), (x[1:], 3), dict(BLOCK_B=16)),
-        step_graphs.launch_key(K._lstm_fwd_kernel, (1, 2), (x.view(torch.int32), 3), dict(BLOCK_B=16)),
-        step_graphs.launch_key(K._lstm_fwd_kernel, (1, 2), (x, 4), dict(BLOCK_B=16)),
-        step_graphs.launch_key(K._lstm_fwd_kernel, (1, 2), (x, 3), dict(BLOCK_B=32)),
+        step_graphs.launch_key(K._recurrence_bwd_kernel, (1, 2), (x, 3), dict(BLOCK_B=16)),
+        step_graphs.launch_key(K._recurrence_fwd_kernel, (2, 2), (x, 3), dict(BLOCK_B=16)),
+        step_graphs.launch_key(K._recurrence_fwd_kernel, (1, 2), (y, 3), dict(BLOCK_B=16)),
+        step_graphs.launch_key(K._recurrence_fwd_kernel, (1, 2), (x[1:], 3), dict(BLOCK_B=16)),
+        step_graphs.launch_key(K._recurrence_fwd_kernel, (1, 2), (x.view(torch.int32), 3), dict(BLOCK_B=16)),
+        step_graphs.launch_key(K._recurrence_fwd_kernel, (1, 2), (x, 4), dict(BLOCK_B=16)),
+        step_graphs.launch_key(K._recurrence_fwd_kernel, (1, 2), (x, 3), dict(BLOCK_B=32)),
     ]:
         assert other != base
 
@@ -160,14 +161,14 @@ def lstm_inputs(T, B, H, seed, device=DEVICE):
 
 
 def forward_backward(buffers, values, h0=None):
-    """lstm_fwd then lstm_bwd on ``buffers``' memory holding ``values``; clones of the results."""
+    """recurrence_fwd then recurrence_bwd (the LSTM) on ``buffers``' memory holding ``values``; clones of the results."""
     for name, t in buffers.items():
         t.copy_(values[name])
     b = buffers
     h0 = b["h0"] if h0 is None else h0
-    out, c, _ = K.lstm_fwd(b["gates"], b["w_hh"], h0, b["c0"])
+    out, c, _ = K.recurrence_fwd(LSTM, b["gates"], b["w_hh"], h0, b["c0"])
     forward = [out.clone(), c.clone(), b["gates"].clone()]
-    d_gates, d_c0, _ = K.lstm_bwd(b["gates"], c, b["c0"], b["w_hh"], b["d_out"], b["d_hn"], b["d_cn"])
+    d_gates, d_c0, _ = K.recurrence_bwd(LSTM, b["gates"], c, b["c0"], b["w_hh"], b["d_out"], b["d_hn"], b["d_cn"])
     return forward + [d_gates.clone(), d_c0.clone()]
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import DEVICE
 
-from fusedrnn.kernels import lstm as K
+from fusedrnn.kernels import recurrence as K
 from fusedrnn.kernels import planner, tuning
 from fusedrnn.kernels.cells import LSTM
 from fusedrnn.kernels.reference import lstm_reference
@@ -188,7 +188,7 @@ def test_interpreted_launches_ignore_committed_tables(synthetic_gpu):
     assert tuning.tuned_config("lstm", "fwd", "per-step", 2, 32, None, torch.float32, CPU) == {"num_stages": 4}
     # ...but an interpreted launch asks with no device: only use_table's table applies.
     assert planner.kernel_config(2, 32, torch.float32, "per-step", interpreted=True, device=CPU)["num_stages"] == 3
-    plans = planner.plans(LSTM, 2, 32, None, torch.float32, CPU, K._lstm_fwd_kernel, False)
+    plans = planner.plans(LSTM, 2, 32, None, torch.float32, CPU, K._recurrence_fwd_kernel, False)
     assert [strategy for strategy, _ in plans] == ["one-launch"] == [planner.fallback_strategy(32)]
 
 
@@ -208,14 +208,14 @@ def test_measured_strategy_drives_auto():
 
     def forward():
         gates = gx.float().to(DEVICE)
-        out, c, _ = K.lstm_fwd(gates, w_hh32, h0.float().to(DEVICE), c0_32)
+        out, c, _ = K.recurrence_fwd(LSTM, gates, w_hh32, h0.float().to(DEVICE), c0_32)
         return out, c, gates
 
     with tuning.use_table(measured):
         out, c, gates = forward()
         assert planner.last_strategy() == "per-step"
         d_out = torch.randn_like(out)
-        d_gates = K.lstm_bwd(gates, c, c0_32, w_hh32, d_out, out[-1] * 0, c[-1] * 0)[0]
+        d_gates = K.recurrence_bwd(LSTM, gates, c, c0_32, w_hh32, d_out, out[-1] * 0, c[-1] * 0)[0]
         assert planner.last_strategy() == "per-step"
         with planner.launch_strategy("one-launch"):  # a forced strategy beats the table
             forward()
@@ -226,7 +226,7 @@ def test_measured_strategy_drives_auto():
 
     forward()  # without the table: the rule
     assert planner.last_strategy() == "one-launch"
-    rule = K.lstm_bwd(gates, c, c0_32, w_hh32, d_out, out[-1] * 0, c[-1] * 0)[0]
+    rule = K.recurrence_bwd(LSTM, gates, c, c0_32, w_hh32, d_out, out[-1] * 0, c[-1] * 0)[0]
     assert planner.last_strategy() == "one-launch"
     torch.testing.assert_close(d_gates, rule, rtol=1e-5, atol=1e-6)
 
@@ -239,7 +239,7 @@ def test_measured_strategy_that_cannot_run_falls_back_to_the_rule(measured):
     # H=200: more units than one program holds; under the interpreter a persistent grid has
     # one program per batch block, so it cannot either. Measured at B=4, one doubling away.
     with tuning.use_table(table([entry("fwd", "float32", 4, 200, measured)])):
-        plans = planner.plans(LSTM, 2, 200, None, torch.float32, torch.device(DEVICE), K._lstm_fwd_kernel, False)
+        plans = planner.plans(LSTM, 2, 200, None, torch.float32, torch.device(DEVICE), K._recurrence_fwd_kernel, False)
     assert [strategy for strategy, _ in plans] == [planner.fallback_strategy(200)] == ["per-step"]
     assert not plans[0][1]["GRID_SYNC"]
 

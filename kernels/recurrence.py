@@ -1,16 +1,18 @@
-"""Fused Triton kernels of the LSTM recurrence, forward and backward, and their launchers.
+"""Fused Triton kernels of a recurrence, forward and backward, for every cell, and their
+launchers: one kernel body each, the cell's math selected by the ``CELL`` constexpr
+(``kernels/cell_math.py``), its gate count by ``GATES``, its c state by ``HAS_C``.
 
 Only the recurrence lives here; the work that does not depend on the previous step is left
 to cuBLAS in the autograd Function (``fusedrnn.autograd``): the input projection
 ``Gx = X @ W_ih^T + b`` for all timesteps before the loop, and the weight, bias and input
 gradients as batched GEMMs after it.
 
-Layout and naming. Gate order is PyTorch's (i, f, g, o): rows ``g*H : (g+1)*H`` of
-``W_hh (4H, P)`` belong to gate ``g``. ``P`` is the size of ``h``: ``H``, or ``proj_size``
-for an LSTMP layer (``h_t = W_hr m_t`` with ``m_t = o_t * tanh(c_t)``, ``W_hr (P, H)``).
-Sequence tensors are time-major views ``(T, B, *)`` with arbitrary strides along T and B (so
-``batch_first`` costs no copy); their last dimension is contiguous. ``c`` is kept in fp32
-whatever the input dtype, as are all accumulators.
+Layout and naming. Gate order is PyTorch's (the LSTM's i, f, g, o): rows ``g*H : (g+1)*H``
+of ``W_hh (G*H, P)`` belong to gate ``g`` of the cell's G. ``P`` is the size of ``h``: ``H``,
+or ``proj_size`` for an LSTMP layer (``h_t = W_hr m_t`` with ``m_t = o_t * tanh(c_t)``,
+``W_hr (P, H)``). Sequence tensors are time-major views ``(T, B, *)`` with arbitrary strides
+along T and B (so ``batch_first`` costs no copy); their last dimension is contiguous. The
+LSTM's ``c`` is kept in fp32 whatever the input dtype, as are all accumulators.
 
 Steps and time. Step ``s`` runs time ``t = s``, or ``t = T-1-s`` for the reverse direction
 (``REVERSE``). With per-row ``lengths`` (``VARLEN``) row ``b`` takes part in the steps with
@@ -21,11 +23,11 @@ sorting and no work moved to Python.
 Work split. A step has up to two phases, each split over programs ``(pid_b, pid_u)`` that own
 ``BLOCK_B`` batch rows and a block of units:
 
-- forward ``cell``: all four gates of ``BLOCK_H`` cell units and their cell update; it needs
+- forward ``cell``: every gate of ``BLOCK_H`` cell units and their cell update; it needs
   all of ``h_{t-1}``. Without a projection it writes ``h_t``; with one it writes ``m_t``.
 - forward ``proj`` (LSTMP only): ``h_t`` for ``BLOCK_P`` units, from all of ``m_t``.
 - backward ``dh``: ``dh_t`` for ``BLOCK_P`` units, from all of ``dG_{t+1}``; where the plan
-  splits its K = 4H loop (``DH_SPLIT``), from the partial sums of a phase before it,
+  splits its K = G*H loop (``DH_SPLIT``), from the partial sums of a phase before it,
   ``dh_partial``, whose items are (``BLOCK_PS`` units, K slice).
 - backward ``cell``: the gate gradients of ``BLOCK_H`` units, from all of ``dh_t`` (LSTMP:
   through ``W_hr``; otherwise the phase runs fused with ``dh`` on the same units).
@@ -51,16 +53,14 @@ import triton.language as tl
 
 from . import launch, planner
 from ._helpers import (
-    cell_grads,
-    cell_update,
     empty_output,
     gates_matmul,
-    load_activations,
-    store_gates,
-    tanh,
+    load_gate_tiles,
+    load_weight_tiles,
+    store_gate_tiles,
 )
 from .barrier import report_timeout, sync_step
-from .cells import LSTM
+from .cell_math import cell_grads, cell_update, load_activations
 
 
 @triton.jit
@@ -86,17 +86,6 @@ def _step_time(s, T, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def _load_gate_tiles(p_w, gate_rows, mask_w, DOT_DTYPE: tl.constexpr):
-    """The four gates' (i, f, g, o) tiles of W_hh at p_w, gate_rows elements apart, as dot
-    operands: a program's held weights (W_RESIDENT)."""
-    w_i = tl.load(p_w, mask=mask_w, other=0.0).to(DOT_DTYPE)
-    w_f = tl.load(p_w + gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-    w_g = tl.load(p_w + 2 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-    w_o = tl.load(p_w + 3 * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
-    return w_i, w_f, w_g, w_o
-
-
-@triton.jit
 def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K: tl.constexpr,
                 DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """acc += A @ B over k < K in chunks of BLOCK_K. A's rows and B's columns are given as
@@ -119,15 +108,15 @@ def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K:
 @triton.jit
 def _dh_partials(p_dg_rows, mask_b, p_w_hh, stride_w, p_part_rows, stride_part, H, P, BLOCK_B: tl.constexpr,
                  BLOCK_PS: tl.constexpr, BLOCK_K: tl.constexpr, DH_SPLIT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                 INPUT_PRECISION: tl.constexpr):  # fmt: skip
-    """The backward's dh_t = dG_{t+1} @ W_hh (K = 4H) split into DH_SPLIT slices of K, each a
+                 INPUT_PRECISION: tl.constexpr, GATES: tl.constexpr):  # fmt: skip
+    """The backward's dh_t = dG_{t+1} @ W_hh (K = GATES * H) split into DH_SPLIT slices of K, each a
     partial sum over (BLOCK_B rows, BLOCK_PS units) stored in its own (B, P) plane of p_part:
     more programs share a step's K loop, each reads a slice of dG's rows rather than all of
     them. The items (unit block, K slice) go round the programs of the batch block: one each
     in a per-step launch, which has as many programs; in a persistent one, as many as the
     planner allowed (bench/NOTES.md v1.5). p_dg_rows, p_part_rows: the rows' pointers."""
     n_ps = tl.cdiv(P, BLOCK_PS)
-    k_slice = tl.cdiv(tl.cdiv(4 * H, DH_SPLIT), BLOCK_K) * BLOCK_K  # whole chunks; the last slice may be short
+    k_slice = tl.cdiv(tl.cdiv(GATES * H, DH_SPLIT), BLOCK_K) * BLOCK_K  # whole chunks; the last slice may be short
     for item in range(tl.program_id(1), n_ps * DH_SPLIT, tl.num_programs(1)):
         piece = item // n_ps
         offs_ps = (item % n_ps) * BLOCK_PS + tl.arange(0, BLOCK_PS)
@@ -137,7 +126,7 @@ def _dh_partials(p_dg_rows, mask_b, p_w_hh, stride_w, p_part_rows, stride_part, 
         part = tl.zeros((BLOCK_B, BLOCK_PS), dtype=tl.float32)
         part = _matmul_acc(
             part, p_dg_rows + k_lo64, 1, mask_b, p_w_hh + k_lo64 * stride_w + offs_ps, stride_w, mask_ps,
-            tl.minimum(4 * H - k_lo, k_slice), BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
+            tl.minimum(GATES * H - k_lo, k_slice), BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
         )  # fmt: skip
         p_out = p_part_rows[:, None] + piece * stride_part + offs_ps[None, :]
         tl.store(p_out, part, mask=mask_b[:, None] & mask_ps[None, :])
@@ -146,16 +135,16 @@ def _dh_partials(p_dg_rows, mask_b, p_w_hh, stride_w, p_part_rows, stride_part, 
 # B, H and P stay specialised (divisible by 16 or not): that vectorises the masked loads,
 # and a model has few sizes. The step range and T change per call: never specialised.
 @triton.jit(do_not_specialize=["s_start", "s_end", "T", "max_spins"])
-def _lstm_fwd_kernel(
-    p_gates,  # (T, B, 4H) view: Gx on entry, pre-activation gates (i, f, g, o) on exit
-    p_w_hh,  # (4H, P)
+def _recurrence_fwd_kernel(
+    p_gates,  # (T, B, GATES*H) view: Gx on entry, the gates' pre-activations on exit
+    p_w_hh,  # (GATES*H, P)
     p_w_hr,  # (P, H) projection (HAS_PROJ)
     p_h0,  # (B, P)
-    p_c0,  # (B, H)
+    p_c0,  # (B, H) (HAS_C)
     p_lengths,  # (B,) int (VARLEN)
     p_out,  # (T, B, P) view: h_t
     p_m,  # (T, B, H) contiguous: m_t = o_t * tanh(c_t) (HAS_PROJ), saved for the backward
-    p_c,  # (T, B, H) fp32, contiguous: c_t, saved for the backward
+    p_c,  # (T, B, H) fp32, contiguous: c_t, saved for the backward (HAS_C)
     p_sync,  # (num_programs(0) + 1,) int32 zeros (GRID_SYNC): a barrier counter per batch block, an error word
     s_start,
     s_end,
@@ -185,6 +174,9 @@ def _lstm_fwd_kernel(
     VARLEN: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    CELL: tl.constexpr,
+    GATES: tl.constexpr,
+    HAS_C: tl.constexpr,
 ):
     rows_b, mask_b, offs_h, mask_h, offs_p, mask_p, offs_c = _program_tile(B, H, P, BLOCK_B, BLOCK_H, BLOCK_P)
     mask_bh = mask_b[:, None] & mask_h[None, :]
@@ -194,7 +186,7 @@ def _lstm_fwd_kernel(
     if VARLEN:
         length = tl.load(p_lengths + rows_b, mask=mask_b, other=0)
 
-    if DO_CELL:
+    if DO_CELL and HAS_C:
         # The cell state of the program's own units stays in registers across its steps.
         # Every step stores c (carried through a row's inactive steps), so a launch that
         # starts later reads the step before it.
@@ -204,6 +196,8 @@ def _lstm_fwd_kernel(
         else:
             _, t_prev = _step_time(s_start, T, REVERSE)
             c = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
+    else:
+        c = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)  # a placeholder: no c, or no cell phase
 
     if W_RESIDENT:
         # The program's slice of W_hh, loaded once: a (K, BLOCK_H) tile per gate over the whole
@@ -213,7 +207,7 @@ def _lstm_fwd_kernel(
         mask_kw = offs_kw < P
         p_w = p_w_hh + offs_h[None, :].to(tl.int64) * stride_w + offs_kw[:, None]
         mask_w = mask_kw[:, None] & mask_h[None, :]
-        w_i, w_f, w_g, w_o = _load_gate_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE)
+        w_held = load_weight_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE, GATES)
 
     n_synced, spins_left = 0, max_spins
     for s in range(s_start, s_end):
@@ -224,10 +218,7 @@ def _lstm_fwd_kernel(
             active = mask_b
         if DO_CELL:
             p_g = p_gates + t * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
-            acc_i = tl.load(p_g, mask=mask_bh, other=0.0).to(tl.float32)
-            acc_f = tl.load(p_g + H, mask=mask_bh, other=0.0).to(tl.float32)
-            acc_g = tl.load(p_g + 2 * H, mask=mask_bh, other=0.0).to(tl.float32)
-            acc_o = tl.load(p_g + 3 * H, mask=mask_bh, other=0.0).to(tl.float32)
+            acc = load_gate_tiles(p_g, H, mask_bh, GATES)  # Gx[t], each gate's accumulator
             # h_{t-1} is h0 at the first step, and (reverse, VARLEN) for a row whose previous
             # step was inactive: its state is still h0 there, while its output reads zero.
             from_h0 = s == 0
@@ -239,19 +230,20 @@ def _lstm_fwd_kernel(
                 p_hk = p_hprev[:, None] + offs_kw[None, :]
                 b_h = tl.load(p_hk, mask=mask_b[:, None] & mask_kw[None, :], other=0.0, cache_modifier=".cg")
                 b_h = b_h.to(DOT_DTYPE)
-                acc_i += tl.dot(b_h, w_i, input_precision=INPUT_PRECISION)
-                acc_f += tl.dot(b_h, w_f, input_precision=INPUT_PRECISION)
-                acc_g += tl.dot(b_h, w_g, input_precision=INPUT_PRECISION)
-                acc_o += tl.dot(b_h, w_o, input_precision=INPUT_PRECISION)
+                summed = ()
+                for gate in tl.static_range(GATES):
+                    summed = summed + (acc[gate] + tl.dot(b_h, w_held[gate], input_precision=INPUT_PRECISION),)
+                acc = summed
             else:
-                acc_i, acc_f, acc_g, acc_o = gates_matmul(
-                    acc_i, acc_f, acc_g, acc_o, p_hprev, mask_b, p_w_hh + offs_h.to(tl.int64) * stride_w, stride_w,
-                    mask_h, H, P, BLOCK_K, DOT_DTYPE, INPUT_PRECISION,
+                acc = gates_matmul(
+                    acc, p_hprev, mask_b, p_w_hh + offs_h.to(tl.int64) * stride_w, stride_w, mask_h, H, P, BLOCK_K,
+                    DOT_DTYPE, INPUT_PRECISION, GATES,
                 )  # fmt: skip
 
-            h, c_new = cell_update(acc_i, acc_f, acc_g, acc_o, c)
+            h, c_new = cell_update(acc, c, CELL)
             if VARLEN:
-                c = tl.where(active[:, None], c_new, c)
+                if HAS_C:
+                    c = tl.where(active[:, None], c_new, c)
                 h = tl.where(active[:, None], h, 0.0)
             else:
                 c = c_new
@@ -259,8 +251,9 @@ def _lstm_fwd_kernel(
             # Save the pre-activations for the backward, over the program's own Gx tile
             # (already read). Not the activations: in 16 bits, f = 0.99 leaves 1 - f with two
             # bits, while sigmoid(-x) recomputed in fp32 from a 16-bit x is accurate.
-            store_gates(p_g, H, acc_i, acc_f, acc_g, acc_o, mask_bh)
-            tl.store(p_c + t * stride_ct + offs_c, c, mask=mask_bh)
+            store_gate_tiles(p_g, H, acc, mask_bh, GATES)
+            if HAS_C:
+                tl.store(p_c + t * stride_ct + offs_c, c, mask=mask_bh)
             if HAS_PROJ:
                 tl.store(p_m + t * stride_ct + offs_c, h.to(p_m.dtype.element_ty), mask=mask_bh)
             else:
@@ -283,19 +276,19 @@ def _lstm_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["s_start", "s_end", "T", "max_spins"])
-def _lstm_bwd_kernel(
-    p_gates,  # (T, B, 4H) view: pre-activation gates (i, f, g, o) from the forward
-    p_c,  # (T, B, H) fp32, contiguous: c_t from the forward
-    p_c0,  # (B, H)
-    p_w_hh,  # (4H, P)
+def _recurrence_bwd_kernel(
+    p_gates,  # (T, B, GATES*H) view: the gates' pre-activations from the forward
+    p_c,  # (T, B, H) fp32, contiguous: c_t from the forward (HAS_C)
+    p_c0,  # (B, H) (HAS_C)
+    p_w_hh,  # (GATES*H, P)
     p_w_hr,  # (P, H) (HAS_PROJ)
     p_lengths,  # (B,) int (VARLEN)
     p_dy,  # (T, B, P) view, any strides (may be expanded): gradient of the output
     p_dhn,  # (B, P): gradient of h_n
     p_dh,  # (T, B, P) contiguous (HAS_PROJ): dh_t, from the dh phase to the cell phase
     p_dh_part,  # (DH_SPLIT, B, P) fp32 contiguous (DH_SPLIT > 1): dG_{t+1} @ W_hh, one K slice each
-    p_dgates,  # (T, B, 4H) view: gradient of the pre-activations
-    p_dc,  # (B, H) fp32: dc carried into the launch (dc_n or the last launch's), and out of it
+    p_dgates,  # (T, B, GATES*H) view: gradient of the pre-activations
+    p_dc,  # (B, H) fp32 (HAS_C): dc carried into the launch (dc_n or the last launch's), and out of it
     p_sync,  # (num_programs(0) + 1,) int32 zeros (GRID_SYNC): a barrier counter per batch block, an error word
     s_start,
     s_end,
@@ -331,6 +324,9 @@ def _lstm_bwd_kernel(
     VARLEN: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    CELL: tl.constexpr,
+    GATES: tl.constexpr,
+    HAS_C: tl.constexpr,
 ):
     rows_b, mask_b, offs_h, mask_h, offs_p, mask_p, offs_c = _program_tile(B, H, P, BLOCK_B, BLOCK_H, BLOCK_P)
     mask_bh = mask_b[:, None] & mask_h[None, :]
@@ -339,19 +335,22 @@ def _lstm_bwd_kernel(
     stride_dht = tl.cast(B, tl.int64) * P  # one (B, P) plane of p_dh, and of p_dh_part
     if VARLEN:
         length = tl.load(p_lengths + rows_b, mask=mask_b, other=0)
-    if DO_CELL:
+    if DO_CELL and HAS_C:
         dc = tl.load(p_dc + offs_c, mask=mask_bh, other=0.0)
+    else:
+        dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)  # a placeholder: no c, or no cell phase
     if W_RESIDENT:
         # BLOCK_K is sized from P by the planner (W_RESIDENT): the dots below need K = H.
         tl.static_assert(not HAS_PROJ, "held weights in the backward need P == H (no projection)")
         # The program's columns of W_hh, loaded once as one (K, BLOCK_P) tile per gate over the
         # whole (padded) K = BLOCK_K >= H: dh_t = sum over gates of dG_{t+1, gate} @ W_gate.
-        # Four dots of K = H rather than one of K = 4H, whose dG tile would not fit on chip.
+        # A dot of K = H per gate rather than one of K = GATES * H, whose dG tile would not fit
+        # on chip.
         offs_kw = tl.arange(0, BLOCK_K)
         mask_kw = offs_kw < H
         p_w = p_w_hh + offs_kw[:, None].to(tl.int64) * stride_w + offs_p[None, :]
         mask_w = mask_kw[:, None] & mask_p[None, :]
-        w_i, w_f, w_g, w_o = _load_gate_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE)
+        w_held = load_weight_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE, GATES)
 
     # Steps run backwards: s = s_end - 1, ..., s_start.
     n_synced, spins_left = 0, max_spins
@@ -368,13 +367,13 @@ def _lstm_bwd_kernel(
                 _dh_partials(
                     p_dgates + t_next * stride_dgt + rows_b * stride_dgb, mask_b, p_w_hh, stride_w,
                     p_dh_part + rows_b * P, stride_dht, H, P, BLOCK_B, BLOCK_PS, BLOCK_K, DH_SPLIT, DOT_DTYPE,
-                    INPUT_PRECISION,
+                    INPUT_PRECISION, GATES,
                 )  # fmt: skip
         if DO_DH_PARTIAL and DO_DH:  # every K slice's partial sum before dh adds them
             n_synced, spins_left = sync_step(p_sync, n_synced, spins_left, GRID_SYNC)
         if DO_DH:
             # dh_t over the program's P units: dy_t (none where the row is inactive), dh_n
-            # at the row's last step, and dG_{t+1} @ W_hh over K = 4H otherwise.
+            # at the row's last step, and dG_{t+1} @ W_hh over K = GATES * H otherwise.
             p_dy_t = p_dy + t * stride_dyt + rows_b[:, None] * stride_dyb + offs_p[None, :].to(tl.int64) * stride_dyh
             dh = tl.load(p_dy_t, mask=active[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
             p_dhn_tile = p_dhn + rows_b[:, None] * stride_dhnb + offs_p[None, :]
@@ -388,14 +387,9 @@ def _lstm_bwd_kernel(
                     # held tile.
                     p_dgk = p_dg_next[:, None] + offs_kw[None, :]
                     mask_dgk = mask_b[:, None] & mask_kw[None, :]
-                    b_dg = tl.load(p_dgk, mask=mask_dgk, other=0.0, cache_modifier=".cg").to(DOT_DTYPE)
-                    dh += tl.dot(b_dg, w_i, input_precision=INPUT_PRECISION)
-                    b_dg = tl.load(p_dgk + H, mask=mask_dgk, other=0.0, cache_modifier=".cg").to(DOT_DTYPE)
-                    dh += tl.dot(b_dg, w_f, input_precision=INPUT_PRECISION)
-                    b_dg = tl.load(p_dgk + 2 * H, mask=mask_dgk, other=0.0, cache_modifier=".cg").to(DOT_DTYPE)
-                    dh += tl.dot(b_dg, w_g, input_precision=INPUT_PRECISION)
-                    b_dg = tl.load(p_dgk + 3 * H, mask=mask_dgk, other=0.0, cache_modifier=".cg").to(DOT_DTYPE)
-                    dh += tl.dot(b_dg, w_o, input_precision=INPUT_PRECISION)
+                    for gate in tl.static_range(GATES):
+                        b_dg = tl.load(p_dgk + gate * H, mask=mask_dgk, other=0.0, cache_modifier=".cg")
+                        dh += tl.dot(b_dg.to(DOT_DTYPE), w_held[gate], input_precision=INPUT_PRECISION)
                 elif DH_SPLIT > 1:
                     # The K slices' partial sums (the phase before), added in slice order: the
                     # same sum on every run, where atomics would not be.
@@ -404,7 +398,7 @@ def _lstm_bwd_kernel(
                         dh += tl.load(p_part + piece * stride_dht, mask=mask_bp, other=0.0, cache_modifier=".cg")
                 else:
                     dh = _matmul_acc(
-                        dh, p_dg_next, 1, mask_b, p_w_hh + offs_p, stride_w, mask_p, 4 * H, BLOCK_K, DOT_DTYPE,
+                        dh, p_dg_next, 1, mask_b, p_w_hh + offs_p, stride_w, mask_p, GATES * H, BLOCK_K, DOT_DTYPE,
                         INPUT_PRECISION,
                     )  # fmt: skip
                 if VARLEN and not REVERSE:
@@ -426,38 +420,40 @@ def _lstm_bwd_kernel(
                 dm = dh  # same units: BLOCK_P == BLOCK_H and P == H
 
             p_g = p_gates + t * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
-            gate_i, gate_f, gate_g, gate_o = load_activations(p_g, H, mask_bh)
-            c = tl.load(p_c + t * stride_ct + offs_c, mask=mask_bh, other=0.0)
-            # c_{t-1}: c0 at the first step; the forward stored c at every step, carried
-            # through inactive ones, so elsewhere it is the stored c of the step before. Load
-            # in each branch: c0 has the input dtype, p_c is fp32, and the two branches of a
-            # compiled `if` must yield one type.
-            if s == 0:
-                c_prev = tl.load(p_c0 + rows_b[:, None] * stride_c0b + offs_h[None, :], mask=mask_bh, other=0.0)
-                c_prev = c_prev.to(tl.float32)
+            acts = load_activations(p_g, H, mask_bh, CELL, GATES)
+            if HAS_C:
+                c = tl.load(p_c + t * stride_ct + offs_c, mask=mask_bh, other=0.0)
+                # c_{t-1}: c0 at the first step; the forward stored c at every step, carried
+                # through inactive ones, so elsewhere it is the stored c of the step before. Load
+                # in each branch: c0 has the input dtype, p_c is fp32, and the two branches of a
+                # compiled `if` must yield one type.
+                if s == 0:
+                    c_prev = tl.load(p_c0 + rows_b[:, None] * stride_c0b + offs_h[None, :], mask=mask_bh, other=0.0)
+                    c_prev = c_prev.to(tl.float32)
+                else:
+                    c_prev = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
             else:
-                c_prev = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
+                c, c_prev = dc, dc  # placeholders the cell's math ignores
 
-            tanh_c = tanh(c)
-            d_i, d_f, d_g, d_o, dc_t = cell_grads(gate_i, gate_f, gate_g, gate_o, c_prev, tanh_c, dm, dc)
+            d_pre, dc_prev = cell_grads(acts, c_prev, c, dm, dc, CELL)
             if VARLEN:
                 # An inactive step passes dc through and has no gate gradients.
                 keep = active[:, None]
-                dc = tl.where(keep, dc_t * gate_f, dc)
-                d_i = tl.where(keep, d_i, 0.0)
-                d_f = tl.where(keep, d_f, 0.0)
-                d_g = tl.where(keep, d_g, 0.0)
-                d_o = tl.where(keep, d_o, 0.0)
+                dc = tl.where(keep, dc_prev, dc)
+                kept = ()
+                for gate in tl.static_range(GATES):
+                    kept = kept + (tl.where(keep, d_pre[gate], 0.0),)
+                d_pre = kept
             else:
-                dc = dc_t * gate_f
+                dc = dc_prev
 
             p_dg = p_dgates + t * stride_dgt + rows_b[:, None] * stride_dgb + offs_h[None, :]
-            store_gates(p_dg, H, d_i, d_f, d_g, d_o, mask_bh)
+            store_gate_tiles(p_dg, H, d_pre, mask_bh, GATES)
         # dG_t must be visible before step t-1 reads it.
         n_synced, spins_left = sync_step(p_sync, n_synced, spins_left, GRID_SYNC)
     report_timeout(p_sync, spins_left, GRID_SYNC)
 
-    if DO_CELL:
+    if DO_CELL and HAS_C:
         tl.store(p_dc + offs_c, dc, mask=mask_bh)
 
 
@@ -474,39 +470,56 @@ def _time_major_like(ref, last_dim, dtype):
     return empty_output(T, B, last_dim, dtype=dtype, device=ref.device)
 
 
-def forward_outputs(gates, H, P, has_proj):
-    """What ``lstm_fwd`` allocates for the (T, B, 4H) view ``gates``: out, c and m (or None).
-    Also the shapes and strides of the fake (torch.compile) version of the forward op."""
+def forward_outputs(cell, gates, H, P, has_proj):
+    """What ``recurrence_fwd`` allocates for the (T, B, gates * H) view ``gates``: out, c (or
+    None: a cell without it) and m (or None). Also the shapes and strides of the fake
+    (torch.compile) version of the forward op."""
     T, B = gates.shape[:2]
     out = _time_major_like(gates, P, gates.dtype)
-    c = empty_output(T, B, H, dtype=torch.float32, device=gates.device)
+    c = empty_output(T, B, H, dtype=torch.float32, device=gates.device) if _has_c(cell) else None
     m = empty_output(T, B, H, dtype=gates.dtype, device=gates.device) if has_proj else None
     return out, c, m
 
 
-def backward_outputs(gates, d_cn, P, has_proj, d_gates_into_gates=False):
-    """What ``lstm_bwd`` allocates: d_gates (or, ``d_gates_into_gates``, ``gates`` itself),
-    the carried fp32 dc (d_cn's copy, updated in place), d_h (or None). Also the fake version
-    of the backward op."""
+def backward_outputs(cell, gates, d_cn, P, has_proj, d_gates_into_gates=False):
+    """What ``recurrence_bwd`` allocates: d_gates (or, ``d_gates_into_gates``, ``gates``
+    itself), the carried fp32 dc (d_cn's copy, updated in place; None for a cell without c),
+    d_h (or None). Also the fake version of the backward op."""
     T, B = gates.shape[:2]
     d_gates = gates if d_gates_into_gates else _time_major_like(gates, gates.shape[2], gates.dtype)
-    d_c = d_cn.to(torch.float32, copy=True).contiguous()
+    d_c = d_cn.to(torch.float32, copy=True).contiguous() if _has_c(cell) else None
     d_h = empty_output(T, B, P, dtype=torch.float32, device=gates.device) if has_proj else None
     return d_gates, d_c, d_h
 
 
-def _check_common(gates, w_hh, w_hr, lengths, h_states, c_states):
+def _has_c(cell):
+    return "c" in cell.states
+
+
+def cell_constexprs(cell):
+    """The kernels' constexprs that say which cell they run (``kernels/cell_math.py``)."""
+    return dict(CELL=cell.name, GATES=cell.gates, HAS_C=_has_c(cell))
+
+
+def _check_common(cell, gates, w_hh, w_hr, lengths, h_states, c_states):
     """Shapes and dtypes the kernels rely on; returns T, B, H, P."""
+    G = cell.gates
     if gates.dim() != 3 or gates.stride(2) != 1:
-        raise ValueError("gates must be a (T, B, 4H) view with a contiguous last dimension")
+        raise ValueError(f"gates must be a (T, B, {G}H) view with a contiguous last dimension")
     T, B = gates.shape[:2]
-    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
-    if w_hh.dim() != 2 or w_hh.shape[0] != 4 * H or gates.shape[2] != 4 * H:
-        raise ValueError(f"expected W_hh (4H, P) and gates (T, B, 4H), got {tuple(w_hh.shape)}, {tuple(gates.shape)}")
+    H, P = w_hh.shape[0] // G, w_hh.shape[1]
+    if w_hh.dim() != 2 or w_hh.shape[0] != G * H or gates.shape[2] != G * H:
+        raise ValueError(
+            f"expected W_hh ({G}H, P) and gates (T, B, {G}H), got {tuple(w_hh.shape)}, {tuple(gates.shape)}"
+        )
+    if w_hr is not None and not cell.projection:
+        raise ValueError(f"the {cell.name} cell has no projection")
     if w_hr is None and P != H:
         raise ValueError(f"W_hh of shape {tuple(w_hh.shape)} needs a projection W_hr ({P}, {H})")
     if w_hr is not None and tuple(w_hr.shape) != (P, H):
         raise ValueError(f"expected W_hr ({P}, {H}), got {tuple(w_hr.shape)}")
+    if any(t is None for t in (*h_states, *c_states)):
+        raise ValueError(f"the {cell.name} cell carries the states {cell.states}: each needs a tensor")
     for t in h_states:
         if tuple(t.shape) != (B, P):
             raise ValueError(f"expected a ({B}, {P}) state, got {tuple(t.shape)}")
@@ -524,86 +537,104 @@ def _check_common(gates, w_hh, w_hr, lengths, h_states, c_states):
     return T, B, H, P
 
 
+def _cell_states(cell, c):
+    """The c states a launcher checks: [c] for a cell that carries c, else none, and c must be
+    None then."""
+    if _has_c(cell):
+        return [c]
+    if c is not None:
+        raise ValueError(f"the {cell.name} cell carries no c state, got one")
+    return []
 
 
-def lstm_fwd(gates, w_hh, h0, c0, *, w_hr=None, lengths=None, reverse=False):
-    """Run the forward recurrence.
+def recurrence_fwd(cell, gates, w_hh, h0, c0=None, *, w_hr=None, lengths=None, reverse=False):
+    """Run the forward recurrence of ``cell`` (a ``kernels/cells.py`` CellSpec).
 
-    gates: (T, B, 4H) time-major view holding Gx = x W_ih^T + b; overwritten in place with
-        the pre-activation gates (i, f, g, o), which the backward needs.
-    w_hh: (4H, P). h0: (B, P), c0: (B, H), in the gates' dtype (zeros when the caller has none).
-    w_hr: (P, H) projection, or None (then P = H). lengths: (B,) int tensor on the gates'
-        device, or None; every length in [1, T]. reverse: run t = T-1, ..., 0.
+    gates: (T, B, G*H) time-major view (G = cell.gates) holding Gx = x W_ih^T + the folded
+        biases; overwritten in place with the gates' pre-activations, which the backward needs.
+    w_hh: (G*H, P). h0: (B, P), and for a cell with c c0: (B, H) (else None), in the gates'
+        dtype (zeros when the caller has none).
+    w_hr: (P, H) projection (cells with ``projection``), or None (then P = H). lengths: (B,)
+        int tensor on the gates' device, or None; every length in [1, T]. reverse: run
+        t = T-1, ..., 0.
     Returns ``out`` (T, B, P) in the gates' dtype and layout (zero at inactive steps), ``c``
-    (T, B, H) fp32 and ``m`` (T, B, H), ``o * tanh(c)`` in the gates' dtype, for a
-    projection (else None).
+    (T, B, H) fp32 (None without c) and ``m`` (T, B, H), the LSTMP's ``o * tanh(c)`` in the
+    gates' dtype, for a projection (else None).
     """
-    T, B, H, P = _check_common(gates, w_hh, w_hr, lengths, [h0], [c0])
+    c_states = _cell_states(cell, c0)
+    T, B, H, P = _check_common(cell, gates, w_hh, w_hr, lengths, [h0], c_states)
     has_proj = w_hr is not None
-    w_hh, h0, c0 = w_hh.contiguous(), h0.contiguous(), c0.contiguous()
+    w_hh, h0 = w_hh.contiguous(), h0.contiguous()
+    c0 = c0.contiguous() if c_states else None
     # Without a projection W_hh stands in for W_hr, never read: the launch specialises on
     # its dtype, as on the other pointers' (and the resource tables were built so).
     w_hr = w_hr.contiguous() if has_proj else w_hh
-    out, c, m = forward_outputs(gates, H, P, has_proj)
+    out, c, m = forward_outputs(cell, gates, H, P, has_proj)
     arguments = dict(
         p_gates=gates, p_w_hh=w_hh, p_w_hr=w_hr, p_h0=h0, p_c0=c0, p_lengths=lengths, p_out=out, p_m=m, p_c=c,
         T=T, B=B, H=H, P=P, stride_gt=gates.stride(0), stride_gb=gates.stride(1), stride_ot=out.stride(0),
-        stride_ob=out.stride(1), stride_w=w_hh.stride(0), stride_hr=w_hr.stride(0),
-        stride_h0b=h0.stride(0), stride_c0b=c0.stride(0),
+        stride_ob=out.stride(1), stride_w=w_hh.stride(0), stride_hr=w_hr.stride(0), stride_h0b=h0.stride(0),
+        stride_c0b=c0.stride(0) if c0 is not None else 0,
     )  # fmt: skip
-    constexprs = dict(REVERSE=reverse, VARLEN=lengths is not None)
+    constexprs = dict(REVERSE=reverse, VARLEN=lengths is not None, **cell_constexprs(cell))
 
     def run(strategy, config):
         phases = planner.kernel_phases(has_proj, backward=False)
-        launch.run_recurrence(_lstm_fwd_kernel, strategy, config, phases, (T, B, H, P), arguments, constexprs, gates,
-                              unused=c)  # fmt: skip
+        launch.run_recurrence(_recurrence_fwd_kernel, strategy, config, phases, (T, B, H, P), arguments, constexprs,
+                              gates, unused=c if c is not None else out)  # fmt: skip
 
-    plans = planner.plans(LSTM, B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_fwd_kernel, False)
+    kernel = _recurrence_fwd_kernel
+    plans = planner.plans(cell, B, H, P if has_proj else None, gates.dtype, gates.device, kernel, False)
     planner.run_plans(plans, run)
     return out, c, m
 
 
-def lstm_bwd(gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, reverse=False,
-             d_gates_into_gates=False):  # fmt: skip
-    """Run the backward recurrence.
+def recurrence_bwd(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, reverse=False,
+                   d_gates_into_gates=False):  # fmt: skip
+    """Run the backward recurrence of ``cell``.
 
-    gates, c: as returned/overwritten by ``lstm_fwd``; c0, w_hh, w_hr, lengths, reverse: as
-    given to it. d_out: (T, B, P) view of any strides; d_hn: (B, P), d_cn: (B, H).
-    Returns ``d_gates`` (T, B, 4H), the gradient of the pre-activations in the gates' dtype
-    and layout (zero at inactive steps), ``d_c0`` (B, H) fp32, and for a projection ``d_h``
-    (T, B, P) fp32, the gradient of each ``h_t`` (else None). Everything else is a GEMM of
-    these.
+    gates, c: as returned/overwritten by ``recurrence_fwd``; c0, w_hh, w_hr, lengths,
+    reverse: as given to it. d_out: (T, B, P) view of any strides; d_hn: (B, P), and for a
+    cell with c d_cn: (B, H) (c, c0 and d_cn are None for a cell without c).
+    Returns ``d_gates`` (T, B, G*H), the gradient of the pre-activations in the gates' dtype
+    and layout (zero at inactive steps), ``d_c0`` (B, H) fp32 (None without c), and for a
+    projection ``d_h`` (T, B, P) fp32, the gradient of each ``h_t`` (else None). Everything
+    else is a GEMM of these.
 
-    ``d_gates_into_gates``: write d_gates over ``gates`` (and return it), saving a (T, B, 4H)
-    buffer, the largest of the backward, when the caller needs the gates no more. Safe
-    because a program reads the gates of its own (step, rows, units) tile before it writes
-    that tile's gradient, and what other programs read at step t is d_gates of step t + 1.
+    ``d_gates_into_gates``: write d_gates over ``gates`` (and return it), saving a
+    (T, B, G*H) buffer, the largest of the backward, when the caller needs the gates no more.
+    Safe because a program reads the gates of its own (step, rows, units) tile before it
+    writes that tile's gradient, and what other programs read at step t is d_gates of step
+    t + 1.
     """
-    T, B, H, P = _check_common(gates, w_hh, w_hr, lengths, [d_hn], [c0, d_cn])
-    w_hh, c0, d_hn = w_hh.contiguous(), c0.contiguous(), d_hn.contiguous()
+    c_states = _cell_states(cell, c0)
+    _cell_states(cell, d_cn)
+    T, B, H, P = _check_common(cell, gates, w_hh, w_hr, lengths, [d_hn], c_states + ([d_cn] if c_states else []))
+    w_hh, d_hn = w_hh.contiguous(), d_hn.contiguous()
+    c0 = c0.contiguous() if c_states else None
     has_proj = w_hr is not None
-    # Without a projection W_hh stands in for W_hr, never read: the launch specialises on
-    # its dtype, as on the other pointers' (and the resource tables were built so).
-    w_hr = w_hr.contiguous() if has_proj else w_hh
-    d_gates, d_c, d_h = backward_outputs(gates, d_cn, P, has_proj, d_gates_into_gates)
+    w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
+    d_gates, d_c, d_h = backward_outputs(cell, gates, d_cn, P, has_proj, d_gates_into_gates)
     arguments = dict(
         p_gates=gates, p_c=c, p_c0=c0, p_w_hh=w_hh, p_w_hr=w_hr, p_lengths=lengths, p_dy=d_out, p_dhn=d_hn,
         p_dh=d_h, p_dgates=d_gates, p_dc=d_c, T=T, B=B, H=H, P=P, stride_gt=gates.stride(0),
         stride_gb=gates.stride(1), stride_dgt=d_gates.stride(0), stride_dgb=d_gates.stride(1),
         stride_dyt=d_out.stride(0), stride_dyb=d_out.stride(1), stride_dyh=d_out.stride(2),
-        stride_dhnb=d_hn.stride(0), stride_c0b=c0.stride(0), stride_w=w_hh.stride(0),
+        stride_dhnb=d_hn.stride(0), stride_c0b=c0.stride(0) if c0 is not None else 0, stride_w=w_hh.stride(0),
         stride_hr=w_hr.stride(0),
     )  # fmt: skip
-    constexprs = dict(REVERSE=reverse, VARLEN=lengths is not None)
+    constexprs = dict(REVERSE=reverse, VARLEN=lengths is not None, **cell_constexprs(cell))
+    unused = d_c if d_c is not None else d_gates
 
     def run(strategy, config):
         split = config["DH_SPLIT"]
         # One step's partial sums: the next step writes them only after this one's barrier.
         dh_part = empty_output(split, B, P, dtype=torch.float32, device=gates.device) if split > 1 else None
         phases = planner.kernel_phases(has_proj, backward=True, dh_split=split)
-        launch.run_recurrence(_lstm_bwd_kernel, strategy, config, phases, (T, B, H, P),
-                              {**arguments, "p_dh_part": dh_part}, constexprs, gates, unused=d_c, backward=True)  # fmt: skip
+        launch.run_recurrence(_recurrence_bwd_kernel, strategy, config, phases, (T, B, H, P),
+                              {**arguments, "p_dh_part": dh_part}, constexprs, gates, unused=unused, backward=True)  # fmt: skip
 
-    plans = planner.plans(LSTM, B, H, P if has_proj else None, gates.dtype, gates.device, _lstm_bwd_kernel, True)
+    kernel = _recurrence_bwd_kernel
+    plans = planner.plans(cell, B, H, P if has_proj else None, gates.dtype, gates.device, kernel, True)
     planner.run_plans(plans, run)
     return d_gates, d_c, d_h
