@@ -1,4 +1,5 @@
-"""Autograd Function of the fused LSTM layer: the Triton recurrence plus the GEMMs around it.
+"""Autograd Function of one fused recurrent layer, for every cell (``kernels/cells.py``): the
+Triton recurrence plus the GEMMs around it.
 
 One layer, one direction (the reverse direction of a bidirectional layer is ``reverse=True``).
 
@@ -6,16 +7,17 @@ Forward:  Gx = X W_ih^T + (b_ih + b_hh)     one GEMM over all timesteps (cuBLAS)
           recurrence                         fusedrnn.kernels.recurrence.recurrence_fwd
 Backward: dG (gradient of the pre-activations) from fusedrnn.kernels.recurrence.recurrence_bwd, then
           dX = dG W_ih,  dW_ih = dG^T X,  dW_hh = sum_t dG_t^T h_prev(t),
-          db_ih = db_hh = sum_{t,b} dG,  dh_0 = dG_first W_hh,  dc_0 from the kernel,
-          and for a projection dW_hr = sum_t dh_t^T m_t.
+          db_ih = db_hh = sum_{t,b} dG,  dh_0 = dG_first W_hh,  the LSTM's dc_0 from the
+          kernel, and for a projection dW_hr = sum_t dh_t^T m_t.
 ``h_prev(t)`` is the output of the step before, or h0 at a row's first step; ``dG_first``
 is dG at each row's first step. All reductions are GEMMs or sums: deterministic, no atomics.
 
-The two launches run as custom operators, ``torch.ops.fusedrnn.lstm_fwd`` (the Gx GEMM and the
-forward recurrence) and ``torch.ops.fusedrnn.lstm_bwd``: torch.compile keeps them opaque and
-traces the rest of this Function around them, with no graph break. A backward that frees the
-graph (no ``retain_graph``, not compiled) runs ``torch.ops.fusedrnn.lstm_bwd_`` instead, which
-writes dG over the saved gates: peak training memory then holds one (T, B, 4H) buffer, not two. The backward is once
+The two launches run as custom operators, ``torch.ops.fusedrnn.recurrence_fwd`` (the Gx GEMM and
+the forward recurrence) and ``torch.ops.fusedrnn.recurrence_bwd``, the cell (its
+``CellSpec.name``) their first argument: torch.compile keeps them opaque and traces the rest
+of this Function around them, with no graph break. A backward that frees the graph (no
+``retain_graph``, not compiled) runs ``torch.ops.fusedrnn.recurrence_bwd_`` instead, which
+writes dG over the saved gates: peak training memory then holds one (T, B, G*H) buffer, not two. The backward is once
 differentiable; a second differentiation raises ``fusedrnn._double_backward.DOUBLE_BACKWARD_ERROR``.
 """
 
@@ -26,9 +28,8 @@ from torch import Tensor
 
 from fusedrnn._double_backward import tie_to_double_backward_error
 from fusedrnn.kernels import recurrence
-from fusedrnn.kernels.cells import LSTM
+from fusedrnn.kernels.cells import CELLS
 from fusedrnn.kernels.reference import valid_steps
-
 
 
 def _time_major(t, batch_first):
@@ -42,73 +43,86 @@ def _flat(t):
 # The Gx GEMM runs inside the forward op so that the buffer the kernel overwrites with the
 # pre-activations is born there: the op is functional (returns them as a new tensor) and
 # needs neither mutates_args nor a defensive copy of Gx under torch.compile.
-@torch.library.custom_op("fusedrnn::lstm_fwd", mutates_args=())
-def lstm_fwd_op(
-    x: Tensor, w_ih: Tensor, bias: Optional[Tensor], w_hh: Tensor, h0: Tensor, c0: Tensor,
+def _or_empty(t, like):
+    """``t``, or an empty tensor for None: an op cannot return None."""
+    return t if t is not None else like.new_empty(0)
+
+
+@torch.library.custom_op("fusedrnn::recurrence_fwd", mutates_args=())
+def recurrence_fwd_op(
+    cell: str, x: Tensor, w_ih: Tensor, bias: Optional[Tensor], w_hh: Tensor, h0: Tensor, c0: Optional[Tensor],
     w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool, reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """Gx GEMM and forward recurrence. Returns ``out`` and ``gates`` (the pre-activations) in
-    the layout of x, ``c`` (T, B, H) fp32, and ``m`` (T, B, H) for a projection or an empty
-    tensor (an op cannot return None)."""
+    """Gx GEMM and forward recurrence of ``cell`` (a CELLS name). Returns ``out`` and
+    ``gates`` (the pre-activations) in the layout of x, ``c`` (T, B, H) fp32 for a cell with
+    c, and ``m`` (T, B, H) for a projection; an empty tensor for each absent one."""
     gx = torch.addmm(bias, _flat(x), w_ih.t()) if bias is not None else _flat(x) @ w_ih.t()
     gates = gx.view(*x.shape[:2], w_hh.shape[0])  # the layout of x: batch_first costs no copy
     out, c, m = recurrence.recurrence_fwd(
-        LSTM, _time_major(gates, batch_first), w_hh, h0, c0, w_hr=w_hr, lengths=lengths, reverse=reverse
+        CELLS[cell], _time_major(gates, batch_first), w_hh, h0, c0, w_hr=w_hr, lengths=lengths, reverse=reverse
     )
-    return _time_major(out, batch_first), gates, c, m if m is not None else x.new_empty(0)
+    return _time_major(out, batch_first), gates, _or_empty(c, x), _or_empty(m, x)
 
 
-@lstm_fwd_op.register_fake
-def _(x, w_ih, bias, w_hh, h0, c0, w_hr, lengths, batch_first, reverse):
+@recurrence_fwd_op.register_fake
+def _(cell, x, w_ih, bias, w_hh, h0, c0, w_hr, lengths, batch_first, reverse):
     # The launcher's own allocations, so shapes and strides cannot drift from the real op's.
+    spec = CELLS[cell]
     gates = x.new_empty(*x.shape[:2], w_hh.shape[0])
-    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
-    out, c, m = recurrence.forward_outputs(LSTM, _time_major(gates, batch_first), H, P, w_hr is not None)
-    return _time_major(out, batch_first), gates, c, m if m is not None else x.new_empty(0)
+    H, P = w_hh.shape[0] // spec.gates, w_hh.shape[1]
+    out, c, m = recurrence.forward_outputs(spec, _time_major(gates, batch_first), H, P, w_hr is not None)
+    return _time_major(out, batch_first), gates, _or_empty(c, x), _or_empty(m, x)
 
 
-def _backward_kernels(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse,
+def _backward_kernels(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse,
                       into_gates, fake=False):  # fmt: skip
     """The two backward ops' body (``fake``: only their allocations): ``d_gates`` in the
-    layout of x (``gates`` itself when ``into_gates``), ``d_c0``, ``d_h`` or an empty tensor."""
+    layout of x (``gates`` itself when ``into_gates``), ``d_c0`` and ``d_h``, or an empty
+    tensor for each absent one."""
+    spec = CELLS[cell]
     gates_tm = _time_major(gates, batch_first)
     if fake:
-        outputs = recurrence.backward_outputs(LSTM, gates_tm, d_cn, w_hh.shape[1], w_hr is not None, into_gates)
+        outputs = recurrence.backward_outputs(spec, gates_tm, d_cn, w_hh.shape[1], w_hr is not None, into_gates)
     else:
         outputs = recurrence.recurrence_bwd(
-            LSTM, gates_tm, c, c0, w_hh, _time_major(d_out, batch_first), d_hn, d_cn,
+            spec, gates_tm, c, c0, w_hh, _time_major(d_out, batch_first), d_hn, d_cn,
             w_hr=w_hr, lengths=lengths, reverse=reverse, d_gates_into_gates=into_gates,
         )  # fmt: skip
     d_gates, d_c0, d_h = outputs
-    return _time_major(d_gates, batch_first), d_c0, d_h if d_h is not None else c.new_empty(0)
+    return _time_major(d_gates, batch_first), _or_empty(d_c0, gates), _or_empty(d_h, gates)
 
 
-@torch.library.custom_op("fusedrnn::lstm_bwd", mutates_args=())
-def lstm_bwd_op(
-    gates: Tensor, c: Tensor, c0: Tensor, w_hh: Tensor, d_out: Tensor, d_hn: Tensor, d_cn: Tensor,
-    w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool, reverse: bool,
+@torch.library.custom_op("fusedrnn::recurrence_bwd", mutates_args=())
+def recurrence_bwd_op(
+    cell: str, gates: Tensor, c: Optional[Tensor], c0: Optional[Tensor], w_hh: Tensor, d_out: Tensor,
+    d_hn: Tensor, d_cn: Optional[Tensor], w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool,
+    reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Backward recurrence. gates, d_out in the layout of x. Returns ``d_gates`` in the layout
-    of x, ``d_c0`` (B, H) fp32, and ``d_h`` (T, B, P) fp32 for a projection or an empty tensor."""
-    return _backward_kernels(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse, False)
+    of x, ``d_c0`` (B, H) fp32 for a cell with c, and ``d_h`` (T, B, P) fp32 for a
+    projection; an empty tensor for each absent one."""
+    return _backward_kernels(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse,
+                             False)  # fmt: skip
 
 
-@lstm_bwd_op.register_fake
+@recurrence_bwd_op.register_fake
 def _(*args):
     return _backward_kernels(*args, into_gates=False, fake=True)
 
 
-@torch.library.custom_op("fusedrnn::lstm_bwd_", mutates_args=("gates",))
-def lstm_bwd_inplace_op(
-    gates: Tensor, c: Tensor, c0: Tensor, w_hh: Tensor, d_out: Tensor, d_hn: Tensor, d_cn: Tensor,
-    w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool, reverse: bool,
+@torch.library.custom_op("fusedrnn::recurrence_bwd_", mutates_args=("gates",))
+def recurrence_bwd_inplace_op(
+    cell: str, gates: Tensor, c: Optional[Tensor], c0: Optional[Tensor], w_hh: Tensor, d_out: Tensor,
+    d_hn: Tensor, d_cn: Optional[Tensor], w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool,
+    reverse: bool,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """``recurrence_bwd`` writing d_gates over ``gates`` (the backward's largest buffer saved).
-    Returns ``d_c0`` and ``d_h`` (or an empty tensor)."""
-    return _backward_kernels(gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse, True)[1:]
+    """``recurrence_bwd`` writing d_gates over ``gates`` (the backward's largest buffer
+    saved). Returns ``d_c0`` and ``d_h`` (or an empty tensor for each absent one)."""
+    return _backward_kernels(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse,
+                             True)[1:]  # fmt: skip
 
 
-@lstm_bwd_inplace_op.register_fake
+@recurrence_bwd_inplace_op.register_fake
 def _(*args):
     return _backward_kernels(*args, into_gates=True, fake=True)[1:]
 
@@ -137,27 +151,36 @@ def first_and_last_steps(T, B, lengths, reverse, device):
     return (ends, zeros) if reverse else (zeros, ends)
 
 
-class LSTMFunction(torch.autograd.Function):
+class RecurrenceFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, batch_first, reverse):
-        """x: (T, B, I), or (B, T, I) if batch_first; h0: (B, P), c0: (B, H) or None;
-        w_hr: (P, H) or None; lengths: (B,) int tensor on x's device, or None."""
-        H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    def forward(ctx, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, batch_first, reverse):
+        """cell: a CELLS name. x: (T, B, I), or (B, T, I) if batch_first; h0: (B, P) or None;
+        c0: (B, H) or None (always None for a cell without c); w_hr: (P, H) or None; lengths:
+        (B,) int tensor on x's device, or None. Returns out, h_n and c_n (an empty tensor,
+        not differentiable, for a cell without c)."""
+        spec = CELLS[cell]
+        has_c = "c" in spec.states
+        H, P = w_hh.shape[0] // spec.gates, w_hh.shape[1]
         T, B = _time_major(x, batch_first).shape[:2]
         bias = b_ih + b_hh if b_ih is not None else None
         h0_ = h0 if h0 is not None else x.new_zeros(B, P)
-        c0_ = c0 if c0 is not None else x.new_zeros(B, H)
-        out_x, gates, c, m = torch.ops.fusedrnn.lstm_fwd(
-            x, w_ih, bias, w_hh, h0_, c0_, w_hr, lengths, batch_first, reverse
+        c0_ = (c0 if c0 is not None else x.new_zeros(B, H)) if has_c else None
+        out_x, gates, c, m = torch.ops.fusedrnn.recurrence_fwd(
+            cell, x, w_ih, bias, w_hh, h0_, c0_, w_hr, lengths, batch_first, reverse
         )
         m = m if w_hr is not None else None
+        c = c if has_c else None
 
         ctx.save_for_backward(x, h0_, c0_, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, gates, c, m, out_x)
-        ctx.batch_first, ctx.reverse = batch_first, reverse
+        ctx.cell, ctx.batch_first, ctx.reverse = cell, batch_first, reverse
         ctx.has_bias = b_ih is not None
         rows = torch.arange(B, device=x.device)
         _, last = first_and_last_steps(T, B, lengths, reverse, x.device)
         h_n = _time_major(out_x, batch_first)[last, rows]  # a gather: fresh, not a view pinning out
+        if not has_c:
+            c_n = x.new_empty(0)
+            ctx.mark_non_differentiable(c_n)
+            return out_x, h_n, c_n
         # c is carried through inactive steps, so the last step of the loop holds every c_n.
         c_n = c[0 if reverse else T - 1].to(x.dtype, copy=True)
         return out_x, h_n, c_n
@@ -173,22 +196,24 @@ class LSTMFunction(torch.autograd.Function):
             grads = _backward(ctx, d_out, d_hn, d_cn)
         if torch.is_grad_enabled():  # create_graph=True (never under torch.compile's trace)
             inputs = ctx.saved_tensors[:8]  # x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
-            grads = tie_to_double_backward_error(grads, inputs)
+            grads = (None, *tie_to_double_backward_error(grads[1:], inputs))
         return grads
 
 
 def _backward(ctx, d_out, d_hn, d_cn):
-    """LSTMFunction's gradients (run without grad)."""
+    """RecurrenceFunction's gradients (run without grad), the cell's argument first (None)."""
     x, h0, c0, w_ih, w_hh, _, _, w_hr, lengths, gates, c, m, out_x = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    T, B = c.shape[:2]
+    need = ctx.needs_input_grad[1:]  # the inputs after the cell's name
+    has_c = c is not None
+    T, B = _time_major(gates, ctx.batch_first).shape[:2]
     # d_gates_x has the layout of x, so the flat views pair the same (t, b) rows.
-    args = (gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, ctx.batch_first, ctx.reverse)
+    args = (ctx.cell, gates, c, c0, w_hh, d_out, d_hn, d_cn if has_c else None, w_hr, lengths, ctx.batch_first,
+            ctx.reverse)  # fmt: skip
     if gates_free_after_backward():
-        d_c0, d_h = torch.ops.fusedrnn.lstm_bwd_(*args)
+        d_c0, d_h = torch.ops.fusedrnn.recurrence_bwd_(*args)
         d_gates_x = gates
     else:
-        d_gates_x, d_c0, d_h = torch.ops.fusedrnn.lstm_bwd(*args)
+        d_gates_x, d_c0, d_h = torch.ops.fusedrnn.recurrence_bwd(*args)
     d_gates = _time_major(d_gates_x, ctx.batch_first)
     rows = torch.arange(B, device=x.device)
     first, _ = first_and_last_steps(T, B, lengths, ctx.reverse, x.device)
@@ -199,7 +224,7 @@ def _backward(ctx, d_out, d_hn, d_cn):
     d_gates_first = d_gates[first, rows] if need[1] or need[4] else None
     if need[1]:
         dh0 = d_gates_first @ w_hh
-    if need[2]:
+    if need[2] and has_c:
         dc0 = d_c0.to(c0.dtype)
     if need[3]:
         # dG is zero past each row's length, but 0 * NaN is NaN: the padding (whatever it
@@ -217,7 +242,7 @@ def _backward(ctx, d_out, d_hn, d_cn):
         dw_hr = _flat(d_h).to(m.dtype).t() @ _flat(m)
     db_ih = db if need[5] else None
     db_hh = (db.clone() if need[5] else db) if need[6] else None  # two tensors, never one aliased
-    return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None
+    return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None
 
 
 def _weight_hh_grad(d_gates_x, d_gates_first, out_x, h0, ctx):

@@ -107,7 +107,7 @@ class LSTMCellFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_h_new, d_c_new):
         """Once differentiable, with the LSTM's clear double-backward error (see
-        ``fusedrnn.autograd.LSTMFunction.backward``)."""
+        ``fusedrnn.autograd.RecurrenceFunction.backward``)."""
         with torch.no_grad():
             grads = _cell_backward(ctx, d_h_new, d_c_new)
         if torch.is_grad_enabled():  # create_graph=True

@@ -1,9 +1,11 @@
-"""Functional API: ``fusedrnn.functional.lstm``."""
+"""Functional API: one layer (``lstm``, ``rnn``) and a stack of them (``lstm_layers``,
+``rnn_layers``), every cell through one stack driver (``recurrent_layers``) and one backend
+rule (``use_kernels``, ``uses_torch_cpu``)."""
 
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from fusedrnn.kernels.reference import lstm_reference
+from fusedrnn.kernels.reference import lstm_reference, rnn_reference
 
 BACKENDS = ("auto", "triton", "reference")
 # dtypes the Triton kernels compute; others (float64) take the reference path under "auto".
@@ -61,15 +63,12 @@ def lstm(
     _check_args(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_first, backend)
     T, batch_size = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
     lengths = check_lengths(lengths, T, batch_size, input.device)
-    use_kernels = backend == "triton" or (
-        backend == "auto" and input.is_cuda and input.dtype in KERNEL_DTYPES
-    )
-    if use_kernels and batch_size > 0:
+    if use_kernels(input, backend) and batch_size > 0:
         _check_kernels_can_run(input)
-        from fusedrnn.autograd import LSTMFunction
+        from fusedrnn.autograd import RecurrenceFunction
 
-        output, h_n, c_n = LSTMFunction.apply(
-            input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, batch_first, reverse
+        output, h_n, c_n = RecurrenceFunction.apply(
+            "lstm", input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, batch_first, reverse
         )
         return output, (h_n, c_n)
     if uses_torch_cpu(input.device, backend) and not (reverse and lengths is not None):
@@ -78,7 +77,7 @@ def lstm(
         time_dim = 1 if batch_first else 0
         if reverse:  # the second direction of a bidirectional layer: the sequence flipped
             input = input.flip(time_dim)
-        output, (h_n, c_n) = torch_cpu_lstm_layers(input, state, weights, batch_first=batch_first, lengths=lengths)
+        output, (h_n, c_n) = torch_cpu_layers("lstm", input, state, weights, batch_first=batch_first, lengths=lengths)
         return (output.flip(time_dim) if reverse else output), (h_n[0], c_n[0])
 
     x = input.transpose(0, 1) if batch_first else input
@@ -117,48 +116,188 @@ def lstm_layers(
         ``output, (h_n, c_n)``: output ``(T, B, D*P)``, ``h_n (L*D, B, P)``,
         ``c_n (L*D, B, H)``, where ``h_n[l*D + d]`` is layer l, direction d.
     """
+    def check_first_layer(h0, c0, w):
+        # As the reference path checks them (torch's own checks would catch the rest, with
+        # torch's messages).
+        has_bias = len(w) in (4, 5)
+        _check_args(input, h0, c0, w[0], w[1], *(w[2:4] if has_bias else (None, None)),
+                    w[-1] if len(w) in (3, 5) else None, batch_first, backend)  # fmt: skip
+
+    def layer(layer_input, state, w, reverse, layer_lengths):
+        has_bias = len(w) in (4, 5)
+        return lstm(
+            layer_input, state, w[0], w[1], *(w[2:4] if has_bias else (None, None)), w[-1] if len(w) in (3, 5) else None,
+            batch_first=batch_first, reverse=reverse, lengths=layer_lengths, backend=backend,
+        )  # fmt: skip
+
+    return recurrent_layers(
+        "lstm", layer, check_first_layer, input, hx, weights, num_layers=num_layers, bidirectional=bidirectional,
+        dropout=dropout, training=training, batch_first=batch_first, lengths=lengths, backend=backend,
+    )  # fmt: skip
+
+
+NONLINEARITIES = {"tanh": "rnn_tanh", "relu": "rnn_relu"}  # torch.nn.RNN's nonlinearity -> its cell
+
+
+def rnn_cell_name(nonlinearity):
+    """The cell (``kernels/cells.py``) of torch.nn.RNN's ``nonlinearity``, with torch's error."""
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    return NONLINEARITIES[nonlinearity]
+
+
+def rnn(
+    input,
+    hx,
+    weight_ih,
+    weight_hh,
+    bias_ih=None,
+    bias_hh=None,
+    *,
+    nonlinearity="tanh",
+    batch_first=False,
+    reverse=False,
+    lengths=None,
+    backend="auto",
+):
+    """One Elman RNN layer, one direction, as ``torch.nn.RNN`` computes it:
+    ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``, act ``tanh`` or ``relu``.
+
+    Args:
+        input: ``(T, B, I)``, or ``(B, T, I)`` if ``batch_first``.
+        hx: ``h0 (B, H)``, or ``None`` for zeros.
+        weight_ih: ``(H, I)``. weight_hh: ``(H, H)``. bias_ih, bias_hh: ``(H,)`` each, or
+            both ``None``.
+        nonlinearity, batch_first, reverse, lengths, backend: as :func:`lstm` (and
+            ``torch.nn.RNN``).
+
+    Returns:
+        ``output, h_n``: output ``(T, B, H)`` (``(B, T, H)`` if ``batch_first``), ``h_n (B, H)``.
+    """
+    cell = rnn_cell_name(nonlinearity)
+    if autocast_enabled(input.device.type):
+        return _without_autocast(
+            rnn, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity=nonlinearity,
+            batch_first=batch_first, reverse=reverse, lengths=lengths, backend=backend,
+        )  # fmt: skip
+    _check_args(input, hx, None, weight_ih, weight_hh, bias_ih, bias_hh, None, batch_first, backend, cell=cell)
+    T, batch_size = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
+    lengths = check_lengths(lengths, T, batch_size, input.device)
+    if use_kernels(input, backend) and batch_size > 0:
+        _check_kernels_can_run(input)
+        from fusedrnn.autograd import RecurrenceFunction
+
+        output, h_n, _ = RecurrenceFunction.apply(
+            cell, input, hx, None, weight_ih, weight_hh, bias_ih, bias_hh, None, lengths, batch_first, reverse
+        )
+        return output, h_n
+    if uses_torch_cpu(input.device, backend) and not (reverse and lengths is not None):
+        weights = [w for w in (weight_ih, weight_hh, bias_ih, bias_hh) if w is not None]
+        time_dim = 1 if batch_first else 0
+        if reverse:  # the second direction of a bidirectional layer: the sequence flipped
+            input = input.flip(time_dim)
+        state = (hx[None],) if hx is not None else None
+        output, (h_n,) = torch_cpu_layers(cell, input, state, weights, batch_first=batch_first, lengths=lengths)
+        return (output.flip(time_dim) if reverse else output), h_n[0]
+    x = input.transpose(0, 1) if batch_first else input
+    output, h_n = rnn_reference(
+        x, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity=nonlinearity, reverse=reverse, lengths=lengths
+    )
+    return (output.transpose(0, 1) if batch_first else output), h_n
+
+
+def rnn_layers(
+    input,
+    hx,
+    weights,
+    *,
+    nonlinearity="tanh",
+    num_layers=1,
+    bidirectional=False,
+    dropout=0.0,
+    training=False,
+    batch_first=False,
+    lengths=None,
+    backend="auto",
+):
+    """A stack of RNN layers, as ``torch.nn.RNN``'s forward: as :func:`lstm_layers`, with
+    ``hx`` an ``h0 (L*D, B, H)`` or ``None``, the weights ``[w_ih, w_hh]`` then ``[b_ih,
+    b_hh]`` per layer and direction (``torch.nn.RNN._flat_weights``). Returns
+    ``output (T, B, D*H), h_n (L*D, B, H)``."""
+    cell = rnn_cell_name(nonlinearity)
+
+    def check_first_layer(h0, w):
+        _check_args(input, h0, None, w[0], w[1], *(w[2:4] if len(w) == 4 else (None, None)), None, batch_first,
+                    backend, cell=cell)  # fmt: skip
+
+    def layer(layer_input, state, w, reverse, layer_lengths):
+        output, h_n = rnn(
+            layer_input, state[0] if state is not None else None, w[0], w[1], *(w[2:4] if len(w) == 4 else (None, None)),
+            nonlinearity=nonlinearity, batch_first=batch_first, reverse=reverse, lengths=layer_lengths, backend=backend,
+        )  # fmt: skip
+        return output, (h_n,)
+
+    output, (h_n,) = recurrent_layers(
+        cell, layer, check_first_layer, input, (hx,) if hx is not None else None, weights, num_layers=num_layers,
+        bidirectional=bidirectional, dropout=dropout, training=training, batch_first=batch_first, lengths=lengths,
+        backend=backend,
+    )  # fmt: skip
+    return output, h_n
+
+
+def recurrent_layers(cell, layer, check_first_layer, input, hx, weights, *, num_layers, bidirectional, dropout,
+                     training, batch_first, lengths, backend):  # fmt: skip
+    """The stack driver of every cell: layers x directions, dropout between layers, lengths
+    checked once, and on CPU under ``"auto"`` torch's own op for the whole stack.
+
+    ``cell``: a ``kernels/cells.py`` name (torch's op for it on CPU). ``hx``: a tuple of the
+    cell's states, each ``(L*D, B, *)``, or None. ``layer(input, state, weights, reverse,
+    lengths) -> (output, states)`` runs one layer and direction (``state`` a tuple of
+    ``(B, *)`` tensors or None); ``check_first_layer(*state, weights)`` checks the first
+    layer's arguments before torch's op runs. Returns ``output, states`` (each stacked
+    ``(L*D, B, *)``)."""
     directions = 2 if bidirectional else 1
     if len(weights) % (num_layers * directions):
         raise ValueError(f"expected a multiple of {num_layers * directions} weights, got {len(weights)}")
     per_layer = len(weights) // (num_layers * directions)
-    has_bias = per_layer in (4, 5)
     if lengths is not None and input.dim() == 3:
         # Checked and moved to the device once for all layers and directions, not per call.
         T, B = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
         lengths = check_lengths(lengths, T, B, input.device)
     if uses_torch_cpu(input.device, backend) and input.dim() == 3:
-        # The first layer's arguments checked as the reference path checks them (torch's own
-        # checks would catch the rest, with torch's messages).
-        h0, c0 = (hx[0][0], hx[1][0]) if hx is not None else (None, None)
-        w = weights[:per_layer]
-        _check_args(input, h0, c0, w[0], w[1], *(w[2:4] if has_bias else (None, None)),
-                    w[-1] if per_layer in (3, 5) else None, batch_first, backend)  # fmt: skip
-        return torch_cpu_lstm_layers(
-            input, hx, weights, num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
+        check_first_layer(*(tuple(s[0] for s in hx) if hx is not None else (None,) * _state_count(cell)),
+                          weights[:per_layer])  # fmt: skip
+        return torch_cpu_layers(
+            cell, input, hx, weights, num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
             training=training, batch_first=batch_first, lengths=lengths,
         )  # fmt: skip
-    h_n, c_n = [], []
+    finals = None
     layer_input = input
-    for layer in range(num_layers):
+    for index_layer in range(num_layers):
         outputs = []
         for direction in range(directions):
-            index = layer * directions + direction
+            index = index_layer * directions + direction
             w = weights[index * per_layer : (index + 1) * per_layer]
-            w_ih, w_hh = w[0], w[1]
-            b_ih, b_hh = (w[2], w[3]) if has_bias else (None, None)
-            w_hr = w[-1] if per_layer in (3, 5) else None
-            state = (hx[0][index], hx[1][index]) if hx is not None else None
-            output, (h, c) = lstm(
-                layer_input, state, w_ih, w_hh, b_ih, b_hh, w_hr,
-                batch_first=batch_first, reverse=direction == 1, lengths=lengths, backend=backend,
-            )  # fmt: skip
+            state = tuple(s[index] for s in hx) if hx is not None else None
+            output, states = layer(layer_input, state, w, direction == 1, lengths)
             outputs.append(output)
-            h_n.append(h)
-            c_n.append(c)
+            finals = [[] for _ in states] if finals is None else finals
+            for kept, s in zip(finals, states):
+                kept.append(s)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
-        if dropout > 0 and training and layer < num_layers - 1:
+        if dropout > 0 and training and index_layer < num_layers - 1:
             layer_input = _dropout_time_major(layer_input, dropout, batch_first)
-    return layer_input, (torch.stack(h_n), torch.stack(c_n))
+    return layer_input, tuple(torch.stack(kept) for kept in finals)
+
+
+def _state_count(cell):
+    return 2 if cell == "lstm" else 1
+
+
+def use_kernels(input, backend):
+    """The backend rule: the Triton kernels under ``"triton"``, and under ``"auto"`` for CUDA
+    tensors of the kernels' dtypes."""
+    return backend == "triton" or (backend == "auto" and input.is_cuda and input.dtype in KERNEL_DTYPES)
 
 
 def uses_torch_cpu(device, backend):
@@ -171,38 +310,47 @@ def uses_torch_cpu(device, backend):
     return backend == "auto" and device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def torch_cpu_lstm_layers(input, hx, weights, *, num_layers=1, bidirectional=False, dropout=0.0, training=False,
-                          batch_first=False, lengths=None):  # fmt: skip
-    """:func:`lstm_layers` by torch's own LSTM (``torch._VF.lstm``, the call of
-    ``torch.nn.LSTM.forward``), so its numerics and its dropout masks under one seed are
-    torch's. ``lengths``: the batch packed (``pack_padded_sequence``), run, and padded again
-    with zeros: the padding takes no part, so nothing in it (NaN included) reaches an output
-    or a gradient, and ``h_n, c_n`` are each row's own last step's, as the kernels give."""
+# torch's own op of each cell (the calls of torch.nn.LSTM.forward and torch.nn.RNN.forward)
+_TORCH_OPS = {"lstm": "lstm", "rnn_tanh": "rnn_tanh", "rnn_relu": "rnn_relu"}
+
+
+def torch_cpu_layers(cell, input, hx, weights, *, num_layers=1, bidirectional=False, dropout=0.0, training=False,
+                     batch_first=False, lengths=None):  # fmt: skip
+    """:func:`recurrent_layers` by torch's own op (``torch._VF.lstm``, ``rnn_tanh``,
+    ``rnn_relu``: the call of ``torch.nn.LSTM.forward`` or ``torch.nn.RNN.forward``), so its
+    numerics and its dropout masks under one seed are torch's. ``hx``: a tuple of the cell's
+    states or None. ``lengths``: the batch packed (``pack_padded_sequence``), run, and padded
+    again with zeros: the padding takes no part, so nothing in it (NaN included) reaches an
+    output or a gradient, and the final states are each row's own last step's, as the
+    kernels give. Returns ``output, states`` (a tuple)."""
     if autocast_enabled(input.device.type):
         return _without_autocast(
-            torch_cpu_lstm_layers, input, hx, weights, num_layers=num_layers, bidirectional=bidirectional,
+            torch_cpu_layers, cell, input, hx, weights, num_layers=num_layers, bidirectional=bidirectional,
             dropout=dropout, training=training, batch_first=batch_first, lengths=lengths,
         )  # fmt: skip
+    op = getattr(torch._VF, _TORCH_OPS[cell])
+    lstm = cell == "lstm"
     states = num_layers * (2 if bidirectional else 1)
-    has_bias = len(weights) // states in (4, 5)
+    has_bias = len(weights) // states in ((4, 5) if lstm else (4,))
+    B = input.shape[0 if batch_first else 1]
     if hx is None:  # aten tells a projection by h's width: zeros of the right widths
-        H, P = weights[1].shape[0] // 4, weights[1].shape[1]
-        B = input.shape[0 if batch_first else 1]
-        hx = (input.new_zeros(states, B, P), input.new_zeros(states, B, H))
+        H, P = weights[1].shape[0] // (4 if lstm else 1), weights[1].shape[1]
+        hx = (input.new_zeros(states, B, P), input.new_zeros(states, B, H)) if lstm else (input.new_zeros(states, B, H),)
     if lengths is None:
-        output, h_n, c_n = torch._VF.lstm(input, hx, weights, has_bias, num_layers, dropout, training, bidirectional,
-                                          batch_first)  # fmt: skip
-        return output, (h_n, c_n)
-    # As torch.nn.LSTM runs a PackedSequence: hx permuted into the packed order, h_n and c_n back.
+        results = op(input, hx if lstm else hx[0], weights, has_bias, num_layers, dropout, training, bidirectional,
+                     batch_first)  # fmt: skip
+        return results[0], tuple(results[1:])
+    # As torch.nn.LSTM / RNN run a PackedSequence: hx permuted into the packed order, the
+    # final states back.
     T = input.shape[1 if batch_first else 0]
     data, batch_sizes, order, unorder = pack_padded_sequence(input, lengths.cpu(), batch_first=batch_first,
                                                              enforce_sorted=False)  # fmt: skip
-    hx = (hx[0].index_select(1, order), hx[1].index_select(1, order))
-    output, h_n, c_n = torch._VF.lstm(data, batch_sizes, hx, weights, has_bias, num_layers, dropout, training,
-                                      bidirectional)  # fmt: skip
-    output, _ = pad_packed_sequence(PackedSequence(output, batch_sizes, order, unorder), batch_first=batch_first,
+    hx = tuple(s.index_select(1, order) for s in hx)
+    results = op(data, batch_sizes, hx if lstm else hx[0], weights, has_bias, num_layers, dropout, training,
+                 bidirectional)  # fmt: skip
+    output, _ = pad_packed_sequence(PackedSequence(results[0], batch_sizes, order, unorder), batch_first=batch_first,
                                     total_length=T)  # fmt: skip
-    return output, (h_n.index_select(1, unorder), c_n.index_select(1, unorder))
+    return output, tuple(s.index_select(1, unorder) for s in results[1:])
 
 
 def _dropout_time_major(layer_output, p, batch_first):
@@ -302,29 +450,33 @@ def check_params_like(input, params):
             raise RuntimeError(f"all weights and biases must have one dtype, got {params[0].dtype} and {p.dtype}")
 
 
-def _check_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first, backend):
-    """Reject what torch.nn.LSTM rejects, with the same exception types."""
+def _check_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first, backend, cell="lstm"):
+    """Reject what torch.nn.LSTM (``cell="lstm"``) or torch.nn.RNN (``"rnn_tanh"``,
+    ``"rnn_relu"``: no c0, no projection, one gate) rejects, with the same exception types."""
+    lstm = cell == "lstm"
+    gates, name = (4, "4*hidden_size") if lstm else (1, "hidden_size")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if input.dim() != 3:
+        function, module = ("lstm", "LSTM") if lstm else ("rnn", "RNN")
         raise ValueError(
-            f"fusedrnn.functional.lstm: expected a 3-D input, got {input.dim()}-D "
-            "(the module fusedrnn.LSTM also takes unbatched 2-D input)"
+            f"fusedrnn.functional.{function}: expected a 3-D input, got {input.dim()}-D "
+            f"(the module fusedrnn.{module} also takes unbatched 2-D input)"
         )
-    if w_hh.dim() != 2 or w_hh.shape[0] % 4:
-        raise RuntimeError(f"weight_hh must have shape (4*hidden_size, proj_size or hidden_size), got {list(w_hh.shape)}")
-    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    if w_hh.dim() != 2 or w_hh.shape[0] % gates:
+        raise RuntimeError(f"weight_hh must have shape ({name}, {'proj_size or ' if lstm else ''}hidden_size), got {list(w_hh.shape)}")
+    H, P = w_hh.shape[0] // gates, w_hh.shape[1]
     if w_hr is None and P != H:
         raise RuntimeError(f"weight_hh of shape {list(w_hh.shape)} needs weight_hr ({P}, {H}); without it P must equal H")
-    if w_hr is not None and (w_hr.dim() != 2 or tuple(w_hr.shape) != (P, H) or P >= H):
+    if w_hr is not None and (not lstm or w_hr.dim() != 2 or tuple(w_hr.shape) != (P, H) or P >= H):
         raise RuntimeError(f"weight_hr must have shape (proj_size, hidden_size) = ({P}, {H}) with proj_size < hidden_size, got {list(w_hr.shape)}")
-    if w_ih.dim() != 2 or w_ih.shape[0] != 4 * H:
-        raise RuntimeError(f"weight_ih must have shape (4*hidden_size, input_size) = (4*{H}, I), got {list(w_ih.shape)}")
+    if w_ih.dim() != 2 or w_ih.shape[0] != gates * H:
+        raise RuntimeError(f"weight_ih must have shape ({name}, input_size) = ({gates}*{H}, I), got {list(w_ih.shape)}")
     if (b_ih is None) != (b_hh is None):
         raise ValueError("bias_ih and bias_hh must both be given or both be None")
-    for name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
-        if b is not None and b.shape != (4 * H,):
-            raise RuntimeError(f"{name} must have shape (4*hidden_size,) = ({4 * H},), got {list(b.shape)}")
+    for bias_name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
+        if b is not None and b.shape != (gates * H,):
+            raise RuntimeError(f"{bias_name} must have shape ({name},) = ({gates * H},), got {list(b.shape)}")
     if input.size(-1) != w_ih.shape[1]:
         raise RuntimeError(
             f"input.size(-1) must be equal to input_size. Expected {w_ih.shape[1]}, got {input.size(-1)}"
@@ -340,9 +492,9 @@ def _check_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first, backen
             f"Convert input: input.to({w_ih.dtype}), or convert model: model.to({input.dtype})"
         )
 
-    if (h0 is None) != (c0 is None):
+    if lstm and (h0 is None) != (c0 is None):
         raise ValueError("hx must be None or a tuple (h0, c0) of two tensors")
-    for i, state in enumerate((h0, c0)):
+    for i, state in enumerate((h0, c0) if lstm else (h0,)):
         if state is None:
             continue
         if state.shape != (B, (P, H)[i]):

@@ -1,4 +1,5 @@
-"""``fusedrnn.LSTM``: a drop-in ``torch.nn.LSTM`` running fused Triton kernels on CUDA."""
+"""``fusedrnn.LSTM`` and ``fusedrnn.RNN``: drop-in ``torch.nn.LSTM`` and ``torch.nn.RNN`` running
+fused Triton kernels on CUDA."""
 
 import torch
 from torch import _VF, nn
@@ -183,3 +184,93 @@ class LSTM(nn.RNNBase):
             lengths=lengths,
             backend=self.backend,
         )
+
+
+class RNN(nn.RNNBase):
+    """Drop-in replacement for :class:`torch.nn.RNN` (Elman RNN, ``nonlinearity`` ``"tanh"``
+    or ``"relu"``), on the same recurrence kernels as :class:`fusedrnn.LSTM`.
+
+    Same constructor (``nonlinearity`` the fourth positional argument, as in torch),
+    parameters, initialisation, ``state_dict``, repr, input and output shapes as
+    ``torch.nn.RNN``, plus a keyword-only ``backend`` (as :class:`fusedrnn.LSTM`'s: on CPU
+    under ``"auto"``, outside torch.compile, ``torch.nn.RNN.forward`` itself). Batched and
+    unbatched input, with or without ``h0``, ``PackedSequence``, and ``lengths=`` with padded
+    input. Derives from ``nn.RNNBase`` as ``nn.RNN`` does: Dynamo refuses ``nn.RNN`` instances.
+    """
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        # torch.nn.RNN's own argument handling, messages included.
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            nonlinearity, args = args[3], args[:3] + args[4:]
+        else:
+            nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        F.rnn_cell_name(nonlinearity)  # torch's ValueError for any other
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", *args, **kwargs)
+        if backend not in F.BACKENDS:
+            raise ValueError(f"backend must be one of {F.BACKENDS}, got {backend!r}")
+        self.backend = backend
+
+    def extra_repr(self):
+        s = super().extra_repr()  # torch's, which leaves the nonlinearity out
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def forward(self, input, hx=None, *, lengths=None):
+        """As ``torch.nn.RNN.forward``. ``lengths``: ``(B,)`` sequence lengths of a padded
+        batched input (not with a PackedSequence); the output is zero past each length and
+        ``h_n`` is each sequence's own last step."""
+        device = (input.data if isinstance(input, PackedSequence) else input).device
+        if lengths is None and F.uses_torch_cpu(device, self.backend):
+            return nn.RNN.forward(self, input, hx)  # torch's forward: its checks, errors and op
+        self._update_flat_weights()
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError("lengths= is for padded input; a PackedSequence carries its own")
+            return self._forward_packed(input, hx)
+        if input.dim() not in (2, 3):
+            raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+        is_batched = input.dim() == 3
+        if lengths is not None and not is_batched:
+            raise ValueError("lengths= needs batched 3-D input")
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                if hx.dim() != 2:
+                    raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+                hx = hx.unsqueeze(1)
+        elif hx is not None and hx.dim() != 3:
+            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        if hx is None:
+            self.check_input(input, None)
+        else:
+            self.check_forward_args(input, hx, None)
+        output, h_n = self._layers(input, hx, lengths, self.batch_first)
+        if not is_batched:
+            return output.squeeze(batch_dim), h_n.squeeze(1)
+        return output, h_n
+
+    def _forward_packed(self, packed, hx):
+        """As fusedrnn.LSTM's: unpack in the packed (sorted) order, run with the lengths
+        masked in the kernels, pack again; hx permuted as torch does."""
+        data, batch_sizes, sorted_indices, unsorted_indices = packed
+        if hx is not None:
+            hx = self.permute_hidden(hx, sorted_indices)
+            self.check_forward_args(data, hx, batch_sizes)
+        else:
+            self.check_input(data, batch_sizes)
+        padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+        output, h_n = self._layers(padded, hx, lengths, batch_first=False)
+        output = pack_padded_sequence(output, lengths).data
+        return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
+            h_n, unsorted_indices
+        )
+
+    def _layers(self, input, hx, lengths, batch_first):
+        return F.rnn_layers(
+            input, hx, self._flat_weights, nonlinearity=self.nonlinearity, num_layers=self.num_layers,
+            bidirectional=self.bidirectional, dropout=self.dropout, training=self.training, batch_first=batch_first,
+            lengths=lengths, backend=self.backend,
+        )  # fmt: skip

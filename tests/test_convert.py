@@ -52,14 +52,32 @@ def test_convert_names_the_recurrent_modules_it_leaves_alone():
     with pytest.warns(NotConvertedWarning) as caught:
         fusedrnn.convert(model)
     (message,) = [str(w.message) for w in caught]
-    assert "4 recurrent module(s)" in message and "warn=False" in message
-    for name in ("gru (GRU)", "rnn (RNN)", "mine (MyLSTM)", "cell (GRUCell)"):
+    assert "3 recurrent module(s)" in message and "warn=False" in message
+    for name in ("gru (GRU)", "mine (MyLSTM)", "cell (GRUCell)"):
         assert name in message
-    assert type(model["lstm"]) is fusedrnn.LSTM and type(model["gru"]) is nn.GRU
+    assert type(model["lstm"]) is fusedrnn.LSTM and type(model["gru"]) is nn.GRU and type(model["rnn"]) is fusedrnn.RNN
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fusedrnn.convert(model, warn=False)  # silenced
         fusedrnn.convert(nn.Sequential(nn.LSTM(3, 4)))  # nothing left alone: no warning
+
+
+@pytest.mark.parametrize("args", [(3, 4), (3, 4, 2, "relu", False, True, 0.25, True)], ids=["plain", "every-argument"])
+def test_convert_and_revert_an_rnn_keep_its_parameters_and_its_arguments(args):
+    """nn.RNN -> fusedrnn.RNN -> nn.RNN: the same Parameter objects, every constructor argument
+    (nonlinearity included), the same outputs."""
+    model = nn.Sequential(nn.RNN(*args)).eval()
+    params = list(model.parameters())
+    x = torch.randn(2, 3, 3)
+    want = model(x)[0]
+    fusedrnn.convert(model, backend="reference")
+    assert type(model[0]) is fusedrnn.RNN and model[0].backend == "reference" and not model[0].training
+    assert all(a is b for a, b in zip(params, model.parameters())) and repr(model[0]).startswith(repr(nn.RNN(*args))[:-1])
+    assert_close(model[0](x)[0], want, rel=1e-6, name="converted")
+    fusedrnn.revert(model)
+    assert type(model[0]) is nn.RNN and model[0].nonlinearity == (args[3] if len(args) > 3 else "tanh")
+    assert all(a is b for a, b in zip(params, model.parameters()))
+    assert torch.equal(model[0](x)[0], want)
 
 
 def test_convert_a_bare_module_returns_the_new_one():

@@ -1,7 +1,7 @@
 """torch.compile: a model around fusedrnn.LSTM compiles as one graph (fullgraph=True) and
 matches eager, outputs and every gradient, on both backends.
 
-The Triton launches are the custom ops ``torch.ops.fusedrnn.lstm_fwd`` / ``lstm_bwd``
+The Triton launches are the custom ops ``torch.ops.fusedrnn.recurrence_fwd`` / ``recurrence_bwd``
 (opaque to the compiler, with fake implementations); Dynamo traces the autograd Function
 around them. Most tests compile with ``backend="aot_eager"``: Dynamo, AOTAutograd and the
 fake tensors, as inductor sees them, without inductor's C++ build. test_inductor_matches_eager
@@ -169,12 +169,33 @@ def test_custom_ops_pass_opcheck(batch_first, proj, lengths, reverse):
     w_hr = rand(P, H) if proj else None
     lengths = torch.tensor(lengths, device=DEVICE) if lengths is not None else None
     w_hh, c0 = rand(4 * H, width), rand(2, H)
-    fwd_args = (x, rand(4 * H, I), rand(4 * H), w_hh, rand(2, width), c0, w_hr, lengths, batch_first, reverse)
-    torch.library.opcheck(torch.ops.fusedrnn.lstm_fwd.default, fwd_args)
-    out, gates, c, _ = torch.ops.fusedrnn.lstm_fwd(*fwd_args)
-    bwd_args = (gates, c, c0, w_hh, rand(*out.shape), rand(2, width), rand(2, H), w_hr, lengths, batch_first, reverse)
-    torch.library.opcheck(torch.ops.fusedrnn.lstm_bwd.default, bwd_args)
-    torch.library.opcheck(torch.ops.fusedrnn.lstm_bwd_.default, (gates.clone(), *bwd_args[1:]))
+    fwd_args = ("lstm", x, rand(4 * H, I), rand(4 * H), w_hh, rand(2, width), c0, w_hr, lengths, batch_first,
+                reverse)  # fmt: skip
+    torch.library.opcheck(torch.ops.fusedrnn.recurrence_fwd.default, fwd_args)
+    out, gates, c, _ = torch.ops.fusedrnn.recurrence_fwd(*fwd_args)
+    bwd_args = ("lstm", gates, c, c0, w_hh, rand(*out.shape), rand(2, width), rand(2, H), w_hr, lengths, batch_first,
+                reverse)  # fmt: skip
+    torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd.default, bwd_args)
+    torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd_.default, ("lstm", gates.clone(), *bwd_args[2:]))
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu"])
+def test_custom_ops_pass_opcheck_for_a_cell_without_c(cell):
+    """The same ops for the RNN's cells: no c0, c or d_cn (None in, an empty tensor out)."""
+    from fusedrnn import autograd  # noqa: F401  (registers the ops)
+
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *shape: (torch.rand(*shape, generator=g) - 0.5).to(DEVICE)  # noqa: E731
+    T, B, I, H = 3, 2, 5, 6
+    lengths = torch.tensor([3, 1], device=DEVICE)
+    w_hh = rand(H, H)
+    fwd_args = (cell, rand(B, T, I), rand(H, I), rand(H), w_hh, rand(B, H), None, None, lengths, True, True)
+    torch.library.opcheck(torch.ops.fusedrnn.recurrence_fwd.default, fwd_args)
+    out, gates, c, m = torch.ops.fusedrnn.recurrence_fwd(*fwd_args)
+    assert c.numel() == 0 and m.numel() == 0
+    bwd_args = (cell, gates, None, None, w_hh, rand(*out.shape), rand(B, H), None, None, lengths, True, True)
+    torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd.default, bwd_args)
+    torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd_.default, (cell, gates.clone(), *bwd_args[2:]))
 
 
 def test_autocast_check_under_compilation_does_not_ask_torch_for_availability(monkeypatch):

@@ -1,0 +1,276 @@
+"""fusedrnn.RNN against torch.nn.RNN: constructor, parameters, init, state_dict, repr, errors,
+every input form, outputs and every gradient, on each backend; the compiled module; and the
+three-way comparison with cuDNN on CUDA.
+
+The big cross product runs on the reference path (float64, fast); the kernels (interpreted on
+CPU) run a smaller one in every launch strategy (the ``strategy`` fixture).
+"""
+
+import itertools
+
+import pytest
+import torch
+from helpers import CUDA_DTYPES, DEVICE, NEEDS_CUDA
+from torch import nn
+from torch.nn.utils.rnn import pack_sequence
+
+import fusedrnn
+from fusedrnn._double_backward import DOUBLE_BACKWARD_ERROR
+from fusedrnn.testing import assert_close, assert_no_worse_than
+
+I, H = 5, 7
+
+
+def pair(nonlinearity="tanh", backend="reference", dtype=torch.float64, device="cpu", **kwargs):
+    """torch.nn.RNN and fusedrnn.RNN with the same weights: torch's float64 init under one
+    seed, whatever the dtype (a float32 init draws other numbers), so every pair of a test
+    holds the same values."""
+    torch.manual_seed(0)
+    init = nn.RNN(I, H, nonlinearity=nonlinearity, dtype=torch.float64, **kwargs).state_dict()
+    theirs = nn.RNN(I, H, nonlinearity=nonlinearity, dtype=dtype, device=device, **kwargs)
+    ours = fusedrnn.RNN(I, H, nonlinearity=nonlinearity, backend=backend, dtype=dtype, device=device, **kwargs)
+    theirs.load_state_dict(init)
+    ours.load_state_dict(init)
+    return theirs, ours
+
+
+def run(module, x, hx, **kwargs):
+    """Outputs and the gradients of x, hx and every parameter, by name, for a fixed nonlinear loss."""
+    packed = not isinstance(x, torch.Tensor)
+    leaf = (x.data if packed else x).detach().clone().requires_grad_()
+    x = x._replace(data=leaf) if packed else leaf
+    hx = hx.detach().clone().requires_grad_() if hx is not None else None
+    module.zero_grad()
+    y, h_n = module(x, hx, **kwargs) if kwargs else module(x, hx)
+    data = y.data if packed else y
+    (data.square().sum() + (h_n * h_n.detach().sin()).sum()).backward()
+    result = {"output": data, "h_n": h_n, "grad input": leaf.grad}
+    if hx is not None:
+        result["grad hx"] = hx.grad
+    result.update({f"grad {n}": p.grad for n, p in module.named_parameters()})
+    return result
+
+
+def assert_all_close(actual, expected, rel):
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert actual[name] is not None, name
+        assert_close(actual[name].double().cpu(), expected[name].double().cpu(), rel=rel, name=name)
+
+
+LAYOUTS = list(itertools.product([1, 2], [False, True], [True, False], [False, True], ["tanh", "relu"], [False, True]))
+
+
+@pytest.mark.parametrize(
+    "num_layers, bidirectional, bias, batch_first, nonlinearity, hx", LAYOUTS,
+    ids=[f"L{n}-{'bi' if b else 'uni'}-{'bias' if bb else 'nobias'}-{'bf' if bf else 'tm'}-{nl}-{'hx' if h else 'nohx'}"
+         for n, b, bb, bf, nl, h in LAYOUTS],
+)  # fmt: skip
+def test_reference_matches_torch_over_the_cross_product(num_layers, bidirectional, bias, batch_first, nonlinearity, hx):
+    """Batched, unbatched and packed (unsorted) input, float64: outputs and every gradient."""
+    kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, bias=bias, batch_first=batch_first)
+    theirs, ours = pair(nonlinearity, **kwargs)
+    states = num_layers * (2 if bidirectional else 1)
+    g = torch.Generator().manual_seed(1)
+    T, B = 4, 3
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), generator=g, dtype=torch.float64)
+    h0 = torch.randn(states, B, H, generator=g, dtype=torch.float64) if hx else None
+    assert_all_close(run(ours, x, h0), run(theirs, x, h0), rel=1e-12)
+    x1 = torch.randn(T, I, generator=g, dtype=torch.float64)  # unbatched
+    assert_all_close(run(ours, x1, h0[:, 0] if hx else None), run(theirs, x1, h0[:, 0] if hx else None), rel=1e-12)
+    if not batch_first:
+        seqs = [torch.randn(n, I, generator=g, dtype=torch.float64) for n in (2, 4, 1)]
+        packed = pack_sequence(seqs, enforce_sorted=False)
+        assert_all_close(run(ours, packed, h0), run(theirs, packed, h0), rel=1e-12)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_lengths_equal_packing(nonlinearity, batch_first):
+    """``lengths=`` with padded input gives what torch gives for the packed batch, padded again."""
+    theirs, ours = pair(nonlinearity, num_layers=2, bidirectional=True, batch_first=batch_first)
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.tensor([2, 4, 1])
+    x = torch.randn((3, 4, I) if batch_first else (4, 3, I), generator=g, dtype=torch.float64)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+    y_ref, h_ref = theirs(packed)
+    y_ref, _ = torch.nn.utils.rnn.pad_packed_sequence(y_ref, batch_first=batch_first, total_length=4)
+    y, h_n = ours(x, lengths=lengths)
+    assert_close(y, y_ref, rel=1e-12, name="output")
+    assert_close(h_n, h_ref, rel=1e-12, name="h_n")
+
+
+KERNEL_CASES = [
+    dict(num_layers=2, bidirectional=True),
+    dict(batch_first=True, bias=False),
+]
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=["stacked-bidirectional", "batch-first-no-bias"])
+def test_kernels_match_the_float64_reference(case, nonlinearity, strategy):
+    """fp32 kernels in every strategy, batched with h0, packed unsorted, and lengths, against
+    the reference in float64 at 1e-5: outputs and every gradient."""
+    _, oracle = pair(nonlinearity, **case)
+    _, ours = pair(nonlinearity, backend="triton", dtype=torch.float32, device=DEVICE, **case)
+    states = case.get("num_layers", 1) * (2 if case.get("bidirectional") else 1)
+    g = torch.Generator().manual_seed(3)
+    batch_first = case.get("batch_first", False)
+    T, B = 4, 17  # two batch blocks of 16
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), generator=g, dtype=torch.float64)
+    h0 = torch.randn(states, B, H, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+
+    def both(x, h0, **kwargs):
+        expected = run(oracle, x, h0, **kwargs)
+        dev = (lambda t: t.to(DEVICE, torch.float32) if t is not None else None)
+        actual = run(ours, dev(x), dev(h0), **kwargs)
+        assert_all_close(actual, expected, rel=1e-5)
+
+    both(x, h0)
+    both(x, None, lengths=lengths)
+    if not batch_first:
+        seqs = [torch.randn(n, I, generator=g, dtype=torch.float64) for n in (2, 4, 1)]
+        expected = run(oracle, pack_sequence(seqs, enforce_sorted=False), h0[:, :3])
+        packed32 = pack_sequence([s.to(DEVICE, torch.float32) for s in seqs], enforce_sorted=False)
+        actual = run(ours, packed32, h0[:, :3].to(DEVICE, torch.float32))
+        assert_all_close(actual, expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_kernels_in_16_bits_are_no_worse_than_the_reference_in_16_bits(dtype):
+    """Against float64: ours no worse than twice the reference's error in the same dtype."""
+    _, exact = pair("tanh", num_layers=2)
+    _, ours = pair("tanh", backend="triton", dtype=dtype, device=DEVICE, num_layers=2)
+    _, same = pair("tanh", dtype=dtype, num_layers=2)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 17, I, generator=g, dtype=torch.float64)
+    results = [run(m, x.to(d, t), None) for m, d, t in ((exact, "cpu", torch.float64), (ours, DEVICE, dtype),
+                                                        (same, "cpu", dtype))]  # fmt: skip
+    exact_r, ours_r, same_r = ([{k: v.double().cpu() for k, v in r.items()} for r in results])
+    eps = torch.finfo(dtype).eps
+    # Triton 3.6's interpreter casts fp32 to bf16 by truncation (its cast_impl passes no
+    # rounding mode), where a GPU rounds to nearest: its unit roundoff is eps, not eps / 2.
+    unit_roundoff = eps if dtype == torch.bfloat16 and DEVICE == "cpu" else eps / 2
+    assert_no_worse_than(ours_r, same_r, exact_r, atol=unit_roundoff, cap=2 * eps,
+                         baseline_name=f"reference in {dtype}")  # fmt: skip
+
+
+def test_backward_in_eval_mode_and_bitwise_repeatable_gradients():
+    """cuDNN refuses an RNN backward in eval mode; the kernels do not. Two runs give the same
+    bits (no atomics)."""
+    _, ours = pair("relu", backend="triton", dtype=torch.float32, device=DEVICE, num_layers=2, bidirectional=True)
+    ours.eval()
+    x = torch.randn(3, 17, I, device=DEVICE)
+    first, second = run(ours, x, None), run(ours, x, None)
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+def test_double_backward_on_the_reference_path_and_a_clear_error_on_the_kernels():
+    theirs, ours = pair("tanh")
+    x = torch.randn(3, 2, I, dtype=torch.float64, requires_grad=True)
+    (g_ours,) = torch.autograd.grad(ours(x)[0].square().sum(), x, create_graph=True)
+    (g_theirs,) = torch.autograd.grad(theirs(x)[0].square().sum(), x, create_graph=True)
+    (gg_ours,) = torch.autograd.grad(g_ours.sum(), x)
+    (gg_theirs,) = torch.autograd.grad(g_theirs.sum(), x)
+    assert_close(gg_ours, gg_theirs, rel=1e-10, name="double backward")
+    _, kernels = pair("tanh", backend="triton", dtype=torch.float32, device=DEVICE)
+    x32 = x.detach().float().to(DEVICE).requires_grad_()
+    (g,) = torch.autograd.grad(kernels(x32)[0].square().sum(), x32, create_graph=True)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        torch.autograd.grad(g.sum(), x32)
+    assert "double backward" in DOUBLE_BACKWARD_ERROR
+
+
+def test_constructor_init_state_dict_and_repr_are_torch_s():
+    for args, kwargs in [((I, H), {}), ((I, H, 2, "relu", False, True, 0.5, True), {}),
+                         ((I, H), dict(nonlinearity="relu", num_layers=3, bidirectional=True))]:  # fmt: skip
+        torch.manual_seed(5)
+        theirs = nn.RNN(*args, **kwargs)
+        torch.manual_seed(5)
+        ours = fusedrnn.RNN(*args, **kwargs)
+        assert repr(ours) == repr(theirs) and ours.nonlinearity == theirs.nonlinearity and ours.mode == theirs.mode
+        assert ours.state_dict().keys() == theirs.state_dict().keys()
+        for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+            assert torch.equal(a, b), name  # the same init under one seed
+    assert repr(fusedrnn.RNN(I, H, backend="triton")) == "RNN(5, 7, backend='triton')"
+
+
+def error_of(call):
+    try:
+        call()
+    except Exception as err:  # noqa: BLE001: the point is to compare whatever is raised
+        return type(err), str(err)
+    return None
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
+def test_errors_are_torch_s(backend):
+    """The same exception type and message as torch.nn.RNN for bad arguments and input."""
+    device = DEVICE if backend == "triton" else "cpu"
+    theirs = nn.RNN(I, H, num_layers=2, device=device)
+    ours = fusedrnn.RNN(I, H, num_layers=2, backend=backend, device=device)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(3, 2, I, device=device)
+    bad_calls = [
+        lambda m: m(torch.randn(3, 2, I + 1, device=device)),  # input size
+        lambda m: m(x, torch.randn(2, 3, H, device=device)),  # hidden size
+        lambda m: m(x, torch.randn(2, 2, device=device)),  # batched input, 2-D hx
+        lambda m: m(x[:, 0], torch.randn(2, 1, 2, H, device=device)),  # unbatched input, 4-D hx
+        lambda m: m(torch.randn(3, device=device)),  # 1-D input
+    ]
+    for call in bad_calls:
+        assert error_of(lambda: call(ours)) == error_of(lambda: call(theirs)) != None  # noqa: E711
+    for make in (lambda: nn.RNN(I, H, nonlinearity="gelu"), lambda: nn.RNN(I, H, proj_size=2)):
+        kind, message = error_of(make)
+        ours_kind, ours_message = error_of(lambda: (fusedrnn.RNN(I, H, nonlinearity="gelu") if "gelu" in message
+                                                    else fusedrnn.RNN(I, H, proj_size=2)))  # fmt: skip
+        assert (ours_kind, ours_message) == (kind, message)
+
+
+def test_auto_on_cpu_is_torch_s_own_op():
+    """On CPU under "auto", torch.nn.RNN.forward itself: the same bits, not our Function."""
+    theirs, ours = pair("relu", backend="auto", dtype=torch.float32, num_layers=2)
+    x = torch.randn(5, 3, I, requires_grad=True)
+    y, h_n = ours(x)
+    assert "RecurrenceFunction" not in type(y.grad_fn).__name__
+    y_ref, h_ref = theirs(x)
+    assert torch.equal(y, y_ref) and torch.equal(h_n, h_ref)
+
+
+def test_compiled_module_matches_eager_with_one_graph_and_t_dynamic():
+    """torch.compile(fullgraph=True) on the kernel path: one graph, the same results, and a
+    new sequence length recompiles once (automatic dynamic shapes), then no more."""
+    torch._dynamo.reset()
+    _, ours = pair("tanh", backend="triton", dtype=torch.float32, device=DEVICE, num_layers=2, bidirectional=True)
+    frames = []
+
+    def count(gm, example_inputs):
+        frames.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(ours, fullgraph=True, backend=count)
+    for steps in (2, 3, 5):
+        x = torch.randn(steps, 3, I, device=DEVICE)
+        torch.testing.assert_close(compiled(x)[0], ours(x)[0], rtol=1e-6, atol=1e-6)
+    assert len(frames) == 2
+    torch._dynamo.reset()
+
+
+@NEEDS_CUDA
+@CUDA_DTYPES
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_three_way_against_cudnn(nonlinearity, dtype, tf32, monkeypatch):
+    """On CUDA: ours and cuDNN's nn.RNN, both against the float64 reference; ours no worse than
+    twice cuDNN's error (plus rounding), output and every gradient."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    kwargs = dict(num_layers=2, bidirectional=True)
+    _, exact = pair(nonlinearity, **kwargs)
+    cudnn, ours = pair(nonlinearity, backend="triton", dtype=dtype, device="cuda", **kwargs)
+    x = torch.randn(6, 8, I, dtype=torch.float64)
+    want = run(exact, x, None)
+    got_ours = {k: v.double().cpu() for k, v in run(ours, x.to("cuda", dtype), None).items()}
+    got_cudnn = {k: v.double().cpu() for k, v in run(cudnn, x.to("cuda", dtype), None).items()}
+    eps = torch.finfo(dtype).eps if dtype != torch.float32 or not tf32 else 2**-10
+    assert_no_worse_than(got_ours, got_cudnn, want, atol=eps, baseline_name="cuDNN")
