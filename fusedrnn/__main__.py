@@ -8,8 +8,8 @@ from fusedrnn._usage import UsageError
 
 COMMANDS = {
     "charlm": (charlm, "train a character-level language model on fusedrnn.LSTM"),
-    "check": (check, "compare fusedrnn.LSTM with torch.nn.LSTM, tensor by tensor"),
-    "trace": (trace, "print every gate, c and h at every step of a small LSTM"),
+    "check": (check, "compare fusedrnn.LSTM (or RNN) with torch.nn.LSTM (or RNN), tensor by tensor"),
+    "trace": (trace, "print every gate, c and h at every step of a small LSTM (or an RNN's pre-activation and h)"),
 }
 
 

@@ -1,10 +1,11 @@
-"""``python -m fusedrnn check``: fusedrnn against torch.nn.LSTM, tensor by tensor.
+"""``python -m fusedrnn check``: fusedrnn against torch.nn.LSTM (``--cell lstm``, default) or
+torch.nn.RNN (``--cell rnn``, ``--nonlinearity tanh|relu``), tensor by tensor.
 
-Runs fusedrnn.LSTM and torch.nn.LSTM (cuDNN on CUDA) on the same weights, input, initial
-state and output cotangents, and prints for the output, h_n, c_n and the gradient of the
-input, h0, c0 and every parameter: the mean and max absolute difference and the relative
-error ||ours - torch|| / ||torch||, plus both errors against a float64 CPU run of
-torch.nn.LSTM and, for gradients, ours against the hand-derived BPTT of
+Runs fusedrnn's module and torch's (cuDNN on CUDA) on the same weights, input, initial
+state and output cotangents, and prints for the output, h_n, c_n (the LSTM's) and the
+gradient of the input, h0, c0 and every parameter: the mean and max absolute difference and
+the relative error ||ours - torch|| / ||torch||, plus both errors against a float64 CPU run
+of torch's module and, for gradients, ours against the hand-derived BPTT of
 ``fusedrnn.kernels.reference`` (float64, no autograd). Exits 1 when a tensor is out of
 tolerance, or when the two float64 oracles (autograd, hand-derived BPTT) disagree by more
 than rounding:
@@ -27,6 +28,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def add_arguments(parser):
+    parser.add_argument("--cell", choices=["lstm", "rnn"], default="lstm", help="torch.nn.LSTM or torch.nn.RNN")
+    parser.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="the RNN's (--cell rnn)")
     parser.add_argument("--seq-len", "-T", type=int, default=16)
     parser.add_argument("--batch", "-B", type=int, default=8)
     parser.add_argument("--input-size", "-I", type=int, default=32)
@@ -79,16 +82,20 @@ def check_backend(args, backend):
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
     T, B, I, H = args.seq_len, args.batch, args.input_size, args.hidden_size
     torch.manual_seed(args.seed)
+    lstm = args.cell == "lstm"
+    if not lstm and args.proj_size:
+        raise UsageError("--proj-size is the LSTM's (torch.nn.RNN has no projection)")
     kwargs = {
         "bias": not args.no_bias,
         "batch_first": args.batch_first,
         "num_layers": args.num_layers,
         "bidirectional": args.bidirectional,
-        "proj_size": args.proj_size,
+        **({"proj_size": args.proj_size} if lstm else {"nonlinearity": args.nonlinearity}),
     }
-    exact = torch.nn.LSTM(I, H, dtype=torch.float64, **kwargs)
-    theirs = torch.nn.LSTM(I, H, **kwargs).to(device, dtype)
-    ours = fusedrnn.LSTM(I, H, backend=backend, **kwargs).to(device, dtype)
+    torch_module, our_module = (torch.nn.LSTM, fusedrnn.LSTM) if lstm else (torch.nn.RNN, fusedrnn.RNN)
+    exact = torch_module(I, H, dtype=torch.float64, **kwargs)
+    theirs = torch_module(I, H, **kwargs).to(device, dtype)
+    ours = our_module(I, H, backend=backend, **kwargs).to(device, dtype)
     theirs.load_state_dict(exact.state_dict())
     ours.load_state_dict(exact.state_dict())
 
@@ -98,14 +105,12 @@ def check_backend(args, backend):
         lengths[torch.randperm(B)[:2]] = torch.tensor([1, T])[: min(B, 2)]
         x = pack_padded_sequence(x, lengths, batch_first=args.batch_first, enforce_sorted=False)
     states = args.num_layers * (2 if args.bidirectional else 1)
-    hx = (
-        torch.randn(states, B, args.proj_size or H, dtype=torch.float64),
-        torch.randn(states, B, H, dtype=torch.float64),
-    )
+    h0 = torch.randn(states, B, args.proj_size or H, dtype=torch.float64)
+    hx = (h0, torch.randn(states, B, H, dtype=torch.float64)) if lstm else h0
     with torch.no_grad():
-        y, (h_n, c_n) = exact(x, hx)
+        y, final = exact(x, hx)
     y = y.data if args.packed else y
-    cotangents = [torch.randn_like(t) for t in (y, h_n, c_n)]
+    cotangents = [torch.randn_like(t) for t in (y, *(final if lstm else (final,)))]
 
     def on_device(t):
         if isinstance(t, PackedSequence):
@@ -114,11 +119,13 @@ def check_backend(args, backend):
 
     want = module_forward_backward(exact, x, hx, cotangents)
     by_hand = bptt_gradients(exact, x, hx, cotangents)
-    got_torch = module_forward_backward(theirs, on_device(x), tuple(map(on_device, hx)), cotangents)
-    got_ours = module_forward_backward(ours, on_device(x), tuple(map(on_device, hx)), cotangents)
+    hx_device = tuple(map(on_device, hx)) if lstm else on_device(hx)
+    got_torch = module_forward_backward(theirs, on_device(x), hx_device, cotangents)
+    got_ours = module_forward_backward(ours, on_device(x), hx_device, cotangents)
 
-    torch_name = "cuDNN" if device.type == "cuda" else "torch.nn.LSTM"
-    config = ", ".join(f"{k}={v}" for k, v in kwargs.items() if v != {"bias": True}.get(k, 0 if k != "num_layers" else 1))
+    torch_name = "cuDNN" if device.type == "cuda" else f"torch.nn.{torch_module.__name__}"
+    defaults = {"bias": True, "num_layers": 1, "nonlinearity": "tanh"}
+    config = ", ".join(f"{k}={v}" for k, v in kwargs.items() if v != defaults.get(k, 0))
     config += ", packed" if args.packed else ""
     print(f"\nbackend={backend}  vs {torch_name}  ({args.dtype}, {device}, T={T} B={B} I={I} H={H}{', ' + config if config else ''})")
     header = (
@@ -151,11 +158,12 @@ def check_backend(args, backend):
 
 
 def bptt_gradients(module, x, hx, cotangents):
-    """Every gradient of a float64 ``torch.nn.LSTM`` (no dropout) by the hand-derived BPTT of
-    ``fusedrnn.kernels.reference`` (no autograd), named as ``module_forward_backward`` names them."""
-    from fusedrnn.kernels.reference import lstm_layers_reference_backward
+    """Every gradient of a float64 ``torch.nn.LSTM`` or ``torch.nn.RNN`` (no dropout) by the
+    hand-derived BPTT of ``fusedrnn.kernels.reference`` (no autograd), named as
+    ``module_forward_backward`` names them."""
+    from fusedrnn.kernels.reference import lstm_layers_reference_backward, rnn_layers_reference_backward
 
-    grad_output, grad_h_n, grad_c_n = cotangents
+    grad_output = cotangents[0]
     lengths = None
     if isinstance(x, PackedSequence):
         x_time_major, lengths = pad_packed_sequence(x)
@@ -164,23 +172,21 @@ def bptt_gradients(module, x, hx, cotangents):
         x_time_major, grad_output = x.transpose(0, 1), grad_output.transpose(0, 1)
     else:
         x_time_major = x
-    grads = lstm_layers_reference_backward(
-        x_time_major,
-        hx,
-        module._flat_weights,
-        grad_output,
-        grad_h_n,
-        grad_c_n,
-        num_layers=module.num_layers,
-        bidirectional=module.bidirectional,
-        lengths=lengths,
-    )
+    layout = dict(num_layers=module.num_layers, bidirectional=module.bidirectional, lengths=lengths)
+    if isinstance(module, torch.nn.LSTM):
+        grads = lstm_layers_reference_backward(x_time_major, hx, module._flat_weights, grad_output, *cotangents[1:],
+                                               **layout)  # fmt: skip
+    else:
+        grads = rnn_layers_reference_backward(x_time_major, hx, module._flat_weights, grad_output, cotangents[1],
+                                              nonlinearity=module.nonlinearity, **layout)  # fmt: skip
     grad_input = grads["input"]
     if isinstance(x, PackedSequence):
         grad_input = pack_padded_sequence(grad_input, lengths, enforce_sorted=False).data
     elif module.batch_first:
         grad_input = grad_input.transpose(0, 1)
-    named = {"grad input": grad_input, "grad h0": grads["h0"], "grad c0": grads["c0"]}
+    named = {"grad input": grad_input, "grad h0": grads["h0"]}
+    if "c0" in grads:
+        named["grad c0"] = grads["c0"]
     named.update({f"grad {n}": g for n, g in zip(module._flat_weights_names, grads["weights"])})
     return named
 

@@ -42,22 +42,26 @@ def error_stats(actual: torch.Tensor, expected: torch.Tensor) -> ErrorStats:
 
 
 def module_forward_backward(module, x, hx, cotangents, **forward_kwargs):
-    """Run an LSTM module on leaf copies of x (a tensor or a PackedSequence) and hx (or None),
-    backpropagate the cotangents of output (of its ``.data`` when packed), h_n and c_n, and
-    return {name: tensor}: the three outputs and the gradients of the input, h0, c0 (when
-    given) and every parameter, by parameter name."""
+    """Run an LSTM or RNN module on leaf copies of x (a tensor or a PackedSequence) and hx (an
+    LSTM's ``(h0, c0)``, an RNN's ``h0``, or None), backpropagate the cotangents of output (of
+    its ``.data`` when packed), h_n (and c_n), and return {name: tensor}: the outputs and the
+    gradients of the input, h0 (and c0) when given and every parameter, by parameter name."""
     packed = isinstance(x, PackedSequence)
     leaf = (x.data if packed else x).detach().clone().requires_grad_()
     x = x._replace(data=leaf) if packed else leaf
-    hx = tuple(t.detach().clone().requires_grad_() for t in hx) if hx is not None else None
-    module.zero_grad()
-    y, (h_n, c_n) = module(x, hx, **forward_kwargs)
-    y = y.data if packed else y
-    loss = sum((o * d.to(o.device, o.dtype)).sum() for o, d in zip((y, h_n, c_n), cotangents))
-    loss.backward()
-    result = {"output": y, "h_n": h_n, "c_n": c_n, "grad input": leaf.grad}
+    one_state = isinstance(hx, torch.Tensor) or (hx is None and len(cotangents) == 2)
     if hx is not None:
-        result.update({"grad h0": hx[0].grad, "grad c0": hx[1].grad})
+        hx = hx.detach().clone().requires_grad_() if one_state else tuple(t.detach().clone().requires_grad_() for t in hx)
+    module.zero_grad()
+    y, final = module(x, hx, **forward_kwargs)
+    y = y.data if packed else y
+    finals = (final,) if one_state else tuple(final)
+    loss = sum((o * d.to(o.device, o.dtype)).sum() for o, d in zip((y, *finals), cotangents))
+    loss.backward()
+    names = ("h_n",) if one_state else ("h_n", "c_n")
+    result = {"output": y, **dict(zip(names, finals)), "grad input": leaf.grad}
+    if hx is not None:
+        result.update({"grad h0": hx.grad} if one_state else {"grad h0": hx[0].grad, "grad c0": hx[1].grad})
     result.update({f"grad {n}": p.grad for n, p in module.named_parameters()})
     return result
 

@@ -1,4 +1,6 @@
-"""``python -m fusedrnn trace``: every gate, ``c`` and ``h`` of a small LSTM, step by step.
+"""``python -m fusedrnn trace``: every gate, ``c`` and ``h`` of a small LSTM, step by step
+(``--cell rnn``: each step's pre-activation and ``h`` of a torch.nn.RNN, then the gradients
+of sum(h_T) by hand-derived BPTT against torch's autograd, parameter by parameter).
 
 For each step it prints each gate's pre-activation ("raw computation") and activation, the
 new cell state and the new hidden state, in the order of the hand-written notebooks (forget,
@@ -56,6 +58,8 @@ OUTPUT_KEYS = {"W_y", "b_y"}
 
 
 def add_arguments(parser):
+    parser.add_argument("--cell", choices=["lstm", "rnn"], default="lstm", help="torch.nn.LSTM or torch.nn.RNN")
+    parser.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="the RNN's (--cell rnn)")
     parser.add_argument("--example", action="store_true", help="the numerical example notebook's weights and input")
     parser.add_argument("--weights", metavar="FILE", help="JSON weights, torch's or the notebooks' layout")
     parser.add_argument(
@@ -219,12 +223,128 @@ def check_against_module(x, state, steps, backend):
     return f"backend={backend!r}, {dtype}", h_diff, c_diff
 
 
+RNN_KEYS = TORCH_KEYS  # torch.nn.RNN's names: weight_ih_l0 (H, I), weight_hh_l0 (H, H), biases (H,)
+
+
+def rnn_weights(weights, input_size):
+    """torch.nn.RNN's one-layer state dict (float64) from JSON in torch's layout; biases
+    default to zero."""
+    unknown = set(weights) - RNN_KEYS
+    missing = {"weight_ih_l0", "weight_hh_l0"} - set(weights)
+    if unknown or missing:
+        raise ValueError(f"RNN weights are torch's {sorted(RNN_KEYS)} (biases optional); unknown {sorted(unknown)}, "
+                         f"missing {sorted(missing)}")  # fmt: skip
+    state = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in weights.items()}
+    H = state["weight_hh_l0"].shape[0]
+    if state["weight_hh_l0"].shape != (H, H) or state["weight_ih_l0"].shape != (H, input_size):
+        raise ValueError(f"expected weight_hh_l0 (H, H) and weight_ih_l0 (H, {input_size}) for the input, got "
+                         f"{tuple(state['weight_hh_l0'].shape)} and {tuple(state['weight_ih_l0'].shape)}")  # fmt: skip
+    for name in ("bias_ih_l0", "bias_hh_l0"):
+        state.setdefault(name, torch.zeros(H, dtype=torch.float64))
+    return state
+
+
+def trace_rnn(x, state, nonlinearity, decimals=4):
+    """The RNN's step-by-step print-out as lines, and its h_t stacked (T, H), from zero state."""
+    import numpy as np
+
+    from fusedrnn.kernels.reference import RNN_NONLINEARITIES
+
+    def show(t):
+        return str(np.round(t.numpy().flatten(), decimals))
+
+    w_ih, w_hh = state["weight_ih_l0"], state["weight_hh_l0"]
+    h = torch.zeros(w_hh.shape[0], dtype=torch.float64)
+    lines = ["=== RNN Forward Pass Debug Details ===", f"Initial hidden state (h0): {show(h)}"]
+    hs = []
+    for t, x_t in enumerate(x):
+        z = x_t @ w_ih.t() + state["bias_ih_l0"] + h @ w_hh.t() + state["bias_hh_l0"]
+        h = RNN_NONLINEARITIES[nonlinearity](z)
+        hs.append(h)
+        lines += ["", f"[Time Step {t + 1}]", f"Input x[{t}]: {x_t.numpy().flatten()}",
+                  f"  z = x W_ih^T + b_ih + h W_hh^T + b_hh: {show(z)}",
+                  f"  h = {nonlinearity}(z): {show(h)}", "-" * 50]  # fmt: skip
+    return lines, torch.stack(hs)
+
+
+def rnn_gradient_lines(x, state, nonlinearity, decimals):
+    """The gradients of sum(h_T) by the hand-derived BPTT (``RNNEquations``) and by autograd
+    through torch.nn.RNN, per parameter: the question of the notebook whose hand gradients of
+    an nn.RNN did not match. Returns (lines, max |difference|)."""
+    from fusedrnn.kernels.reference import rnn_layers_reference_backward
+
+    H, I = state["weight_ih_l0"].shape
+    rnn = torch.nn.RNN(I, H, nonlinearity=nonlinearity, dtype=torch.float64)
+    rnn.load_state_dict(state)
+    _, h_n = rnn(x[:, None])
+    h_n.sum().backward()
+    by_hand = rnn_layers_reference_backward(x[:, None], None, rnn._flat_weights, None, torch.ones_like(h_n),
+                                            nonlinearity=nonlinearity)  # fmt: skip
+    lines = ["", "Gradients of sum(h_T): hand-derived BPTT (fusedrnn.kernels.reference) vs torch.nn.RNN autograd"]
+    worst = 0.0
+    for name, g in zip(rnn._flat_weights_names, by_hand["weights"]):
+        theirs = getattr(rnn, name).grad
+        diff = (g - theirs).abs().max().item()
+        worst = max(worst, diff)
+        lines.append(f"  {name}: BPTT {g.numpy().round(decimals).tolist()}  torch {theirs.numpy().round(decimals).tolist()}  "
+                     f"max |diff| {diff:.1e}")  # fmt: skip
+    return lines, worst
+
+
+def main_rnn(args, x, weights, generator):
+    """``--cell rnn``: trace, the module cross-check, the gradients' check."""
+    import fusedrnn
+
+    if weights is None:
+        I, H = x.shape[1], args.hidden_size
+        bound = H**-0.5  # torch.nn.RNN's initialisation
+        weights = {name: (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+                   for name, shape in [("weight_ih_l0", (H, I)), ("weight_hh_l0", (H, H)), ("bias_ih_l0", (H,)),
+                                       ("bias_hh_l0", (H,))]}  # fmt: skip
+    try:
+        state = rnn_weights(weights, x.shape[1])
+    except ValueError as error:
+        raise UsageError(f"--weights: {error}" if args.weights else str(error)) from None
+    lines, hs = trace_rnn(x, state, args.nonlinearity, args.decimals)
+    print("=" * 60)
+    print(f"RNN ({args.nonlinearity}) step by step (fusedrnn)")
+    print("=" * 60, "\n")
+    print("\n".join(lines))
+    dtype = torch.float32 if args.backend == "triton" else torch.float64
+    H, I = state["weight_ih_l0"].shape
+    module = fusedrnn.RNN(I, H, nonlinearity=args.nonlinearity, backend=args.backend).to(dtype)
+    module.load_state_dict({k: v.to(dtype) for k, v in state.items()})
+    with torch.no_grad():
+        output, _ = module(x.to(dtype)[:, None])
+    h_diff = (output[:, 0].double() - hs).abs().max().item()
+    tolerance = 1e-5 if args.backend == "triton" else 1e-12
+    grad_lines, grad_diff = rnn_gradient_lines(x, state, args.nonlinearity, args.decimals)
+    print("\n".join(grad_lines))
+    agrees = h_diff <= tolerance and grad_diff <= 1e-12
+    print(f"\nfusedrnn.RNN (backend={args.backend!r}, {dtype}) on the same weights and input: max |h_t - trace| = "
+          f"{h_diff:.1e}; BPTT vs autograd: {grad_diff:.1e}: {'agrees' if agrees else 'DISAGREES'}")  # fmt: skip
+    return 0 if agrees else 1
+
+
 def main(args):
     if args.backend == "triton" and not torch.cuda.is_available():
         import os
 
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
     generator = torch.Generator().manual_seed(args.seed)
+    if args.cell == "rnn":
+        if args.example:
+            raise UsageError("--example is the LSTM notebook's; with --cell rnn give --weights or --input")
+        x = (parse_sequence(args.input) if args.input is not None
+             else torch.randn(args.seq_len, args.input_size, generator=generator, dtype=torch.float64))  # fmt: skip
+        weights = None
+        if args.weights:
+            try:
+                with open(args.weights) as f:
+                    weights = json.load(f)
+            except (OSError, json.JSONDecodeError) as error:
+                raise UsageError(f"--weights: cannot read {args.weights} as JSON: {error}") from None
+        return main_rnn(args, x, weights, generator)
     if args.example and args.weights:
         raise UsageError("--example and --weights: pick one")
     if args.example:

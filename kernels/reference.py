@@ -1,5 +1,5 @@
-"""The LSTM in plain PyTorch ops: the CPU path of ``fusedrnn.LSTM``/``LSTMCell`` and the
-tests' oracle.
+"""The LSTM and the RNN in plain PyTorch ops: the reference path of ``fusedrnn.LSTM``,
+``LSTMCell`` and ``RNN``, and the tests' oracle.
 
 Differentiable by autograd (twice, too), any device and dtype. It follows the kernels'
 numerics: the input projection is one GEMM in the input dtype; the recurrent product, the
@@ -55,13 +55,17 @@ Stacks: layer l's output is layer l+1's input, the two directions concatenated, 
 layer's dx (summed over its directions) is the dy of the layer below; dL/dh_n and dL/dc_n
 enter each layer and direction at its own last step.
 
-Adding a cell (GRU, tanh RNN): the driver owns time, ``reverse``, ``lengths`` and the input
+The RNN (``torch.nn.RNN``, tanh or relu) is ``RNNEquations`` on the same driver
+(``rnn_layers_reference_backward``); its equations are in its docstring.
+
+Adding a cell (GRU): the driver owns time, ``reverse``, ``lengths`` and the input
 projection ``zx_t = x_t W_ih^T + b_ih`` with its gradients (dx, dW_ih, db_ih); a cell owns
 the rest. Write a class like ``LSTMEquations`` with ``output_size``, ``state_shapes(B)``,
 ``forward_step(zx_t, state) -> (state_t, y_t, cache)`` and ``backward_step(d_state, dy_t,
 cache) -> (d_state_prev, dzx_t, {parameter name: this step's gradient})``, write its
-equations into this docstring, and a wrapper like ``lstm_reference_backward`` that builds it
-and calls ``bptt_forward`` then ``bptt_backward``.
+equations into its docstring, and a wrapper like ``rnn_layers_reference_backward`` that
+builds it and calls ``_stack_reference_backward`` (or, for one layer, ``bptt_forward`` then
+``bptt_backward``).
 """
 
 from dataclasses import dataclass, field
@@ -359,30 +363,50 @@ def lstm_layers_reference_backward(
     directions = 2 if bidirectional else 1
     per_layer = len(weights) // (num_layers * directions)
     has_bias, has_proj = per_layer in (4, 5), per_layer in (3, 5)
+    names = ["weight_ih", "weight_hh"] + ["bias_ih", "bias_hh"] * has_bias + ["weight_hr"] * has_proj
+
+    def make_cell(w):
+        return LSTMEquations(w[1], w[3] if has_bias else None, w[-1] if has_proj else None)
+
+    grads = _stack_reference_backward(
+        make_cell, names, x, hx, weights, grad_output, (grad_h_n, grad_c_n), num_layers=num_layers,
+        directions=directions, lengths=lengths,
+    )  # fmt: skip
+    h0, c0 = grads["states0"] if hx is not None else (None, None)
+    return {"input": grads["input"], "h0": h0, "c0": c0, "weights": grads["weights"]}
+
+
+def _stack_reference_backward(make_cell, names, x, hx, weights, grad_output, grad_states_n, *, num_layers,
+                              directions, lengths):  # fmt: skip
+    """The BPTT of a stack of layers of any cell: ``make_cell(layer weights)`` builds a
+    layer's equations (its w_ih and b_ih are the weights named "weight_ih", "bias_ih" in
+    ``names``, the layer's weight names in order); ``hx`` a tuple of the cell's states
+    ``(L*D, B, *)`` or None; ``grad_states_n`` a tuple like it (None entries for zeros).
+    Returns ``{"input", "states0" (a tuple of stacked gradients, or None), "weights"}``."""
+    per_layer = len(names)
     weights = [_exact(w) for w in weights]
-    h0, c0 = (_exact(hx[0]), _exact(hx[1])) if hx is not None else (None, None)
+    states0 = tuple(_exact(s) for s in hx) if hx is not None else None
     tapes = []
     layer_input = _exact(x)
     for layer in range(num_layers):
         outputs = []
         for direction in range(directions):
             index = layer * directions + direction
-            w = weights[index * per_layer : (index + 1) * per_layer]
-            b_ih, b_hh = (w[2], w[3]) if has_bias else (None, None)
-            cell = LSTMEquations(w[1], b_hh, w[-1] if has_proj else None)
-            state0 = (h0[index], c0[index]) if hx is not None else (None, None)
+            w = dict(zip(names, weights[index * per_layer : (index + 1) * per_layer]))
+            cell = make_cell(list(w.values()))
+            n_states = len(cell.state_shapes(1))
+            state0 = tuple(s[index] for s in states0) if states0 is not None else (None,) * n_states
             output, _, tape = bptt_forward(
-                cell, layer_input, state0, w[0], b_ih, reverse=direction == 1, lengths=lengths
+                cell, layer_input, state0, w["weight_ih"], w.get("bias_ih"), reverse=direction == 1, lengths=lengths
             )
             outputs.append(output)
             tapes.append(tape)
         layer_input = torch.cat(outputs, dim=-1)
 
-    grad_h_n, grad_c_n = _exact(grad_h_n), _exact(grad_c_n)
+    grad_states_n = tuple(_exact(g) for g in grad_states_n)
     d_layer_output = _exact(grad_output)
     weight_grads = [None] * len(weights)
-    d_h0 = [None] * len(tapes)
-    d_c0 = [None] * len(tapes)
+    d_states0 = [None] * len(tapes)
     for layer in reversed(range(num_layers)):
         d_layer_input = None
         for direction in range(directions):
@@ -390,16 +414,73 @@ def lstm_layers_reference_backward(
             tape = tapes[index]
             P = tape.cell.output_size
             d_output = d_layer_output[..., direction * P : (direction + 1) * P] if d_layer_output is not None else None
-            d_state_n = tuple(g[index] if g is not None else None for g in (grad_h_n, grad_c_n))
+            d_state_n = tuple(g[index] if g is not None else None for g in grad_states_n)
             grads = bptt_backward(tape, d_output, d_state_n)
             d_layer_input = grads["x"] if d_layer_input is None else d_layer_input + grads["x"]
-            d_h0[index], d_c0[index] = grads["state0"]
-            names = ["weight_ih", "weight_hh"] + ["bias_ih", "bias_hh"] * has_bias + ["weight_hr"] * has_proj
+            d_states0[index] = grads["state0"]
             weight_grads[index * per_layer : (index + 1) * per_layer] = [grads[n] for n in names]
         d_layer_output = d_layer_input  # this layer's dx is the dy of the layer below
-    return {
-        "input": d_layer_output,
-        "h0": torch.stack(d_h0) if hx is not None else None,
-        "c0": torch.stack(d_c0) if hx is not None else None,
-        "weights": weight_grads,
-    }
+    stacked = tuple(torch.stack(column) for column in zip(*d_states0)) if hx is not None else None
+    return {"input": d_layer_output, "states0": stacked, "weights": weight_grads}
+
+
+# ----------------------------------------------------------------------------------------
+# The RNN's hand-derived BPTT (torch.nn.RNN, tanh or relu), on the same driver.
+
+
+class RNNEquations:
+    """One Elman RNN step for the BPTT driver, act tanh or relu. w_hh (H, H); b_hh (H,) or None.
+
+    Forward:  z = zx_t + h_{t-1} W_hh^T + b_hh;  h_t = act(z);  y_t = h_t.
+    Backward: dh = dy_t + dh;  dz = dh * act'(z), act' = 1 - h_t^2 (tanh) or [h_t > 0] (relu);
+              dW_hh += dz^T h_{t-1};  db_hh += sum over rows of dz;  dh_{t-1} = dz W_hh.
+    """
+
+    def __init__(self, w_hh, b_hh=None, nonlinearity="tanh"):
+        self.w_hh, self.b_hh, self.nonlinearity = w_hh, b_hh, nonlinearity
+        self.output_size = w_hh.shape[0]
+
+    def state_shapes(self, batch_size):
+        """The shape of the one state, h."""
+        return ((batch_size, self.output_size),)
+
+    def forward_step(self, zx, state):
+        (h_prev,) = state
+        z = zx + h_prev @ self.w_hh.t()
+        if self.b_hh is not None:
+            z = z + self.b_hh
+        h = RNN_NONLINEARITIES[self.nonlinearity](z)
+        return (h,), h, (h_prev, h)
+
+    def backward_step(self, d_state, d_output, cache):
+        h_prev, h = cache
+        d_h = d_state[0] + d_output
+        d_z = d_h * (1 - h * h) if self.nonlinearity == "tanh" else torch.where(h > 0, d_h, torch.zeros_like(d_h))
+        step_grads = {"weight_hh": d_z.t() @ h_prev}
+        if self.b_hh is not None:
+            step_grads["bias_hh"] = d_z.sum(0)
+        return (d_z @ self.w_hh,), d_z, step_grads
+
+
+def rnn_layers_reference_backward(
+    x, h0, weights, grad_output=None, grad_h_n=None, *, nonlinearity="tanh", num_layers=1, bidirectional=False,
+    lengths=None,
+):  # fmt: skip
+    """The gradients of a stack of RNN layers, as ``torch.nn.RNN`` (without dropout) or
+    ``fusedrnn.functional.rnn_layers`` compute it, by hand-derived BPTT (``RNNEquations``),
+    in float64. x (T, B, I) time-major; h0 (L*D, B, H) or None; ``weights`` in
+    ``torch.nn.RNN._flat_weights`` order; grad_output (T, B, D*H), grad_h_n (L*D, B, H), each
+    None for zeros. Returns ``{"input", "h0" (None without h0), "weights"}``."""
+    directions = 2 if bidirectional else 1
+    has_bias = len(weights) // (num_layers * directions) == 4
+    names = ["weight_ih", "weight_hh"] + ["bias_ih", "bias_hh"] * has_bias
+
+    def make_cell(w):
+        return RNNEquations(w[1], w[3] if has_bias else None, nonlinearity)
+
+    grads = _stack_reference_backward(
+        make_cell, names, x, (h0,) if h0 is not None else None, weights, grad_output, (grad_h_n,),
+        num_layers=num_layers, directions=directions, lengths=lengths,
+    )  # fmt: skip
+    return {"input": grads["input"], "h0": grads["states0"][0] if h0 is not None else None,
+            "weights": grads["weights"]}  # fmt: skip

@@ -71,3 +71,34 @@ def test_an_interpreter_that_cannot_run_is_said_not_a_traceback(capsys, monkeypa
     assert exited.value.code == 2 and "Traceback" not in err
     assert "numpy 2.4.0 with triton 3.6.0" in err and "pip install 'numpy<2.4'" in err and "--backend reference" in err
     assert main(SMALL + ["--device", "cpu", "--backend", "reference"]) == 0  # the other backends still run
+
+
+def test_check_of_the_rnn_passes_for_both_nonlinearities_and_prints_every_tensor(capsys):
+    for nonlinearity in ("tanh", "relu"):
+        assert main(SMALL + ["--cell", "rnn", "--nonlinearity", nonlinearity, "-L", "2", "--bidirectional",
+                             "--packed"]) == 0  # fmt: skip
+        out = capsys.readouterr().out
+        assert "vs torch.nn.RNN" in out and "all tensors within tolerance" in out
+        assert ("nonlinearity=relu" in out) == (nonlinearity == "relu") and "c_n" not in out
+        for name in ["output", "h_n", "grad input", "grad h0", "grad weight_hh_l1_reverse", "grad bias_ih_l0"]:
+            assert out.count(name + " ") == 2, name
+
+
+def test_check_of_the_rnn_fails_on_the_wrong_nonlinearity(capsys, monkeypatch):
+    """relu computed where tanh is asked for: the reference path's rows mismatch."""
+    real = functional.rnn_reference
+
+    def always_relu(*args, **kwargs):
+        return real(*args, **dict(kwargs, nonlinearity="relu"))
+
+    monkeypatch.setattr(functional, "rnn_reference", always_relu)
+    assert main(SMALL + ["--cell", "rnn", "--backend", "reference"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_check_of_the_rnn_refuses_a_projection(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(SMALL + ["--cell", "rnn", "-P", "3", "--backend", "reference"])
+    assert "--proj-size is the LSTM's" in capsys.readouterr().err

@@ -161,3 +161,48 @@ def test_help_describes_without_restructuredtext_markup(command, capsys):
         main([command, "--help"])
     out = capsys.readouterr().out
     assert "``" not in out and f"python -m fusedrnn {command}: " in out
+
+
+def test_rnn_trace_prints_each_step_and_the_gradients_and_agrees(capsys):
+    from fusedrnn.__main__ import main
+
+    assert main(["trace", "--cell", "rnn", "-H", "2", "--input", "1; 2; 3"]) == 0
+    out = capsys.readouterr().out
+    assert "[Time Step 3]" in out and "h = tanh(z)" in out and "z = x W_ih^T" in out
+    assert "weight_ih_l0: BPTT" in out and out.rstrip().endswith("agrees")
+    assert main(["trace", "--cell", "rnn", "--nonlinearity", "relu", "--backend", "triton"]) == 0
+    assert "h = relu(z)" in capsys.readouterr().out
+
+
+def test_the_rnn_notebook_s_gradient_question_answered():
+    """The seed notebook whose hand gradients of nn.RNN(1, 2) did not match torch's: its chain
+    multiplies (1 - tanh(z_3)^2) @ W_hh by (1 - tanh(z_2)^2) elementwise, dropping the
+    Jacobian's order; BPTT carries dh_{t-1} = (dh_t * (1 - h_t^2)) @ W_hh. The hand-derived
+    oracle matches torch to rounding, the notebook's formula does not."""
+    from fusedrnn.kernels.reference import rnn_layers_reference_backward
+
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(input_size=1, hidden_size=2, batch_first=True, dtype=torch.float64)
+    x = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    _, h_n = rnn(x)
+    h_n.sum().backward()
+    torch_grad = rnn.weight_ih_l0.grad
+    by_hand = rnn_layers_reference_backward(x[:, None], None, rnn._flat_weights, None, torch.ones(1, 1, 2,
+                                            dtype=torch.float64))["weights"][0]  # fmt: skip
+    torch.testing.assert_close(by_hand, torch_grad, rtol=1e-12, atol=1e-14)
+
+    w_ih, w_hh = rnn.weight_ih_l0.detach(), rnn.weight_hh_l0.detach()
+    b = (rnn.bias_ih_l0 + rnn.bias_hh_l0).detach()
+    h, zs = torch.zeros(2, dtype=torch.float64), []
+    for x_t in x:
+        zs.append(x_t @ w_ih.T + b + h @ w_hh.T)
+        h = torch.tanh(zs[-1])
+    d = [1 - torch.tanh(z) ** 2 for z in zs]
+    notebook = d[2] * x[2] + (d[2] @ w_hh) * (d[1] * x[1]) + (d[2] @ w_hh) * (d[1] @ w_hh) * (d[0] * x[0])
+    assert not torch.allclose(notebook[:, None], torch_grad, atol=1e-6)
+    delta = d[2]  # the gradient of z_3; then back through W_hh and each step's tanh'
+    chain = delta[:, None] * x[2]
+    for t in (1, 0):
+        delta = (delta @ w_hh) * d[t]
+        chain = chain + delta[:, None] * x[t]
+    torch.testing.assert_close(chain, torch_grad, rtol=1e-12, atol=1e-14)

@@ -345,3 +345,41 @@ def test_seed_000_miniature_table():
         print(f"{name:5} | {exact.max_abs:13.2e} {exact.rel:13.2e} | {fp32.max_abs:13.2e} {fp32.rel:13.2e}")
         assert exact.rel <= EXACT_REL, name
         assert fp32.rel <= KERNEL_REL, name
+
+
+RNN_LAYOUTS = [dict(), dict(num_layers=2, bidirectional=True), dict(bias=False, num_layers=2)]
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("kwargs", RNN_LAYOUTS, ids=["one-layer", "stacked-bidirectional", "no-bias"])
+@pytest.mark.parametrize("varlen", [False, True], ids=["full", "lengths"])
+def test_rnn_stack_oracle_matches_torch_rnn(kwargs, nonlinearity, varlen):
+    """rnn_layers_reference_backward (RNNEquations) against autograd through torch.nn.RNN in
+    float64, gradient by gradient (lengths: torch on the packed batch)."""
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(5, 6, nonlinearity=nonlinearity, dtype=torch.float64, **kwargs)
+    T, B = 4, 3
+    states = rnn.num_layers * (2 if rnn.bidirectional else 1)
+    x = torch.randn(T, B, 5, dtype=torch.float64)
+    h0 = torch.randn(states, B, 6, dtype=torch.float64)
+    lengths = torch.tensor([4, 1, 3]) if varlen else None
+    inputs = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False) if varlen else x
+    with torch.no_grad():
+        y, h_n = rnn(inputs, h0)
+    y = y.data if varlen else y
+    cotangents = [torch.randn_like(y), torch.randn_like(h_n)]
+    want = module_forward_backward(rnn, inputs, h0, cotangents)
+    d_output = cotangents[0]
+    if varlen:
+        d_output, _ = torch.nn.utils.rnn.pad_packed_sequence(inputs._replace(data=d_output))
+    got = reference.rnn_layers_reference_backward(
+        x, h0, rnn._flat_weights, d_output, cotangents[1], nonlinearity=nonlinearity, num_layers=rnn.num_layers,
+        bidirectional=rnn.bidirectional, lengths=lengths,
+    )  # fmt: skip
+    grad_input = got["input"]
+    if varlen:
+        grad_input = torch.nn.utils.rnn.pack_padded_sequence(grad_input, lengths, enforce_sorted=False).data
+    assert_close(grad_input, want["grad input"], rel=EXACT_REL, name="grad input")
+    assert_close(got["h0"], want["grad h0"], rel=EXACT_REL, name="grad h0")
+    for name, g in zip(rnn._flat_weights_names, got["weights"]):
+        assert_close(g, want[f"grad {name}"], rel=EXACT_REL, name=name)
