@@ -3,7 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from fusedrnn import functional
-from fusedrnn.cell import LSTMCell
+from fusedrnn.cell import LSTMCell, RNNCell
 from fusedrnn.convert import NotConvertedWarning, convert, revert
 from fusedrnn.modules import LSTM, RNN
 
@@ -12,4 +12,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["LSTM", "LSTMCell", "RNN", "convert", "revert", "NotConvertedWarning", "functional", "__version__"]
+__all__ = ["LSTM", "LSTMCell", "RNN", "RNNCell", "convert", "revert", "NotConvertedWarning", "functional", "__version__"]

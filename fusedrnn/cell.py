@@ -1,5 +1,6 @@
 """``fusedrnn.LSTMCell``: a drop-in ``torch.nn.LSTMCell`` whose forward is one fused Triton
-launch on CUDA; its autograd Function and functional form.
+launch on CUDA; its autograd Function and functional form. ``fusedrnn.RNNCell`` (end of the
+file): a drop-in ``torch.nn.RNNCell``, one step of the recurrence kernels.
 
 Forward:  gates, the activations and the cell update     fusedrnn.kernels.lstm_cell.lstm_cell_fwd
 Backward: dG (gradient of the pre-activations) and dc     fusedrnn.kernels.lstm_cell.lstm_cell_bwd
@@ -312,3 +313,86 @@ class LSTMCell(nn.LSTMCell):
         if not is_batched:
             return h.squeeze(0), c.squeeze(0)
         return h, c
+
+
+# ----------------------------------------------------------------------------------------
+# The RNN's cell: one step of the recurrence kernels (T = 1), no kernel of its own.
+
+
+def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, nonlinearity="tanh", backend="auto"):
+    """One step of ``torch.nn.RNNCell``: ``h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)``.
+
+    input: ``(B, I)``; hx: ``(B, H)`` or None for zeros; weights ``(H, I)``, ``(H, H)``,
+    biases ``(H,)`` or both None. ``backend`` as :func:`lstm_cell`: the kernels run it as a
+    one-step recurrence (``fusedrnn.functional.rnn`` with T = 1, its autograd and ops), the
+    reference as the reference's step; on CPU under ``"auto"`` torch's own cell op.
+    Returns ``h'`` ``(B, H)``."""
+    from fusedrnn import functional as F
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if nonlinearity not in ("tanh", "relu"):
+        raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")  # torch's, at the call
+    _check_rnn_cell_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    if uses_torch_cpu(input.device, backend):
+        if hx is None:
+            hx = input.new_zeros(input.shape[0], weight_hh.shape[1])
+        op = torch._VF.rnn_tanh_cell if nonlinearity == "tanh" else torch._VF.rnn_relu_cell
+        return op(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    _, h_n = F.rnn(input[None], hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity=nonlinearity,
+                   backend=backend)  # fmt: skip
+    return h_n
+
+
+def _check_rnn_cell_args(input, h, w_ih, w_hh, b_ih, b_hh):
+    """What torch's RNN cell op checks, with its messages (sizes first, then devices and dtypes)."""
+    if input.dim() != 2:
+        raise ValueError(
+            f"fusedrnn.cell.rnn_cell: expected a 2-D input (B, I), got {input.dim()}-D "
+            "(the module fusedrnn.RNNCell also takes unbatched 1-D input)"
+        )
+    H = w_hh.shape[1]
+    if input.shape[1] != w_ih.shape[1]:
+        raise RuntimeError(f"input has inconsistent input_size: got {input.shape[1]} expected {w_ih.shape[1]}")
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("bias_ih and bias_hh must both be given or both be None")
+    if h is not None:
+        if h.shape[0] != input.shape[0]:
+            raise RuntimeError(f"Input batch size {input.shape[0]} doesn't match hidden0 batch size {h.shape[0]}")
+        if h.shape[1] != H:
+            raise RuntimeError(f"hidden0 has inconsistent hidden_size: got {h.shape[1]}, expected {H}")
+    check_params_like(input, (w_ih, w_hh, b_ih, b_hh))
+
+
+class RNNCell(nn.RNNCell):
+    """Drop-in replacement for :class:`torch.nn.RNNCell` (tanh or relu): torch's constructor,
+    parameters, initialisation, ``state_dict``, shapes and errors, plus a keyword-only
+    ``backend`` (as :class:`LSTMCell`'s). On CUDA a step runs the recurrence kernels with
+    T = 1; on CPU under ``"auto"``, outside torch.compile, ``torch.nn.RNNCell.forward`` itself."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None, *,
+                 backend="auto"):  # fmt: skip
+        super().__init__(input_size, hidden_size, bias, nonlinearity, device=device, dtype=dtype)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def forward(self, input, hx=None):
+        if uses_torch_cpu(input.device, self.backend):
+            return super().forward(input, hx)  # torch.nn.RNNCell itself
+        # torch.nn.RNNCell.forward's own checks and unbatched handling, so errors read as torch's.
+        if input.dim() not in (1, 2):
+            raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+            hx = hx.unsqueeze(0) if hx is not None else None
+        h = rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                     nonlinearity=self.nonlinearity, backend=self.backend)  # fmt: skip
+        return h if is_batched else h.squeeze(0)

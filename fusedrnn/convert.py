@@ -1,4 +1,4 @@
-"""Swap ``torch.nn.LSTM``/``LSTMCell``/``RNN`` modules for fusedrnn's inside a model, and back.
+"""Swap ``torch.nn.LSTM``/``LSTMCell``/``RNN``/``RNNCell`` modules for fusedrnn's inside a model, and back.
 
 The new module is built on the meta device (no allocation) and then takes the old module's
 ``Parameter`` objects themselves: no copy, so an optimizer built before the swap keeps
@@ -15,18 +15,21 @@ class NotConvertedWarning(UserWarning):
 
 
 def convert(model, backend="auto", *, warn=True):
-    """Replace every ``torch.nn.LSTM``, ``torch.nn.LSTMCell`` and ``torch.nn.RNN`` in ``model``,
-    in place, by ``fusedrnn.LSTM``/``LSTMCell``/``RNN`` sharing the same parameters. Returns the model
+    """Replace every ``torch.nn.LSTM``, ``LSTMCell``, ``RNN`` and ``RNNCell`` in ``model``, in
+    place, by ``fusedrnn.LSTM``/``LSTMCell``/``RNN``/``RNNCell`` sharing the same parameters. Returns the model
     (the new module if ``model`` itself is one of them).
 
     Only those exact classes are converted: a subclass may override ``forward`` or hold
-    state that fusedrnn's module would not keep, and ``nn.GRU``, ``nn.RNNCell`` and the other
-    cells have no fusedrnn module yet. Every recurrent module left as it was is named in a
+    state that fusedrnn's module would not keep, and ``nn.GRU`` and ``nn.GRUCell`` have no
+    fusedrnn module yet. Every recurrent module left as it was is named in a
     ``NotConvertedWarning``; ``warn=False`` (or a warnings filter on that category) silences it."""
-    from fusedrnn.cell import LSTMCell
+    from fusedrnn.cell import LSTMCell, RNNCell
     from fusedrnn.modules import LSTM, RNN
 
     def make(module):
+        if type(module) is nn.RNNCell:
+            return RNNCell(module.input_size, module.hidden_size, module.bias, module.nonlinearity, device="meta",
+                           backend=backend)  # fmt: skip
         if type(module) is nn.LSTM:
             return LSTM(**_lstm_args(module), device="meta", backend=backend)
         if type(module) is nn.RNN:
@@ -37,11 +40,11 @@ def convert(model, backend="auto", *, warn=True):
 
     model = _swap(model, make)
     left = [f"{name or '(the model)'} ({type(module).__name__})" for name, module in model.named_modules()
-            if isinstance(module, (nn.RNNBase, nn.RNNCellBase)) and not isinstance(module, (LSTM, LSTMCell, RNN))]  # fmt: skip
+            if isinstance(module, (nn.RNNBase, nn.RNNCellBase)) and not isinstance(module, (LSTM, LSTMCell, RNN, RNNCell))]  # fmt: skip
     if warn and left:
         warnings.warn(
             f"fusedrnn.convert left {len(left)} recurrent module(s) as they were: {', '.join(left)}. It converts "
-            "torch.nn.LSTM, torch.nn.LSTMCell and torch.nn.RNN only, not their subclasses; convert(..., warn=False) silences this.",
+            "torch.nn.LSTM, torch.nn.LSTMCell, torch.nn.RNN and torch.nn.RNNCell only, not their subclasses; convert(..., warn=False) silences this.",
             NotConvertedWarning, stacklevel=2,
         )  # fmt: skip
     return model
@@ -49,10 +52,12 @@ def convert(model, backend="auto", *, warn=True):
 
 def revert(model):
     """The inverse of :func:`convert`: fusedrnn modules back to torch's, sharing parameters."""
-    from fusedrnn.cell import LSTMCell
+    from fusedrnn.cell import LSTMCell, RNNCell
     from fusedrnn.modules import LSTM, RNN
 
     def make(module):
+        if isinstance(module, RNNCell):
+            return nn.RNNCell(module.input_size, module.hidden_size, module.bias, module.nonlinearity, device="meta")
         if isinstance(module, LSTM):
             return nn.LSTM(**_lstm_args(module), device="meta")
         if isinstance(module, RNN):

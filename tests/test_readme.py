@@ -22,4 +22,5 @@ def test_drop_in_snippet_runs():
         exec(compile(code, str(README), "exec"), scope)
     assert tuple(scope["output"].shape) == (32, 100, 1024) and tuple(scope["h"].shape) == (32, 512)
     assert tuple(scope["rnn_output"].shape) == (100, 32, 512) and tuple(scope["rnn_h_n"].shape) == (2, 32, 512)
+    assert tuple(scope["h_rnn"].shape) == (32, 512)
     assert type(scope["model"]["encoder"]).__module__ == "torch.nn.modules.rnn"  # reverted

@@ -274,3 +274,71 @@ def test_three_way_against_cudnn(nonlinearity, dtype, tf32, monkeypatch):
     got_cudnn = {k: v.double().cpu() for k, v in run(cudnn, x.to("cuda", dtype), None).items()}
     eps = torch.finfo(dtype).eps if dtype != torch.float32 or not tf32 else 2**-10
     assert_no_worse_than(got_ours, got_cudnn, want, atol=eps, baseline_name="cuDNN")
+
+
+# ------------------------------------------------------------------------------ RNNCell
+
+
+def cell_pair(nonlinearity="tanh", backend="reference", dtype=torch.float64, device="cpu", bias=True):
+    torch.manual_seed(0)
+    init = nn.RNNCell(I, H, bias, nonlinearity, dtype=torch.float64).state_dict()
+    theirs = nn.RNNCell(I, H, bias, nonlinearity, dtype=dtype, device=device)
+    ours = fusedrnn.RNNCell(I, H, bias, nonlinearity, backend=backend, dtype=dtype, device=device)
+    theirs.load_state_dict(init)
+    ours.load_state_dict(init)
+    return theirs, ours
+
+
+def cell_run(module, x, h):
+    x = x.detach().clone().requires_grad_()
+    h = h.detach().clone().requires_grad_() if h is not None else None
+    module.zero_grad()
+    out = module(x, h)
+    (out.square().sum() + out.sin().sum()).backward()
+    result = {"h'": out, "grad input": x.grad, **({"grad hx": h.grad} if h is not None else {})}
+    result.update({f"grad {n}": p.grad for n, p in module.named_parameters()})
+    return result
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_rnn_cell_matches_torch(backend, nonlinearity, bias):
+    """Batched with and without hx, and unbatched: h' and every gradient (the kernels in fp32
+    against float64 at 1e-5, the other backends in float64 to rounding)."""
+    kernels = backend == "triton"
+    dtype, device = (torch.float32, DEVICE) if kernels else (torch.float64, "cpu")
+    exact, _ = cell_pair(nonlinearity, bias=bias)
+    _, ours = cell_pair(nonlinearity, backend, dtype, device, bias)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(17, I, generator=g, dtype=torch.float64)
+    h = torch.randn(17, H, generator=g, dtype=torch.float64)
+    rel = 1e-5 if kernels else 1e-12
+    for args in ((x, h), (x, None), (x[0], h[0])):
+        on = [a.to(device, dtype) if a is not None else None for a in args]
+        assert_all_close(cell_run(ours, *on), cell_run(exact, *args), rel=rel)
+
+
+def test_rnn_cell_constructor_repr_errors_and_convert_are_torch_s():
+    torch.manual_seed(1)
+    theirs = nn.RNNCell(I, H, False, "relu")
+    torch.manual_seed(1)
+    ours = fusedrnn.RNNCell(I, H, False, "relu")
+    assert repr(ours) == repr(theirs) and ours.state_dict().keys() == theirs.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    for backend in ("auto", "reference"):
+        mine = fusedrnn.RNNCell(I, H, backend=backend)
+        mine.load_state_dict(nn.RNNCell(I, H).state_dict())
+        torch_cell = nn.RNNCell(I, H)
+        for call in (lambda m: m(torch.randn(3, I + 1)), lambda m: m(torch.randn(3, I), torch.randn(2, H)),
+                     lambda m: m(torch.randn(3, I), torch.randn(3, H + 1)), lambda m: m(torch.randn(2, 3, I)),
+                     lambda m: m(torch.randn(3, I), torch.randn(1, 3, H))):  # fmt: skip
+            assert error_of(lambda: call(mine)) == error_of(lambda: call(torch_cell)) != None, backend  # noqa: E711
+    odd, torch_odd = fusedrnn.RNNCell(I, H, nonlinearity="gelu", backend="reference"), nn.RNNCell(I, H, nonlinearity="gelu")
+    assert error_of(lambda: odd(torch.randn(2, I))) == error_of(lambda: torch_odd(torch.randn(2, I)))
+    model = nn.Sequential(nn.RNNCell(I, H, nonlinearity="relu"))
+    params = list(model.parameters())
+    fusedrnn.convert(model)
+    assert type(model[0]) is fusedrnn.RNNCell and model[0].nonlinearity == "relu"
+    fusedrnn.revert(model)
+    assert type(model[0]) is nn.RNNCell and all(a is b for a, b in zip(params, model.parameters()))
