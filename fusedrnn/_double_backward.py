@@ -11,8 +11,8 @@ import torch
 DOUBLE_BACKWARD_ERROR = (
     "fusedrnn: the backward of the Triton kernels is not differentiable, so double backward "
     "(torch.autograd.grad(..., create_graph=True) followed by a second grad) cannot go "
-    "through it. Use backend='reference' (fusedrnn.LSTM(..., backend='reference'), "
-    "fusedrnn.LSTMCell(..., backend='reference') or the functional forms' backend='reference'), "
+    "through it. Use backend='reference' (fusedrnn.LSTM, LSTMCell, RNN or RNNCell(..., "
+    "backend='reference'), or the functional forms' backend='reference'), "
     "whose plain PyTorch ops autograd differentiates twice."
 )
 

@@ -159,6 +159,11 @@ class RecurrenceFunction(torch.autograd.Function):
         (B,) int tensor on x's device, or None. Returns out, h_n and c_n (an empty tensor,
         not differentiable, for a cell without c)."""
         spec = CELLS[cell]
+        if spec.folded_biases != ("b_ih", "b_hh") or spec.split_gate_grads or spec.saved_tiles != spec.gates:
+            # What this Function implements: both biases folded into Gx (one summed gradient
+            # for each), one gate-gradient tensor, the pre-activations saved over Gx. A cell
+            # such as the GRU needs more here first.
+            raise NotImplementedError(f"RecurrenceFunction does not implement the {cell} cell's {spec}")
         has_c = "c" in spec.states
         H, P = w_hh.shape[0] // spec.gates, w_hh.shape[1]
         T, B = _time_major(x, batch_first).shape[:2]

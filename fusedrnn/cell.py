@@ -339,8 +339,16 @@ def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, non
             hx = input.new_zeros(input.shape[0], weight_hh.shape[1])
         op = torch._VF.rnn_tanh_cell if nonlinearity == "tanh" else torch._VF.rnn_relu_cell
         return op(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
-    _, h_n = F.rnn(input[None], hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity=nonlinearity,
-                   backend=backend)  # fmt: skip
+    # torch.nn.RNNCell's products are cuBLAS GEMMs, which follow the matmul TF32 switch (default
+    # off), not cuDNN's that the recurrence kernels follow as torch.nn.RNN does: the step is
+    # planned under the cell's switch. (At T = 1 the backward has no recurrent product.)
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        _, h_n = F.rnn(input[None], hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity=nonlinearity,
+                       backend=backend)  # fmt: skip
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
     return h_n
 
 
@@ -362,6 +370,11 @@ def _check_rnn_cell_args(input, h, w_ih, w_hh, b_ih, b_hh):
         if h.shape[1] != H:
             raise RuntimeError(f"hidden0 has inconsistent hidden_size: got {h.shape[1]}, expected {H}")
     check_params_like(input, (w_ih, w_hh, b_ih, b_hh))
+    # RuntimeError, as torch's cell op raises (and fusedrnn.LSTMCell)
+    if input.dtype != w_ih.dtype:
+        raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype})")
+    if h is not None and h.dtype != input.dtype:
+        raise RuntimeError(f"hidden0 dtype ({h.dtype}) does not match input dtype ({input.dtype})")
 
 
 class RNNCell(nn.RNNCell):

@@ -301,8 +301,9 @@ def use_kernels(input, backend):
 
 
 def uses_torch_cpu(device, backend):
-    """Whether ``backend`` runs torch's own CPU LSTM on ``device``: ``"auto"`` on CPU, outside
-    torch.compile. That is aten's ``lstm``, what ``torch.nn.LSTM`` runs (oneDNN's fused RNN
+    """Whether ``backend`` runs torch's own CPU op on ``device`` (the LSTM's or the RNN's):
+    ``"auto"`` on CPU, outside torch.compile. That is aten's ``lstm`` (or ``rnn_tanh``,
+    ``rnn_relu``), what ``torch.nn.LSTM`` (``RNN``) runs (oneDNN's fused RNN
     where it applies), a few times faster than the step-by-step reference there and twice
     differentiable too; the reference, as fast as a Python loop can be, stays the tests'
     oracle (``backend="reference"``). Under torch.compile the reference runs instead:

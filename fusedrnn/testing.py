@@ -49,12 +49,14 @@ def module_forward_backward(module, x, hx, cotangents, **forward_kwargs):
     packed = isinstance(x, PackedSequence)
     leaf = (x.data if packed else x).detach().clone().requires_grad_()
     x = x._replace(data=leaf) if packed else leaf
-    one_state = isinstance(hx, torch.Tensor) or (hx is None and len(cotangents) == 2)
-    if hx is not None:
-        hx = hx.detach().clone().requires_grad_() if one_state else tuple(t.detach().clone().requires_grad_() for t in hx)
+    if isinstance(hx, torch.Tensor):
+        hx = hx.detach().clone().requires_grad_()
+    elif hx is not None:
+        hx = tuple(t.detach().clone().requires_grad_() for t in hx)
     module.zero_grad()
     y, final = module(x, hx, **forward_kwargs)
     y = y.data if packed else y
+    one_state = isinstance(final, torch.Tensor)  # an RNN's h_n, not an LSTM's (h_n, c_n)
     finals = (final,) if one_state else tuple(final)
     loss = sum((o * d.to(o.device, o.dtype)).sum() for o, d in zip((y, *finals), cotangents))
     loss.backward()

@@ -8,7 +8,7 @@
 - ``fusedrnn.kernels.cells``, ``planner``, ``launch``, ``barrier``, ``aot``: what every cell's
   kernels share (the cell description, planning, launching, the grid barrier, ahead-of-time
   builds); ``kernels/README.md`` maps every file to its job.
-- ``fusedrnn.kernels.step_graphs``: CUDA graphs that replay the per-step launches of ``lstm``.
+- ``fusedrnn.kernels.step_graphs``: CUDA graphs that replay the per-step launches of the recurrence kernels.
 - ``fusedrnn.kernels.tuning``: per-GPU tables of measured strategies and block sizes.
 - ``fusedrnn.kernels.lstm_cell``: the fused LSTM cell-step kernels (one forward launch) and
   their launchers.

@@ -455,7 +455,8 @@ class RNNEquations:
     def backward_step(self, d_state, d_output, cache):
         h_prev, h = cache
         d_h = d_state[0] + d_output
-        d_z = d_h * (1 - h * h) if self.nonlinearity == "tanh" else torch.where(h > 0, d_h, torch.zeros_like(d_h))
+        # relu: torch's backward passes the gradient where the output is not <= 0 (NaN too)
+        d_z = d_h * (1 - h * h) if self.nonlinearity == "tanh" else torch.where(h <= 0, torch.zeros_like(d_h), d_h)
         step_grads = {"weight_hh": d_z.t() @ h_prev}
         if self.b_hh is not None:
             step_grads["bias_hh"] = d_z.sum(0)

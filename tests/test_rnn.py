@@ -342,3 +342,52 @@ def test_rnn_cell_constructor_repr_errors_and_convert_are_torch_s():
     assert type(model[0]) is fusedrnn.RNNCell and model[0].nonlinearity == "relu"
     fusedrnn.revert(model)
     assert type(model[0]) is nn.RNNCell and all(a is b for a, b in zip(params, model.parameters()))
+
+
+def test_rnn_cell_kernel_step_follows_the_matmul_tf32_switch_as_torch_s_cell(monkeypatch):
+    """torch.nn.RNNCell runs cuBLAS GEMMs (matmul switch, default off), not cuDNN (its switch,
+    default on, which fusedrnn.RNN follows as torch.nn.RNN does): the kernels' step is planned
+    under the matmul switch, and cuDNN's switch is as it was afterwards. (The conftest fixture
+    ieee_fp32 restores both switches.)"""
+    from fusedrnn.kernels import planner
+
+    seen = []
+    real = planner.plans
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cudnn.allow_tf32)  # what the plan (and its cache key) reads
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(planner, "plans", spy)
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+    _, cell = cell_pair("tanh", "triton", torch.float32, DEVICE)
+    cell(torch.randn(3, I, device=DEVICE))
+    assert seen == [False] and torch.backends.cudnn.allow_tf32
+    seen.clear()
+    _, layer = pair("tanh", "triton", torch.float32, DEVICE)
+    layer(torch.randn(2, 3, I, device=DEVICE))
+    assert seen == [True]  # the layer: cuDNN's switch, as torch.nn.RNN
+
+
+def test_a_cell_spec_the_function_does_not_implement_is_refused(monkeypatch):
+    """The autograd Function honours the CellSpec: a cell with an unfolded bias (the GRU's
+    b_hn) must not silently run as if it were folded."""
+    import dataclasses
+
+    from fusedrnn import autograd
+    from fusedrnn.kernels import cells
+
+    gru_like = dataclasses.replace(cells.RNN_TANH, folded_biases=("b_ih",))
+    monkeypatch.setitem(cells.CELLS, "rnn_tanh", gru_like)
+    _, ours = pair("tanh", "triton", torch.float32, DEVICE)
+    with pytest.raises(NotImplementedError, match="does not implement the rnn_tanh cell"):
+        ours(torch.randn(2, 3, I, device=DEVICE))
+    assert autograd.CELLS is cells.CELLS
+
+
+def test_rnn_cell_dtype_mismatch_is_a_runtime_error_as_in_torch():
+    _, cell = cell_pair("tanh", "reference", torch.float32)
+    with pytest.raises(RuntimeError, match="does not match weight dtype"):
+        cell(torch.randn(2, I, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="hidden0 dtype"):
+        cell(torch.randn(2, I), torch.randn(2, H, dtype=torch.float64))
