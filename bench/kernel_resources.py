@@ -1,8 +1,11 @@
-"""Compile-time resources of the LSTM kernels on an H100 (sm_90), without a GPU.
+"""Compile-time resources of the recurrence kernels on an H100 (sm_90), without a GPU.
 
     python bench/kernel_resources.py [--out bench/results/kernel-resources-sm90.md] [--jobs 2]
     python bench/kernel_resources.py --strategy per-step --out bench/results/kernel-resources-sm90-per-step.md
     python bench/kernel_resources.py --strategy per-step --projection --out bench/results/kernel-resources-sm90-per-step-proj.md
+    python bench/kernel_resources.py --cell rnn_tanh --out bench/results/kernel-resources-sm90-rnn.md
+
+The LSTM's kernels by default; --cell builds another cell's (kernels/cells.py; no projection).
 
 For every shape of the benchmark grid (B in {1, 8, 32, 128, 512} x H in {256, 512, 1024,
 2048}, input = H, no projection), or with --projection for the layers with a projection of
@@ -35,8 +38,9 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from fusedrnn.kernels import aot, launch, planner, recurrence  # noqa: E402
-from fusedrnn.kernels.cells import LSTM  # noqa: E402
+from fusedrnn.kernels.cells import CELLS, LSTM  # noqa: E402
 
+CELL = LSTM  # the cell whose kernels are built (--cell)
 # An H100 SXM as the launcher would see it: 132 SMs, one program each planned (as test_compile).
 H100_SMS = 132
 planner.LIMITS = planner.PlannerLimits(modelled_sms=H100_SMS)
@@ -121,7 +125,7 @@ def plan(dtype_name, B, H, P, kernel_key, strategy="persistent"):
     torch.backends.cudnn.allow_tf32 = True  # fp32 recurrent dots in TF32 (kernel_config reads it)
     backward = KERNELS[kernel_key][1]
     try:
-        config = planner.kernel_config(B, H, DTYPES[dtype_name], strategy, P=P, backward=backward)
+        config = planner.kernel_config(B, H, DTYPES[dtype_name], strategy, cell=CELL, P=P, backward=backward)
     except planner.StrategyUnavailable as e:
         return {"unavailable": str(e)}, []
     config, options = aot.split_launch_options(config)
@@ -129,7 +133,7 @@ def plan(dtype_name, B, H, P, kernel_key, strategy="persistent"):
     phases = planner.kernel_phases(P is not None, backward, config.get("DH_SPLIT", 1))
     launches = phases if strategy == "per-step" else [planner.all_phase_flags(phases)]
     int_args = layer_int_args(B, H, P if P is not None else H)
-    constexprs = dict(REVERSE=False, VARLEN=False, **recurrence.cell_constexprs(LSTM))
+    constexprs = dict(REVERSE=False, VARLEN=False, **recurrence.cell_constexprs(CELL))
     jobs = [(flags, (kernel_key, dtype_name, dict(config, **flags, **constexprs), options, int_args))
             for flags in launches]  # fmt: skip
     return dict(config, **options), jobs
@@ -138,9 +142,10 @@ def plan(dtype_name, B, H, P, kernel_key, strategy="persistent"):
 def layer_int_args(B, H, P):
     """The integer arguments of the layer's launches that Triton specialises on (multiples of
     16): sizes and the strides of time-major (T, B, *) tensors; P = H without a projection
-    (W_hh is 4H x P, W_hr P x H, h and its gradients P wide, c H wide)."""
+    (W_hh is G*H x P for the cell's G gates, W_hr P x H, h and its gradients P wide, c H wide)."""
+    G = CELL.gates
     return tuple(sorted(dict(
-        B=B, H=H, P=P, stride_gt=B * 4 * H, stride_gb=4 * H, stride_dgt=B * 4 * H, stride_dgb=4 * H,
+        B=B, H=H, P=P, stride_gt=B * G * H, stride_gb=G * H, stride_dgt=B * G * H, stride_dgb=G * H,
         stride_ot=B * P, stride_ob=P, stride_dyt=B * P, stride_dyb=P, stride_dyh=1, stride_w=P, stride_hr=H,
         stride_h0b=P, stride_c0b=H, stride_dhnb=P,
     ).items()))  # fmt: skip
@@ -160,11 +165,12 @@ def weight_parts(backward, flags, H, P, dh_split=1):
     a projected unit's (or, without a projection, an h unit's) W_hh column (4H) for dh, split
     into dh_split K slices by the dh_partial phase where the config says so (dh then only
     adds the partial sums), a cell unit's W_hr column (P) for dm. P None: no projection."""
+    G = CELL.gates  # four for the LSTM
     if not backward:
-        parts = [("BLOCK_H", H, 4 * (P or H), 1)] if flags["DO_CELL"] else []
+        parts = [("BLOCK_H", H, G * (P or H), 1)] if flags["DO_CELL"] else []
         return parts + ([("BLOCK_P", P, H, 1)] if flags["DO_PROJ"] else [])
-    parts = [("BLOCK_PS", P or H, 4 * H, dh_split)] if flags.get("DO_DH_PARTIAL") else []
-    parts += [("BLOCK_P", P or H, 4 * H, 1)] if flags["DO_DH"] and dh_split == 1 else []
+    parts = [("BLOCK_PS", P or H, G * H, dh_split)] if flags.get("DO_DH_PARTIAL") else []
+    parts += [("BLOCK_P", P or H, G * H, 1)] if flags["DO_DH"] and dh_split == 1 else []
     return parts + ([("BLOCK_H", H, P, 1)] if flags["DO_CELL"] and P is not None else [])
 
 
@@ -234,7 +240,7 @@ def render(results, elapsed, strategy, projection):
     outside = [r for r in built if not r["resident"]]
     on_chip = [r for r in built if r["shared_total"] >= r["floor"]["slice_kib"] * 1024]
     out = [
-        f"# LSTM kernels, {strategy} launch{', with a projection' if projection else ''}: sm_90 resources and "
+        f"# {'LSTM' if CELL is LSTM else CELL.name} kernels, {strategy} launch{', with a projection' if projection else ''}: sm_90 resources and "
         "per-step floor (H100)",
         "",
         f"Generated by `bench/kernel_resources.py` on {now} in {elapsed:.0f} s: triton {triton_v}, "
@@ -244,7 +250,8 @@ def render(results, elapsed, strategy, projection):
         f"- Config: `planner.kernel_config(B, H, dtype, \"{strategy}\", P=P)` with {H100_SMS} SMs "
         "(`PlannerLimits(modelled_sms)`, as tests/kernels/test_compile.py plans); input = H, "
         + ("P = proj_size" if projection else "no projection (P = H)")
-        + ", REVERSE = VARLEN = False. A launch is `_recurrence_fwd_kernel` (fwd) or `_recurrence_bwd_kernel` (bwd), CELL = lstm, with "
+        + ", REVERSE = VARLEN = False. A launch is `_recurrence_fwd_kernel` (fwd) or `_recurrence_bwd_kernel` (bwd), "
+        f"CELL = {CELL.name}, with "
         "the phases it runs (`planner.kernel_phases`): cell (DO_CELL), proj (DO_PROJ), dh (DO_DH), dh_partial "
         "(DO_DH_PARTIAL: dh's K loop split in `dh split` = DH_SPLIT slices x BLOCK_PS units); a per-step "
         "layer launches each phase of a step on its own, except dh+cell without a projection. "
@@ -261,9 +268,10 @@ def render(results, elapsed, strategy, projection):
         f"units of 256), {SM_SHARED // 1024} KiB shared/SM with 1 KiB reserved per block, {SM_THREADS} "
         f"threads/SM; resident = grid (batch blocks x unit blocks) <= {H100_SMS} x programs/SM.",
         "- Floor per step of a launch (assumptions, not measurements): W read = the weights its phases read, "
-        "times itemsize: cell forward and dh backward all of W_hh (4H*P), proj forward and cell backward (dm) "
-        "all of W_hr (P*H); W slice/program = the rows (forward) or columns (backward) of its units, "
-        "4*BLOCK_H*P (cell), BLOCK_P*H (proj), 4*BLOCK_P*H (dh), BLOCK_H*P (cell backward, with a projection), "
+        f"times itemsize: cell forward and dh backward all of W_hh ({CELL.gates}H*P), proj forward and cell "
+        "backward (dm) all of W_hr (P*H); W slice/program = the rows (forward) or columns (backward) of its units, "
+        f"{CELL.gates}*BLOCK_H*P (cell), BLOCK_P*H (proj), {CELL.gates}*BLOCK_P*H (dh), BLOCK_H*P (cell backward, "
+        "with a projection), "
         "what each program reads per step when W is not kept on chip; stream = W read once at an assumed "
         f"{L2_BYTES_PER_S / 1e12:.1f} TB/s L2 bandwidth (every batch block reads all of it: multiply by the "
         f"grid's batch blocks for the grid's traffic; weights over the {L2_SIZE_MIB} MB L2 come from HBM, "
@@ -296,9 +304,14 @@ def main():
     parser.add_argument("--jobs", type=int, default=2, help="compile processes (default 2)")
     parser.add_argument("--strategy", default="persistent", choices=["persistent", "per-step"],
                         help="the launch strategy whose configs to build (default persistent)")
+    parser.add_argument("--cell", default="lstm", choices=list(CELLS), help="whose kernels (default lstm)")
     parser.add_argument("--projection", action="store_true",
                         help="layers with a projection (bench/NOTES.md v1.3's shapes) instead of the benchmark grid")
     args = parser.parse_args()
+    global CELL
+    CELL = CELLS[args.cell]
+    if args.projection and not CELL.projection:
+        parser.error(f"--projection: the {CELL.name} cell has none")
     start = time.time()
 
     results, jobs = [], {}
