@@ -391,3 +391,23 @@ def test_rnn_cell_dtype_mismatch_is_a_runtime_error_as_in_torch():
         cell(torch.randn(2, I, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="hidden0 dtype"):
         cell(torch.randn(2, I), torch.randn(2, H, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_compiled_module_with_h0_and_lengths_matches_eager_outputs_and_gradients(backend):
+    """aot_eager (Dynamo, AOTAutograd, the ops' fake implementations): h0, lengths and
+    batch_first through a 2-layer bidirectional relu RNN, outputs and every gradient."""
+    torch._dynamo.reset()
+    device = DEVICE if backend == "triton" else "cpu"
+    _, ours = pair("relu", backend, torch.float32, device, num_layers=2, bidirectional=True, batch_first=True)
+    x = torch.randn(3, 4, I, device=device)
+    h0 = torch.randn(4, 3, H, device=device)
+    lengths = torch.tensor([4, 1, 2])
+    expected = run(ours, x, h0, lengths=lengths)
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    actual = run(compiled, x, h0, lengths=lengths)
+    actual = {k.replace("_orig_mod.", ""): v for k, v in actual.items()}
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    torch._dynamo.reset()
