@@ -1,4 +1,4 @@
-"""One-layer LSTM throughput: fusedrnn's launch strategies against cuDNN and the reference loop.
+"""One-layer LSTM (and RNN) throughput: fusedrnn's launch strategies against cuDNN and the reference loop.
 
 Running (pytest-benchmark; the options are defined in bench/conftest.py)
 -----------------------------------------------------------------------
@@ -24,11 +24,15 @@ Grids. Input size I = H, one layer, time-major input, no initial state, no proje
 - proj (layers with a projection, bench/NOTES.md v1.3; not part of the targets): B in
   {8, 128, 512} x (H, P) in {(1024, 256), (2048, 512)}, T=512, bfloat16 and float32, the
   fusedrnn strategies and cuDNN (``torch.nn.LSTM(proj_size=P)``).
+- rnn (the RNN, tanh, on the same kernels): B in {8, 128} x H in {512, 2048}, T=512,
+  bfloat16 and float32, the fusedrnn strategies and cuDNN (``torch.nn.RNN``); not part of the
+  targets. Each row's "cell" is its cell (kernels/cells.py), "lstm" elsewhere.
 - smoke (bench/gpu_smoke.py's speed section, one short call): T=512, bfloat16 B in {8, 32, 128}
   x H in {512, 1024, 2048} and B=512, H=1024 (bench/NOTES.md v1.4's occupancy risk), float32 at (B, H) = (32, 1024) and (128, 2048), float16 at B=16,
   H=768 (FlashRNN's and cuDNN's published shape), the fusedrnn strategies, cuDNN and the
   barrier floor.
 - ci: T=4, B=2, H=16 (and H=16, P=8 without the reference loops), float32, every provider;
+  and the tanh RNN at H=16 (fusedrnn, cuDNN and the reference loop);
   with benchmarking disabled (pyproject's default) each case runs once, so the suite cannot
   rot. Providers that cannot run on CPU skip with the reason.
 
@@ -117,7 +121,12 @@ GRIDS = {  # layers: (H, P), P the projection size or None
         T=(512,), B=(8, 128, 512), layers=[(1024, 256), (2048, 512)],
         dtypes=(torch.bfloat16, torch.float32), providers=[*FUSEDRNN, "cudnn"],
     ),
-    "ci": dict(T=(4,), B=(2,), layers=[(16, None), (16, 8)], dtypes=(torch.float32,), providers=PROVIDERS),
+    "ci": dict(T=(4,), B=(2,), layers=[(16, None), (16, 8)], dtypes=(torch.float32,), providers=PROVIDERS,
+               cells=("lstm", "rnn_tanh")),
+    "rnn": dict(
+        T=(512,), B=(8, 128), layers=[(512, None), (2048, None)], cells=("rnn_tanh",),
+        dtypes=(torch.bfloat16, torch.float32), providers=[*FUSEDRNN, "cudnn"],
+    ),
     # bench/gpu_smoke.py's speed section: listed shapes (dtype, B, H, P), not a cross product
     "smoke": dict(
         T=(512,), providers=[*FUSEDRNN, "cudnn", "floor-barrier"],
@@ -143,23 +152,33 @@ ENVIRONMENT = dict(
 )
 
 
+# The cells besides the LSTM (kernels/cells.py): torch's module and its nonlinearity argument.
+RNN_CELLS = {"rnn_tanh": "tanh", "rnn_relu": "relu"}
+
+
 def cases(grid):
-    """The parameters (mode, dtype, T, B, H, P, provider) of a grid, providers innermost."""
+    """The parameters (cell, mode, dtype, T, B, H, P, provider) of a grid, providers innermost."""
     g = GRIDS[grid]
     shapes = g.get("shapes") or [(dtype, B, H, P) for dtype in g["dtypes"] for B in g["B"] for H, P in g["layers"]]
-    for mode, (dtype, B, H, P), T, provider in itertools.product(MODES, shapes, g["T"], g["providers"]):
+    for cell, mode, (dtype, B, H, P), T, provider in itertools.product(g.get("cells", ("lstm",)), MODES, shapes,
+                                                                       g["T"], g["providers"]):  # fmt: skip
         if provider == "floor-barrier" and mode != "inference":
             continue
         # compiled_reference has no projection; the loops are timed for the targets, which have none
         if provider in SLOW and (T > SLOW_MAX_T or B > SLOW_MAX_B or P is not None):
             continue
+        # The RNN: no projection, and the LSTM's compiled loop and barrier floor are the LSTM's
+        if cell != "lstm" and (P is not None or provider in ("reference-compile", "floor-barrier")):
+            continue
         layer = f"H{H}" + (f"-P{P}" if P is not None else "")
-        yield pytest.param(mode, dtype, T, B, H, P, provider, id=f"{mode}-{dtype_name(dtype)}-T{T}-B{B}-{layer}-{provider}")
+        prefix = "" if cell == "lstm" else f"{cell}-"  # the LSTM's ids as before
+        yield pytest.param(cell, mode, dtype, T, B, H, P, provider,
+                           id=f"{prefix}{mode}-{dtype_name(dtype)}-T{T}-B{B}-{layer}-{provider}")  # fmt: skip
 
 
 def pytest_generate_tests(metafunc):
     grid = metafunc.config.getoption("bench_grid")
-    metafunc.parametrize("mode,dtype,T,B,H,P,provider", list(cases(grid)))
+    metafunc.parametrize("cell,mode,dtype,T,B,H,P,provider", list(cases(grid)))
 
 
 def _reference_step(gx_t, h, c, w_hh_t):
@@ -190,18 +209,23 @@ def compiled_reference(module):
     return forward
 
 
-def build(provider, T, B, H, P, dtype):
+def build(provider, T, B, H, P, dtype, cell="lstm"):
     """``forward(x) -> y`` and the parameters it trains; every module has the same weights."""
     if provider == "floor-barrier":
         barriers = launch.barrier_floor(T, B, H, dtype, DEVICE, P=P)
         return (lambda x: barriers()), []
     torch.manual_seed(0)
-    layer = dict(proj_size=P or 0, device=DEVICE, dtype=dtype)
+    if cell == "lstm":
+        layer = dict(proj_size=P or 0, device=DEVICE, dtype=dtype)
+        torch_module, ours = torch.nn.LSTM, fusedrnn.LSTM
+    else:
+        layer = dict(nonlinearity=RNN_CELLS[cell], device=DEVICE, dtype=dtype)
+        torch_module, ours = torch.nn.RNN, fusedrnn.RNN
     if provider == "cudnn":
-        module = torch.nn.LSTM(H, H, **layer)
+        module = torch_module(H, H, **layer)
     else:
         backend = "reference" if provider in SLOW else "triton"
-        module = fusedrnn.LSTM(H, H, backend=backend, **layer)
+        module = ours(H, H, backend=backend, **layer)
     forward = compiled_reference(module) if provider == "reference-compile" else (lambda x: module(x)[0])
     return forward, list(module.parameters())
 
@@ -250,7 +274,7 @@ def launch_settings(provider):
     return None, contextlib.nullcontext()
 
 
-def test_lstm(benchmark, mode, dtype, T, B, H, P, provider):
+def test_lstm(benchmark, cell, mode, dtype, T, B, H, P, provider):
     strategy, settings = launch_settings(provider)
     # Like for like in float32 (module docstring); bench/conftest.py's tf32 fixture restores it.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
@@ -259,12 +283,12 @@ def test_lstm(benchmark, mode, dtype, T, B, H, P, provider):
     # The strategy holds for the whole case: warm-up, timing, memory and the backward.
     with settings:
         try:
-            forward, parameters = build(provider, T, B, H, P, dtype)
+            forward, parameters = build(provider, T, B, H, P, dtype, cell)
             x = torch.randn(T, B, H, device=DEVICE, dtype=dtype, requires_grad=mode == "training")
             call = make_call(mode, forward, x, parameters, P or H)
             call()  # warm-up and compilation; a forced strategy that cannot run the shape raises
         except planner.StrategyUnavailable as err:
-            pytest.skip(f"{provider} cannot run T={T} B={B} H={H} P={P} {dtype_name(dtype)} here: {err}")
+            pytest.skip(f"{provider} cannot run {cell} T={T} B={B} H={H} P={P} {dtype_name(dtype)} here: {err}")
         ran = planner.last_strategy() if strategy is not None else None
         if HAS_CUDA and not benchmark.disabled:
             time_ms, peak_memory_bytes = measure(call)
@@ -277,7 +301,7 @@ def test_lstm(benchmark, mode, dtype, T, B, H, P, provider):
         benchmark.pedantic(synced_call, rounds=3, iterations=1)  # runs once when disabled (CI)
 
     benchmark.extra_info.update(
-        provider=provider, strategy=ran, mode=mode, T=T, B=B, I=H, H=H, P=P, dtype=dtype_name(dtype),
+        provider=provider, strategy=ran, cell=cell, mode=mode, T=T, B=B, I=H, H=H, P=P, dtype=dtype_name(dtype),
         tf32=torch.backends.cudnn.allow_tf32, tf32_matmul=torch.backends.cuda.matmul.allow_tf32, **ENVIRONMENT,
         time_ms=time_ms,
         us_per_step=time_ms * 1e3 / T if time_ms is not None else None,

@@ -112,6 +112,7 @@ class Case(NamedTuple):
     I: int  # noqa: E741 (the LSTM's input size, as everywhere in fusedrnn)
     H: int
     P: int | None = None  # proj_size; results from before the bench had projections lack it
+    cell: str = "lstm"  # kernels/cells.py; results from before the bench had other cells lack it
 
 
 class Config(NamedTuple):
@@ -158,11 +159,12 @@ def load_rows(paths):
 
 
 def case_of(info):
-    return Case(*(info[key] for key in Case._fields[:-1]), info.get("P"))
+    return Case(*(info[key] for key in Case._fields[:-2]), info.get("P"), info.get("cell", "lstm"))
 
 
 def case_order(case):
-    return (MODES.index(case.mode), DTYPES.index(case.dtype), *case[2:-1], case.P or 0)
+    return (case.cell != "lstm", case.cell, MODES.index(case.mode), DTYPES.index(case.dtype), *case[2:-2],
+            case.P or 0)  # fmt: skip
 
 
 def group_runs(rows):
@@ -328,8 +330,10 @@ def fmt_rate(tokens_per_s):
 
 
 def layer_label(case):
-    """H, with P and I where they are not the grid's (no projection, I = H)."""
-    return f"{case.H}" + (f" P={case.P}" if case.P is not None else "") + ("" if case.I == case.H else f" I={case.I}")
+    """H, with P and I where they are not the grid's (no projection, I = H), and the cell
+    where it is not the LSTM."""
+    label = f"{case.H}" + (f" P={case.P}" if case.P is not None else "") + ("" if case.I == case.H else f" I={case.I}")
+    return label if case.cell == "lstm" else f"{label} ({case.cell})"
 
 
 def case_name(case):
@@ -551,7 +555,6 @@ def write_plot(series, path, title_of=None, ylabel="speedup vs cuDNN"):
 # -------------------------------------------------------------------------------- dispatch
 
 DISPATCH_KERNELS = {"inference": "fwd", "training": "bwd"}
-DISPATCH_CELL = "lstm"  # the tables' "cell" (kernels/cells.py): bench/bench_lstm.py times the LSTM's kernels
 
 
 def dispatch_choices(rows, tf32=True):
@@ -567,7 +570,7 @@ def dispatch_choices(rows, tf32=True):
                 continue
             timed = {p: row for p, row in providers.items() if p in STRATEGIES}
             rank = (case.T, case.tf32 == tf32)  # 16-bit: the wanted TF32 setting first
-            key = (case.mode, case.dtype, case.B, case.H, case.P)
+            key = (case.cell, case.mode, case.dtype, case.B, case.H, case.P)
             if timed and (key not in best or rank > best[key][0]):
                 best[key] = (rank, case, timed)
     return {key: value[1:] for key, value in best.items()}
@@ -579,16 +582,17 @@ def dispatch_table(rows, tf32=True):
     if not choices:
         raise ValueError("no timed fusedrnn-{persistent,per-step,one-launch} rows to choose from")
     entries, cases, used = [], [], []
-    for (mode, dtype, B, H, P), (case, timed) in choices.items():
+    for (cell, mode, dtype, B, H, P), (case, timed) in choices.items():
         fastest = min(timed, key=lambda p: (timed[p].info["time_ms"], STRATEGIES.index(p)))
-        shape = {"cell": DISPATCH_CELL, "kernel": DISPATCH_KERNELS[mode], "dtype": dtype, "B": B, "H": H, "P": P}
+        shape = {"cell": cell, "kernel": DISPATCH_KERNELS[mode], "dtype": dtype, "B": B, "H": H, "P": P}
         entries.append({**shape, "strategy": fastest.removeprefix("fusedrnn-")})
         ms = {p.removeprefix("fusedrnn-"): timed[p].info["time_ms"] for p in STRATEGIES if p in timed}
         cases.append({**shape, "T": case.T, "tf32": case.tf32, "ms": ms})
         used += timed.values()
 
     def order(entry):
-        return ("fwd", "bwd").index(entry["kernel"]), DTYPES.index(entry["dtype"]), entry["B"], entry["H"], entry["P"] or 0
+        return (entry["cell"] != "lstm", entry["cell"], ("fwd", "bwd").index(entry["kernel"]), DTYPES.index(entry["dtype"]),
+                entry["B"], entry["H"], entry["P"] or 0)  # fmt: skip
 
     return {
         "gpu": used[0].info["gpu"],

@@ -580,3 +580,23 @@ def test_cpu_peak_memory_targets_and_table(tmp_path):
     assert "| training | float32 | layer | 1024 | 256 | 8 | 16.0 | 17.6 | 256.0 | 1.10x | 16.00x |" in table
     without = cpu_targets(cpu_rows(), tmp_path)  # no peak measured: said so, not passed
     assert without["fusedrnn-auto: peak memory / torch.nn.LSTM's"] == ("-", report.NOT_MEASURED)
+
+
+def test_rows_of_another_cell_are_their_own_cases_in_tables_targets_and_dispatch(tmp_path):
+    """An RNN row (extra_info "cell") and an LSTM row of the same shape are two cases: the
+    LSTM's targets and tables do not take the RNN's times, the RNN's rows say their cell,
+    and the dispatch entries carry it. Rows without "cell" (older results) are the LSTM's."""
+    lstm = [info(CUDNN, "training", "bfloat16", 8, 512, 2.0, "r"), info(AUTO, "training", "bfloat16", 8, 512, 1.0, "r")]
+    rnn = [info(CUDNN, "training", "bfloat16", 8, 512, 1.0, "r", cell="rnn_tanh"),
+           info(AUTO, "training", "bfloat16", 8, 512, 4.0, "r", cell="rnn_tanh")]  # fmt: skip
+    (config, cases), = report.select_runs([report.Row("x", row) for row in lstm + rnn]).items()
+    assert sorted(case.cell for case in cases) == ["lstm", "rnn_tanh"]
+    lstm_case = training_case("bfloat16", 8, 512)
+    assert lstm_case in cases and report.speedup(cases[lstm_case]) == 2.0
+    rnn_case = lstm_case._replace(cell="rnn_tanh")
+    assert report.speedup(cases[rnn_case]) == 0.25 and report.layer_label(rnn_case) == "512 (rnn_tanh)"
+    target = report.targets(config, cases)[0]  # training geomean: the LSTM's case only
+    assert target.measured == 1 and target.value == 2.0
+    rows = [*lstm, *strategy_rows("inference", "bfloat16", 8, 512, {"persistent": 1.0, "per-step": 2.0}, cell="rnn_tanh")]
+    entries = dispatch(tmp_path, rows)["dispatch"]
+    assert [(e["cell"], e["kernel"], e["strategy"]) for e in entries] == [("rnn_tanh", "fwd", "persistent")]
