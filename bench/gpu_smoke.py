@@ -16,7 +16,8 @@ stopped at its cap still leaves the rows it finished:
 3. correct: every strategy (one-launch where it applies, persistent, per-step with and
    without CUDA graphs, auto) on grids the test suite never reaches, in bf16, fp16, fp32
    with TF32 and IEEE, forward and every gradient against a float64 reference computed on
-   the GPU and against cuDNN in the same dtype, with the tests' three-way bound. Persistent
+   the GPU and against cuDNN in the same dtype, with the tests' three-way bound; the LSTM's
+   cases and six of the RNN's (tanh and relu, against cuDNN's nn.RNN). Persistent
    runs twice and must be bitwise equal; per-step with graphs runs three times (eager,
    captured, replayed) and must equal the eager run bitwise. Cases are shared out over
    worker processes (compiling is CPU-bound); a worker that dies is restarted after the
@@ -245,17 +246,19 @@ def correct_cases(tiny):
     """(name, settings) of every case, in a fixed order (workers take every n-th)."""
     cases = []
 
-    def add(dtype, B, H, T=32, I=None, P=0, L=1, bidirectional=False, packed=False):
-        name = f"{dtype}-T{T}-B{B}-I{I or H}-H{H}" + (f"-P{P}" if P else "") + (f"-L{L}" if L > 1 else "")
+    def add(dtype, B, H, T=32, I=None, P=0, L=1, bidirectional=False, packed=False, cell="lstm"):
+        name = ("" if cell == "lstm" else f"{cell}-") + f"{dtype}-T{T}-B{B}-I{I or H}-H{H}"
+        name += (f"-P{P}" if P else "") + (f"-L{L}" if L > 1 else "")
         name += ("-bi" if bidirectional else "") + ("-packed" if packed else "")
         cases.append(dict(name=name, dtype=dtype, T=T, B=B, I=I or H, H=H, P=P, L=L, bidirectional=bidirectional,
-                          packed=packed))  # fmt: skip
+                          packed=packed, cell=cell))  # fmt: skip
 
     if tiny:
         for dtype in ("bf16", "fp32-ieee"):
             add(dtype, 3, 20, T=4, I=5)
         add("fp32-ieee", 17, 40, T=3, I=6)  # two batch blocks, several unit blocks per step
         add("fp32-tf32", 4, 24, T=3, I=8, P=12, L=2, bidirectional=True, packed=True)
+        add("fp32-ieee", 3, 20, T=4, I=5, cell="rnn_relu")
         return cases
     # Per dtype, shapes that reach every barrier size from 16 to 128 programs (persistent: B
     # rows in blocks of up to 64, units in blocks of 16) and a one-launch shape (H <= 128).
@@ -266,6 +269,12 @@ def correct_cases(tiny):
     for dtype in ("bf16", "fp32-ieee"):
         add(dtype, 32, 1024, P=256)  # a projection: two phases a step
         add(dtype, 16, 256, I=96, L=2, bidirectional=True, packed=True)
+    # The RNN on the same kernels, against cuDNN's nn.RNN: persistent with held weights, the
+    # widest streamed shape, a packed bidirectional stack.
+    for dtype in ("bf16", "fp32-ieee"):
+        add(dtype, 8, 1024, cell="rnn_tanh")
+        add(dtype, 128, 2048, cell="rnn_relu")
+        add(dtype, 16, 256, I=96, L=2, bidirectional=True, packed=True, cell="rnn_tanh")
     return cases
 
 
@@ -314,20 +323,27 @@ def check_case(case, emit, index):
 
     import fusedrnn
     from fusedrnn.kernels import planner, recurrence, step_graphs
-    from fusedrnn.kernels.cells import LSTM
+    from fusedrnn.kernels.cells import CELLS
     from fusedrnn.testing import error_stats, module_forward_backward, no_worse_than_bound
 
     device = torch.device("cuda" if _cuda() else "cpu")
     dtype = getattr(torch, DTYPES[case["dtype"]])
     tf32 = case["dtype"] == "fp32-tf32"
-    # Like for like: cuDNN's fp32 LSTM takes all its products in TF32 under cudnn.allow_tf32;
+    # Like for like: cuDNN's fp32 LSTM (and RNN) takes all its products in TF32 under cudnn.allow_tf32;
     # so does fusedrnn here (recurrence by that switch, its cuBLAS GEMMs by matmul's).
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     T, B, I, H, P = case["T"], case["B"], case["I"], case["H"], case["P"]
-    kwargs = dict(num_layers=case["L"], bidirectional=case["bidirectional"], proj_size=P)
+    cell = case.get("cell", "lstm")
+    lstm = cell == "lstm"
+    kwargs = dict(num_layers=case["L"], bidirectional=case["bidirectional"])
+    if lstm:
+        kwargs.update(proj_size=P)
+    else:
+        kwargs.update(nonlinearity=cell.removeprefix("rnn_"))
+    ours_module, torch_module = (fusedrnn.LSTM, torch.nn.LSTM) if lstm else (fusedrnn.RNN, torch.nn.RNN)
     torch.manual_seed(index)
-    exact_module = fusedrnn.LSTM(I, H, backend="reference", dtype=torch.float64, device=device, **kwargs)
-    cudnn = torch.nn.LSTM(I, H, device=device, dtype=dtype, **kwargs)
+    exact_module = ours_module(I, H, backend="reference", dtype=torch.float64, device=device, **kwargs)
+    cudnn = torch_module(I, H, device=device, dtype=dtype, **kwargs)
     cudnn.load_state_dict(exact_module.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64, device=device)
     if case["packed"]:
@@ -335,22 +351,22 @@ def check_case(case, emit, index):
         lengths[:2] = torch.tensor([1, T])[: min(B, 2)]
         x = pack_padded_sequence(x, lengths, enforce_sorted=False)
     states = case["L"] * (2 if case["bidirectional"] else 1)
-    hx = (torch.randn(states, B, P or H, dtype=torch.float64, device=device),
-          torch.randn(states, B, H, dtype=torch.float64, device=device))  # fmt: skip
+    h0 = torch.randn(states, B, P or H, dtype=torch.float64, device=device)
+    hx = (h0, torch.randn(states, B, H, dtype=torch.float64, device=device)) if lstm else h0
     with torch.no_grad():
-        y, (h_n, c_n) = exact_module(x, hx)
-    cotangents = [torch.randn_like(t) for t in (y.data if case["packed"] else y, h_n, c_n)]
+        y, final = exact_module(x, hx)
+    cotangents = [torch.randn_like(t) for t in (y.data if case["packed"] else y, *(final if lstm else (final,)))]
 
     def cast(t):
         return t._replace(data=t.data.to(dtype)) if isinstance(t, PackedSequence) else t.to(dtype)
 
-    x_d, hx_d = cast(x), tuple(map(cast, hx))
+    x_d, hx_d = cast(x), tuple(map(cast, hx)) if lstm else cast(hx)
     exact = module_forward_backward(exact_module, x, hx, cotangents)
     try:
         got_cudnn, baseline = module_forward_backward(cudnn, x_d, hx_d, cotangents), "cudnn"
     except Exception as err:  # noqa: BLE001: e.g. a cuDNN without bf16 RNNs (before 9.13)
         # the tests' other baseline: the reference path in the same dtype
-        same_dtype = fusedrnn.LSTM(I, H, backend="reference", device=device, dtype=dtype, **kwargs)
+        same_dtype = ours_module(I, H, backend="reference", device=device, dtype=dtype, **kwargs)
         same_dtype.load_state_dict(exact_module.state_dict())
         got_cudnn, baseline = module_forward_backward(same_dtype, x_d, hx_d, cotangents), f"reference ({err})"[:300]
     # The tests' bound (tests/test_modules.py): err(ours) <= 2 err(cuDNN) + atol, per tensor.
@@ -358,7 +374,7 @@ def check_case(case, emit, index):
     cudnn_err = {name: error_stats(got_cudnn[name], exact[name]).rel for name in exact}
 
     for label, strategy, graphs, repeats in STRATEGY_RUNS:
-        ours = fusedrnn.LSTM(I, H, backend="triton", device=device, dtype=dtype, **kwargs)
+        ours = ours_module(I, H, backend="triton", device=device, dtype=dtype, **kwargs)
         ours.load_state_dict(exact_module.state_dict())
         counts_before = dict(step_graphs.cache.counts)
         row = dict(kind="correct", index=index, case=case["name"], strategy=label, baseline=baseline)
@@ -371,7 +387,8 @@ def check_case(case, emit, index):
                         torch.cuda.synchronize()
                 ran = planner.last_strategy()
                 # the K slices of the backward's dh loop in the plan that ran (kernels/planner.py DH_SPLIT)
-                plans = planner.plans(LSTM, B, H, P or None, dtype, device, recurrence._recurrence_bwd_kernel, True)
+                plans = planner.plans(CELLS[cell], B, H, P or None, dtype, device, recurrence._recurrence_bwd_kernel,
+                                      True)  # fmt: skip
                 dh_split = next((config["DH_SPLIT"] for name, config in plans if name == ran), None)
         except planner.StrategyUnavailable as err:
             emit(**row, unavailable=str(err), ok=None)
