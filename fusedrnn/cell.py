@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from fusedrnn._backend import WithBackend
 from fusedrnn._double_backward import tie_to_double_backward_error
 from fusedrnn.functional import (
     BACKENDS,
@@ -268,7 +269,7 @@ def _check_args(input, h, c, w_ih, w_hh, b_ih, b_hh):
         raise RuntimeError(f"hidden1 must have a floating dtype, got {c.dtype}")
 
 
-class LSTMCell(nn.LSTMCell):
+class LSTMCell(WithBackend, nn.LSTMCell):
     """Drop-in replacement for :class:`torch.nn.LSTMCell`.
 
     Same constructor, parameters (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``),
@@ -282,13 +283,7 @@ class LSTMCell(nn.LSTMCell):
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend="auto"):
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
-
-    def extra_repr(self):
-        s = super().extra_repr()
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+        self._set_backend(backend)
 
     def forward(self, input, hx=None):
         if uses_torch_cpu(input.device, self.backend):
@@ -377,7 +372,7 @@ def _check_rnn_cell_args(input, h, w_ih, w_hh, b_ih, b_hh):
         raise RuntimeError(f"hidden0 dtype ({h.dtype}) does not match input dtype ({input.dtype})")
 
 
-class RNNCell(nn.RNNCell):
+class RNNCell(WithBackend, nn.RNNCell):
     """Drop-in replacement for :class:`torch.nn.RNNCell` (tanh or relu): torch's constructor,
     parameters, initialisation, ``state_dict``, shapes and errors, plus a keyword-only
     ``backend`` (as :class:`LSTMCell`'s). On CUDA a step runs the recurrence kernels with
@@ -386,13 +381,7 @@ class RNNCell(nn.RNNCell):
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None, *,
                  backend="auto"):  # fmt: skip
         super().__init__(input_size, hidden_size, bias, nonlinearity, device=device, dtype=dtype)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
-
-    def extra_repr(self):
-        s = super().extra_repr()
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+        self._set_backend(backend)
 
     def forward(self, input, hx=None):
         if uses_torch_cpu(input.device, self.backend):

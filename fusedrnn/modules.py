@@ -6,6 +6,7 @@ from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fusedrnn import functional as F
+from fusedrnn._backend import WithBackend
 
 
 def _check_state_count(hx):
@@ -25,7 +26,7 @@ def _refuse_one_tensor(hx):
         raise TypeError("LSTM: hx must be a tuple (h0, c0) of tensors, got one tensor")
 
 
-class LSTM(nn.RNNBase):
+class LSTM(WithBackend, nn.RNNBase):
     """Drop-in replacement for :class:`torch.nn.LSTM`.
 
     Same constructor, parameters (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
@@ -56,13 +57,7 @@ class LSTM(nn.RNNBase):
 
     def __init__(self, *args, backend="auto", **kwargs):
         super().__init__("LSTM", *args, **kwargs)
-        if backend not in F.BACKENDS:
-            raise ValueError(f"backend must be one of {F.BACKENDS}, got {backend!r}")
-        self.backend = backend
-
-    def extra_repr(self):
-        s = super().extra_repr()
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+        self._set_backend(backend)
 
     def forward(self, input, hx=None, *, lengths=None):
         """As ``torch.nn.LSTM.forward``. ``lengths``: ``(B,)`` sequence lengths of a padded
@@ -186,7 +181,7 @@ class LSTM(nn.RNNBase):
         )
 
 
-class RNN(nn.RNNBase):
+class RNN(WithBackend, nn.RNNBase):
     """Drop-in replacement for :class:`torch.nn.RNN` (Elman RNN, ``nonlinearity`` ``"tanh"``
     or ``"relu"``), on the same recurrence kernels as :class:`fusedrnn.LSTM`.
 
@@ -209,13 +204,7 @@ class RNN(nn.RNNBase):
         F.rnn_cell_name(nonlinearity)  # torch's ValueError for any other
         self.nonlinearity = nonlinearity
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", *args, **kwargs)
-        if backend not in F.BACKENDS:
-            raise ValueError(f"backend must be one of {F.BACKENDS}, got {backend!r}")
-        self.backend = backend
-
-    def extra_repr(self):
-        s = super().extra_repr()  # torch's, which leaves the nonlinearity out
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+        self._set_backend(backend)  # the repr stays torch's, which leaves the nonlinearity out
 
     def forward(self, input, hx=None, *, lengths=None):
         """As ``torch.nn.RNN.forward``. ``lengths``: ``(B,)`` sequence lengths of a padded
