@@ -26,6 +26,19 @@ def _refuse_one_tensor(hx):
         raise TypeError("LSTM: hx must be a tuple (h0, c0) of tensors, got one tensor")
 
 
+def _batched(module, input, lengths, dims_error):
+    """What both modules' forward checks of a padded input, with torch's ``dims_error`` (a
+    format string of the input's dims): ``(input, is_batched, batch_dim)``, an unbatched
+    ``(T, I)`` input given its batch dimension of 1."""
+    if input.dim() not in (2, 3):
+        raise ValueError(dims_error.format(input.dim()))
+    is_batched = input.dim() == 3
+    if lengths is not None and not is_batched:
+        raise ValueError("lengths= needs batched 3-D input")
+    batch_dim = 0 if module.batch_first else 1
+    return (input if is_batched else input.unsqueeze(batch_dim)), is_batched, batch_dim
+
+
 class LSTM(WithBackend, nn.RNNBase):
     """Drop-in replacement for :class:`torch.nn.LSTM`.
 
@@ -90,14 +103,8 @@ class LSTM(WithBackend, nn.RNNBase):
             if lengths is not None:
                 raise ValueError("lengths= is for padded input; a PackedSequence carries its own")
             return self._forward_packed(input, hx)
-        if input.dim() not in (2, 3):
-            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-        is_batched = input.dim() == 3
-        if lengths is not None and not is_batched:
-            raise ValueError("lengths= needs batched 3-D input")
-        batch_dim = 0 if self.batch_first else 1
-        if not is_batched:
-            input = input.unsqueeze(batch_dim)
+        dims_error = "LSTM: Expected input to be 2D or 3D, got {}D instead"
+        input, is_batched, batch_dim = _batched(self, input, lengths, dims_error)
         if hx is None:
             self.check_input(input, None)
         else:
@@ -218,19 +225,13 @@ class RNN(WithBackend, nn.RNNBase):
             if lengths is not None:
                 raise ValueError("lengths= is for padded input; a PackedSequence carries its own")
             return self._forward_packed(input, hx)
-        if input.dim() not in (2, 3):
-            raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
-        is_batched = input.dim() == 3
-        if lengths is not None and not is_batched:
-            raise ValueError("lengths= needs batched 3-D input")
-        batch_dim = 0 if self.batch_first else 1
-        if not is_batched:
-            input = input.unsqueeze(batch_dim)
-            if hx is not None:
-                if hx.dim() != 2:
-                    raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
-                hx = hx.unsqueeze(1)
-        elif hx is not None and hx.dim() != 3:
+        dims_error = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"
+        input, is_batched, batch_dim = _batched(self, input, lengths, dims_error)
+        if not is_batched and hx is not None:
+            if hx.dim() != 2:
+                raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+            hx = hx.unsqueeze(1)
+        elif is_batched and hx is not None and hx.dim() != 3:
             raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
         if hx is None:
             self.check_input(input, None)
