@@ -152,10 +152,6 @@ ENVIRONMENT = dict(
 )
 
 
-# The cells besides the LSTM (kernels/cells.py): torch's module and its nonlinearity argument.
-RNN_CELLS = {"rnn_tanh": "tanh", "rnn_relu": "relu"}
-
-
 def cases(grid):
     """The parameters (cell, mode, dtype, T, B, H, P, provider) of a grid, providers innermost."""
     g = GRIDS[grid]
@@ -219,7 +215,7 @@ def build(provider, T, B, H, P, dtype, cell="lstm"):
         layer = dict(proj_size=P or 0, device=DEVICE, dtype=dtype)
         torch_module, ours = torch.nn.LSTM, fusedrnn.LSTM
     else:
-        layer = dict(nonlinearity=RNN_CELLS[cell], device=DEVICE, dtype=dtype)
+        layer = dict(nonlinearity=cell.removeprefix("rnn_"), device=DEVICE, dtype=dtype)
         torch_module, ours = torch.nn.RNN, fusedrnn.RNN
     if provider == "cudnn":
         module = torch_module(H, H, **layer)

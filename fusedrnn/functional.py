@@ -5,6 +5,7 @@ rule (``use_kernels``, ``uses_torch_cpu``)."""
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from fusedrnn.kernels.cells import CELLS
 from fusedrnn.kernels.reference import lstm_reference, rnn_reference
 
 BACKENDS = ("auto", "triton", "reference")
@@ -265,7 +266,7 @@ def recurrent_layers(cell, layer, check_first_layer, input, hx, weights, *, num_
         T, B = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
         lengths = check_lengths(lengths, T, B, input.device)
     if uses_torch_cpu(input.device, backend) and input.dim() == 3:
-        check_first_layer(*(tuple(s[0] for s in hx) if hx is not None else (None,) * _state_count(cell)),
+        check_first_layer(*(tuple(s[0] for s in hx) if hx is not None else (None,) * len(CELLS[cell].states)),
                           weights[:per_layer])  # fmt: skip
         return torch_cpu_layers(
             cell, input, hx, weights, num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
@@ -290,10 +291,6 @@ def recurrent_layers(cell, layer, check_first_layer, input, hx, weights, *, num_
     return layer_input, tuple(torch.stack(kept) for kept in finals)
 
 
-def _state_count(cell):
-    return 2 if cell == "lstm" else 1
-
-
 def use_kernels(input, backend):
     """The backend rule: the Triton kernels under ``"triton"``, and under ``"auto"`` for CUDA
     tensors of the kernels' dtypes."""
@@ -311,10 +308,6 @@ def uses_torch_cpu(device, backend):
     return backend == "auto" and device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-# torch's own op of each cell (the calls of torch.nn.LSTM.forward and torch.nn.RNN.forward)
-_TORCH_OPS = {"lstm": "lstm", "rnn_tanh": "rnn_tanh", "rnn_relu": "rnn_relu"}
-
-
 def torch_cpu_layers(cell, input, hx, weights, *, num_layers=1, bidirectional=False, dropout=0.0, training=False,
                      batch_first=False, lengths=None):  # fmt: skip
     """:func:`recurrent_layers` by torch's own op (``torch._VF.lstm``, ``rnn_tanh``,
@@ -329,7 +322,7 @@ def torch_cpu_layers(cell, input, hx, weights, *, num_layers=1, bidirectional=Fa
             torch_cpu_layers, cell, input, hx, weights, num_layers=num_layers, bidirectional=bidirectional,
             dropout=dropout, training=training, batch_first=batch_first, lengths=lengths,
         )  # fmt: skip
-    op = getattr(torch._VF, _TORCH_OPS[cell])
+    op = getattr(torch._VF, cell)  # a cell's name is its aten op's: lstm, rnn_tanh, rnn_relu
     lstm = cell == "lstm"
     states = num_layers * (2 if bidirectional else 1)
     has_bias = len(weights) // states in ((4, 5) if lstm else (4,))
