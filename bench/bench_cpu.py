@@ -1,5 +1,6 @@
-"""CPU throughput: fusedrnn.LSTM on CPU (``backend="auto"``: torch's own CPU LSTM) and the
-reference loop against torch.nn.LSTM, same weights, one machine, one run.
+"""CPU throughput: fusedrnn.LSTM (and fusedrnn.RNN) on CPU (``backend="auto"``: torch's own
+CPU op) and the reference loop against torch.nn.LSTM (torch.nn.RNN), same weights, one
+machine, one run.
 
 Running (pytest-benchmark; the options are defined in bench/conftest.py)
 -----------------------------------------------------------------------
@@ -8,7 +9,10 @@ Running (pytest-benchmark; the options are defined in bench/conftest.py)
         --benchmark-json=bench/results/cpu/<cpu model>-<date>.json
 
 ``--cpu-threads N`` (default 1, as the issue measured) sets ``torch.set_num_threads`` for the
-run; rows record it with the CPU's model and core count.
+run; rows record it with the CPU's model and core count. ``--cpu-cell`` picks the cell of the
+timed grids (``lstm``, the default, or ``rnn_tanh``/``rnn_relu``: fusedrnn.RNN against
+torch.nn.RNN, RNNCell against nn.RNNCell; kernels/cells.py's names); each row records its
+``cell``. The ci grid runs every cell.
 
 Grids (I = H, time-major, inference under ``no_grad`` and training = forward + backward into
 the input and every parameter, as bench_lstm.py's modes):
@@ -25,7 +29,7 @@ the input and every parameter, as bench_lstm.py's modes):
   long, and at T = 20000 its peak memory was 6x torch's); run it with ``--cpu-memory``.
 - ci: T = 4, B = 2, H = 8, float32, every kind and provider, untimed.
 Layer kinds, at (T, B, H) in {(128, 8, 256), (128, 32, 512)}: "stacked-bidirectional"
-(2 layers, both directions), "projection" (proj_size = H / 4), "packed" (a PackedSequence of
+(2 layers, both directions), "projection" (proj_size = H / 4; the LSTM only), "packed" (a PackedSequence of
 unsorted random lengths), "lengths" (fusedrnn's ``lengths=``; torch: pack -> LSTM -> pad,
 what a torch user writes for the same result), and "cell" (torch.nn.LSTMCell against
 fusedrnn.LSTMCell, stepped T times from Python, at (T, B, H) in CELL_SHAPES: the per-call
@@ -67,6 +71,7 @@ import fusedrnn
 from fusedrnn.kernels.tuning import dtype_name
 
 PROVIDERS = ["torch", "fusedrnn-auto", "reference-eager"]
+CELLS = ["lstm", "rnn_tanh", "rnn_relu"]  # kernels/cells.py's names
 MODES = ["inference", "training"]
 DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 KINDS = ["layer", "stacked-bidirectional", "projection", "packed", "lengths", "cell"]
@@ -88,27 +93,34 @@ def _layer_shapes(grid):
     return [(4, 2, 8)]
 
 
-def cases(grid):
-    """(mode, dtype, kind, T, B, H, provider), providers innermost."""
+def cases(grid, cell=None):
+    """(cell, mode, dtype, kind, T, B, H, provider), providers innermost. ``cell`` None: every
+    cell in the ci grid, the LSTM in the others."""
+    cells = [cell] if cell else CELLS if grid == "ci" else ["lstm"]
     dtypes = DTYPES if grid in ("full", "measured") else (torch.float32,)
     shapes = [("layer", *shape) for shape in _layer_shapes(grid)]
     if grid != "long":
         shapes += [(kind, *shape) for kind in KINDS[1:-1] for shape in (KIND_SHAPES if grid != "ci" else [(4, 2, 8)])]
         shapes += [("cell", *shape) for shape in (CELL_SHAPES if grid != "ci" else [(4, 2, 8)])]
-    for mode in MODES:
-        for dtype in dtypes:
-            for kind, T, B, H in shapes:
-                for provider in PROVIDERS:
-                    slow = T * B * H * H > REFERENCE_MAX_WORK or dtype == torch.bfloat16
-                    if provider == "reference-eager" and slow and grid not in ("ci", "long"):
+    for cell in cells:
+        for mode in MODES:
+            for dtype in dtypes:
+                for kind, T, B, H in shapes:
+                    if kind == "projection" and cell != "lstm":
                         continue
-                    name = f"{mode}-{dtype_name(dtype)}-{kind}-T{T}-B{B}-H{H}-{provider}"
-                    yield pytest.param(mode, dtype, kind, T, B, H, provider, id=name)
+                    for provider in PROVIDERS:
+                        slow = T * B * H * H > REFERENCE_MAX_WORK or dtype == torch.bfloat16
+                        if provider == "reference-eager" and slow and grid not in ("ci", "long"):
+                            continue
+                        prefix = "" if cell == "lstm" else f"{cell}-"  # the LSTM's ids as before
+                        name = f"{prefix}{mode}-{dtype_name(dtype)}-{kind}-T{T}-B{B}-H{H}-{provider}"
+                        yield pytest.param(cell, mode, dtype, kind, T, B, H, provider, id=name)
 
 
 def pytest_generate_tests(metafunc):
     if "provider" in metafunc.fixturenames:
-        metafunc.parametrize("mode,dtype,kind,T,B,H,provider", list(cases(metafunc.config.getoption("cpu_grid"))))
+        grid, cell = metafunc.config.getoption("cpu_grid"), metafunc.config.getoption("cpu_cell")
+        metafunc.parametrize("cell,mode,dtype,kind,T,B,H,provider", list(cases(grid, cell)))
 
 
 def cpu_model():
@@ -130,29 +142,34 @@ ENVIRONMENT = dict(
 )  # fmt: skip
 
 
-def build(provider, kind, H, dtype):
+def build(provider, kind, H, dtype, cell="lstm"):
+    """The provider's module: torch's (nn.LSTM, nn.RNN or their cells) or fusedrnn's."""
     torch.manual_seed(0)
+    library = torch.nn if provider == "torch" else fusedrnn
+    options = dict(dtype=dtype)
+    if provider != "torch":
+        options.update(backend="auto" if provider == "fusedrnn-auto" else "reference")
+    if cell != "lstm":
+        options.update(nonlinearity=cell.removeprefix("rnn_"))
     if kind == "cell":
-        if provider == "torch":
-            return torch.nn.LSTMCell(H, H, dtype=dtype)
-        return fusedrnn.LSTMCell(H, H, dtype=dtype, backend="auto" if provider == "fusedrnn-auto" else "reference")
-    layer = dict(dtype=dtype, proj_size=H // 4 if kind == "projection" else 0)
+        return (library.LSTMCell if cell == "lstm" else library.RNNCell)(H, H, **options)
+    if kind == "projection":
+        options.update(proj_size=H // 4)
     if kind == "stacked-bidirectional":
-        layer.update(num_layers=2, bidirectional=True)
-    if provider == "torch":
-        return torch.nn.LSTM(H, H, **layer)
-    return fusedrnn.LSTM(H, H, backend="auto" if provider == "fusedrnn-auto" else "reference", **layer)
+        options.update(num_layers=2, bidirectional=True)
+    return (library.LSTM if cell == "lstm" else library.RNN)(H, H, **options)
 
 
 def make_forward(module, provider, kind, T, B):
     """forward(x) -> the output tensor, for the kind's input: padded, packed, or with lengths."""
     if kind == "cell":
+        lstm = isinstance(module, (torch.nn.LSTMCell, fusedrnn.LSTMCell))
 
         def steps(x):
             state, outputs = None, []
             for x_t in x.unbind(0):
                 state = module(x_t, state)
-                outputs.append(state[0])
+                outputs.append(state[0] if lstm else state)  # (h, c), or the RNN's h
             return torch.stack(outputs)
 
         return steps
@@ -234,13 +251,13 @@ def threads(request):
     torch.set_num_threads(saved)
 
 
-def test_cpu_lstm(benchmark, request, mode, dtype, kind, T, B, H, provider):
-    module = build(provider, kind, H, dtype)
+def test_cpu(benchmark, request, cell, mode, dtype, kind, T, B, H, provider):
+    module = build(provider, kind, H, dtype, cell)
     x = torch.randn(T, B, H, dtype=dtype, requires_grad=mode == "training")
     call = make_call(mode, make_forward(module, provider, kind, T, B), x, list(module.parameters()))
     peer_times, setup = [], None
-    if provider != "torch":  # torch.nn.LSTM interleaved with this provider's rounds
-        peer = build("torch", kind, H, dtype)
+    if provider != "torch":  # torch's module interleaved with this provider's rounds
+        peer = build("torch", kind, H, dtype, cell)
         peer_call = make_call(mode, make_forward(peer, "torch", kind, T, B), x, list(peer.parameters()))
         peer_call()  # warm-up
 
@@ -256,10 +273,11 @@ def test_cpu_lstm(benchmark, request, mode, dtype, kind, T, B, H, provider):
     stats = None if benchmark.disabled else benchmark.stats.stats
     peak_mib = peak_memory_mib(call) if request.config.getoption("cpu_memory") else None
     time_ms, median_ms = (stats.min * 1e3, stats.median * 1e3) if stats else (None, None)
-    cell = kind == "cell"
+    stepped = kind == "cell"
     benchmark.extra_info.update(
-        provider=provider, mode=mode, kind=kind, T=T, B=B, I=H, H=H, P=None if cell else module.proj_size or None,
-        layers=1 if cell else module.num_layers, bidirectional=False if cell else module.bidirectional,
+        provider=provider, cell=cell, mode=mode, kind=kind, T=T, B=B, I=H, H=H,
+        P=None if stepped else getattr(module, "proj_size", 0) or None,
+        layers=1 if stepped else module.num_layers, bidirectional=False if stepped else module.bidirectional,
         dtype=dtype_name(dtype),
         threads=torch.get_num_threads(), **ENVIRONMENT, time_ms=time_ms, median_ms=median_ms,
         torch_ms=min(peer_times) * 1e3 if peer_times and stats else None,

@@ -631,7 +631,8 @@ def cmd_dispatch(args):
 # bench/results/CPU-REPORT.md, cpu-speedup.png and the README's section between the
 # cpu-performance markers. A run is one pytest process (run_id); ratios only within a run;
 # per (CPU, threads) and case the latest run that measured it counts. Speedup = torch.nn.LSTM time / fusedrnn.LSTM
-# (auto) time. Targets (issue 19): the geometric mean of the speedup over every case of the
+# (auto) time; each cell (rows' "cell", "lstm" where older rows have none) against its own torch
+# module (CPU_PEERS), in a section of its own, with the same targets. Targets (issue 19): the geometric mean of the speedup over every case of the
 # run >= 1.0 and its worst case >= 0.9; time linear in T: per (mode, dtype, B, H) of a one-layer
 # case measured at two T >= 128 in one run, the growth of the time per step from the shortest
 # to the longest, divided by torch.nn.LSTM's own growth there where that is > 1: <= 1.25x, for fusedrnn-auto and for
@@ -648,6 +649,8 @@ TORCH, REFERENCE = "torch", "reference-eager"  # and AUTO
 CPU_PROVIDERS = (TORCH, AUTO, REFERENCE)
 CPU_DTYPES = ("float32", "bfloat16", "float64")
 CPU_KINDS = ("layer", "stacked-bidirectional", "projection", "packed", "lengths", "cell")
+CPU_PEERS = {"lstm": ("torch.nn.LSTM", "fusedrnn.LSTM"), "rnn_tanh": ("torch.nn.RNN", "fusedrnn.RNN"),
+             "rnn_relu": ("torch.nn.RNN(nonlinearity='relu')", "fusedrnn.RNN")}  # cell -> (peer, ours)
 CPU_REQUIRED_KEYS = (
     "provider", "mode", "kind", "T", "B", "I", "H", "P", "layers", "bidirectional", "dtype", "threads", "cpu",
     "cpu_count", "torch", "fusedrnn", "python", "date", "run_id", "timer", "time_ms", "us_per_step",
@@ -663,6 +666,7 @@ CPU_NO_RESULTS = "No CPU results are committed yet (bench/bench_cpu.py writes th
 
 
 class CpuCase(NamedTuple):
+    cell: str
     mode: str
     dtype: str
     kind: str
@@ -687,8 +691,10 @@ def load_cpu(paths):
             missing = [key for key in CPU_REQUIRED_KEYS if key not in info]
             if missing:
                 raise ValueError(f"{path}: {bench.get('name')}: extra_info lacks {', '.join(missing)}")
-            if info["provider"] not in CPU_PROVIDERS or info["mode"] not in MODES or info["kind"] not in CPU_KINDS:
-                raise ValueError(f"{path}: {bench.get('name')}: unknown provider, mode or kind")
+            info = dict(info, cell=info.get("cell", "lstm"))  # rows from before the RNN are the LSTM's
+            if (info["provider"] not in CPU_PROVIDERS or info["mode"] not in MODES or info["kind"] not in CPU_KINDS
+                    or info["cell"] not in CPU_PEERS):
+                raise ValueError(f"{path}: {bench.get('name')}: unknown provider, mode, kind or cell")
             if info["time_ms"] is None:
                 continue
             info = dict(info, source=display_path(path))
@@ -706,7 +712,7 @@ def load_cpu(paths):
 
 
 def cpu_order(case):
-    return MODES.index(case.mode), CPU_DTYPES.index(case.dtype), CPU_KINDS.index(case.kind), case.T, case.H, case.B
+    return list(CPU_PEERS).index(case.cell), MODES.index(case.mode), CPU_DTYPES.index(case.dtype), CPU_KINDS.index(case.kind), case.T, case.H, case.B
 
 
 def cpu_ratio(providers, slower, faster):
@@ -775,8 +781,18 @@ def memory_ratios(cases, provider):
     return out
 
 
+def by_cell(cases):
+    """{cell: {case: providers}}, in CPU_PEERS' order (cases are sorted by cell first)."""
+    out = defaultdict(dict)
+    for case, providers in cases.items():
+        out[case.cell][case] = providers
+    return dict(out)
+
+
 def cpu_targets(cases):
-    """[(name, requirement, measured, result)]: the module docstring's cpu_targets."""
+    """[(name, requirement, measured, result)]: the module docstring's cpu_targets, for the
+    cases of one cell against its torch module."""
+    peer = CPU_PEERS[next(iter(cases)).cell][0] if cases else "torch.nn.LSTM"
     values = cpu_speedups(cases)
     rows = []
 
@@ -795,11 +811,11 @@ def cpu_targets(cases):
     add("speedup, geometric mean", {None: geomean(values.values())} if values else {}, MEAN_AT_LEAST, True)
     add("speedup, worst case", values, WORST_AT_LEAST, True)
     for provider in (AUTO, REFERENCE):
-        add(f"{provider}: growth of time per step over T (over torch.nn.LSTM's where that grows)",
+        add(f"{provider}: growth of time per step over T (over {peer}'s where that grows)",
             linearity_against_torch(cases, provider), LINEAR_AT_MOST, False)  # fmt: skip
     for provider in (AUTO, REFERENCE):
-        add(f"{provider}: peak memory / torch.nn.LSTM's", memory_ratios(cases, provider), MEMORY_AT_MOST, False)
-        add(f"{provider}: growth of peak memory per step over T (over torch.nn.LSTM's where that grows)",
+        add(f"{provider}: peak memory / {peer}'s", memory_ratios(cases, provider), MEMORY_AT_MOST, False)
+        add(f"{provider}: growth of peak memory per step over T (over {peer}'s where that grows)",
             linearity_against_torch(cases, provider, "memory"), LINEAR_AT_MOST, False)  # fmt: skip
     return rows
 
@@ -849,9 +865,9 @@ def cpu_case_table(group):
 
 CPU_INTRO = (
     "Speedup = torch.nn.LSTM time / fusedrnn.LSTM time (`backend=\"auto\"`, which on CPU runs torch's "
-    "own LSTM op), same weights, same run; \"reference / fusedrnn\" = the tests' reference loop "
+    "own LSTM op; torch.nn.RNN / fusedrnn.RNN likewise), same weights, same run; \"reference / fusedrnn\" = the tests' reference loop "
     "(`backend=\"reference\"`) time / fusedrnn's. A time is the fastest of its `time.perf_counter` "
-    "rounds; the speedup pairs fusedrnn's rounds with torch.nn.LSTM calls interleaved between them "
+    "rounds; the speedup pairs fusedrnn's rounds with calls of torch's module interleaved between them "
     "(bench/bench_cpu.py says why)."
 )
 
@@ -880,45 +896,53 @@ def render_cpu_report(selected, png_link):
     parts = ["# fusedrnn on CPU: benchmark report",
              "Generated by `python bench/report.py render` from bench/results/cpu/*.json; do not edit by hand. " + CPU_INTRO]
     if png_link:
-        parts.append(f"![fusedrnn speedup over torch.nn.LSTM on CPU]({png_link})")
-    for machine, cases in selected.items():
-        parts += [f"## {machine.cpu}, {machine.threads} thread(s)", cpu_provenance(cases), "### Targets",
-                  cpu_target_table(cases), cpu_summary_table(cases)]  # fmt: skip
-        groups = defaultdict(dict)
-        for case, providers in cases.items():
-            groups[case.mode, case.dtype][case] = providers
-        for (mode, dtype), group in groups.items():
-            parts += [f"### {mode}, {dtype}", cpu_case_table(group)]
-        if memory := cpu_memory_table(cases):
-            parts += ["### Peak memory", CPU_MEMORY_INTRO, memory]
+        parts.append(f"![fusedrnn speedup over torch on CPU]({png_link})")
+    for machine, all_cases in selected.items():
+        for cell, cases in by_cell(all_cases).items():
+            parts += [f"## {machine.cpu}, {machine.threads} thread(s): {cpu_section_title(cell)}",
+                      cpu_provenance(cases), "### Targets", cpu_target_table(cases), cpu_summary_table(cases)]  # fmt: skip
+            groups = defaultdict(dict)
+            for case, providers in cases.items():
+                groups[case.mode, case.dtype][case] = providers
+            for (mode, dtype), group in groups.items():
+                parts += [f"### {mode}, {dtype}", cpu_case_table(group)]
+            if memory := cpu_memory_table(cases):
+                parts += ["### Peak memory", CPU_MEMORY_INTRO, memory]
     return "\n\n".join(parts) + "\n"
+
+
+def cpu_section_title(cell):
+    peer, ours = CPU_PEERS[cell]
+    return f"{ours} against {peer}"
 
 
 def render_cpu_readme_section(selected, report_link, png_link):
     if not selected:
         return f"{CPU_NO_RESULTS}\n\n{CPU_GENERATED_NOTE}\n"
-    parts = []
-    for cases in selected.values():
-        parts += [cpu_provenance(cases) + ".", CPU_INTRO, cpu_target_table(cases), cpu_summary_table(cases)]
+    parts = [CPU_INTRO]
+    for all_cases in selected.values():
+        for cell, cases in by_cell(all_cases).items():
+            parts += [f"**{cpu_section_title(cell)}**: " + cpu_provenance(cases) + ".", cpu_target_table(cases),
+                      cpu_summary_table(cases)]  # fmt: skip
     link = f"Every case, with its times: [{report_link}]({report_link})."
-    parts += [link + (f"\n\n![fusedrnn speedup over torch.nn.LSTM on CPU]({png_link})" if png_link else ""),
+    parts += [link + (f"\n\n![fusedrnn speedup over torch on CPU]({png_link})" if png_link else ""),
               CPU_GENERATED_NOTE]  # fmt: skip
     return "\n\n".join(parts) + "\n"
 
 
 def cpu_plot_series(selected):
-    """{(machine, mode, dtype): {"H=...": [(B, speedup)]}}, one-layer cases at T = PLOT_T."""
+    """{((machine, cell), mode, dtype): {"H=...": [(B, speedup)]}}, one-layer cases at T = PLOT_T."""
     series = defaultdict(lambda: defaultdict(list))
     for machine, cases in selected.items():
         for case, value in cpu_speedups(cases).items():
             if case.kind == "layer" and case.T == PLOT_T:
-                series[machine, case.mode, case.dtype][f"H={case.H}"].append((case.B, value))
+                series[(machine, case.cell), case.mode, case.dtype][f"H={case.H}"].append((case.B, value))
     return series
 
 
 def cpu_plot_title(key):
-    machine, mode, dtype = key
-    return f"{machine.cpu[:40]}, {machine.threads} thread(s)\n{mode}, {dtype}, T={PLOT_T}"
+    (machine, cell), mode, dtype = key
+    return f"{machine.cpu[:40]}, {machine.threads} thread(s)\n{CPU_PEERS[cell][1]}, {mode}, {dtype}, T={PLOT_T}"
 
 
 def generate_cpu(args):
@@ -975,7 +999,7 @@ def cmd_render(args):
         Path(args.cpu_md).write_text(cpu_report)
         series = cpu_plot_series(cpu_selected)
         if series:
-            write_plot(series, args.cpu_png, cpu_plot_title, "speedup vs torch.nn.LSTM")
+            write_plot(series, args.cpu_png, cpu_plot_title, "speedup vs torch's module")
     if args.readme:
         readme = Path(args.readme)
         text = replace_section(readme.read_text(), section)

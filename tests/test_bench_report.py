@@ -600,3 +600,24 @@ def test_rows_of_another_cell_are_their_own_cases_in_tables_targets_and_dispatch
     rows = [*lstm, *strategy_rows("inference", "bfloat16", 8, 512, {"persistent": 1.0, "per-step": 2.0}, cell="rnn_tanh")]
     entries = dispatch(tmp_path, rows)["dispatch"]
     assert [(e["cell"], e["kernel"], e["strategy"]) for e in entries] == [("rnn_tanh", "fwd", "persistent")]
+
+
+def test_cpu_rows_of_another_cell_get_their_own_section_and_targets(tmp_path):
+    """bench_cpu.py's RNN rows (extra_info "cell") are cases apart from the LSTM's of the same
+    shape: their own section against torch.nn.RNN, their own targets, and the LSTM's speedup
+    does not take their times. Rows without "cell" (older results) are the LSTM's."""
+    lstm = cpu_rows(auto_factor=1.1)
+    rnn = [dict(row, cell="rnn_tanh") for row in cpu_rows(auto_factor=0.5)]
+    (cases,) = report.load_cpu([write_results(tmp_path / "cpu.json", lstm + rnn)]).values()
+    per_cell = report.by_cell(cases)
+    assert list(per_cell) == ["lstm", "rnn_tanh"] and len(per_cell["lstm"]) == len(per_cell["rnn_tanh"])
+    lstm_targets = {name: value for name, _, value, _ in report.cpu_targets(per_cell["lstm"])}
+    rnn_targets = {name: (value, result) for name, _, value, result in report.cpu_targets(per_cell["rnn_tanh"])}
+    assert lstm_targets["speedup, geometric mean"] == "1.100x"
+    assert rnn_targets["speedup, geometric mean"] == ("0.500x", "MISS by 50.0%")
+    assert "reference-eager: peak memory / torch.nn.RNN's" in rnn_targets
+    md = report.render_cpu_report(report.load_cpu([write_results(tmp_path / "cpu.json", lstm + rnn)]), None)
+    assert "## Synthetic CPU, 1 thread(s): fusedrnn.LSTM against torch.nn.LSTM" in md
+    assert "## Synthetic CPU, 1 thread(s): fusedrnn.RNN against torch.nn.RNN" in md
+    with pytest.raises(ValueError, match="unknown provider, mode, kind or cell"):
+        report.load_cpu([write_results(tmp_path / "bad.json", [dict(lstm[0], cell="gru9")])])
