@@ -10,8 +10,8 @@ Running (pytest-benchmark; the options are defined in bench/conftest.py)
 
 ``--cpu-threads N`` (default 1, as the issue measured) sets ``torch.set_num_threads`` for the
 run; rows record it with the CPU's model and core count. ``--cpu-cell`` picks the cell of the
-timed grids (``lstm``, the default, or ``rnn_tanh``/``rnn_relu``: fusedrnn.RNN against
-torch.nn.RNN, RNNCell against nn.RNNCell; kernels/cells.py's names); each row records its
+timed grids (``lstm``, the default, ``rnn_tanh``/``rnn_relu``: fusedrnn.RNN against
+torch.nn.RNN, RNNCell against nn.RNNCell, or ``gru``: GRU and GRUCell; kernels/cells.py's names); each row records its
 ``cell``. The ci grid runs every cell.
 
 Grids (I = H, time-major, inference under ``no_grad`` and training = forward + backward into
@@ -71,7 +71,7 @@ import fusedrnn
 from fusedrnn.kernels.tuning import dtype_name
 
 PROVIDERS = ["torch", "fusedrnn-auto", "reference-eager"]
-CELLS = ["lstm", "rnn_tanh", "rnn_relu"]  # kernels/cells.py's names
+CELLS = ["lstm", "rnn_tanh", "rnn_relu", "gru"]  # kernels/cells.py's names
 MODES = ["inference", "training"]
 DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 KINDS = ["layer", "stacked-bidirectional", "projection", "packed", "lengths", "cell"]
@@ -143,21 +143,22 @@ ENVIRONMENT = dict(
 
 
 def build(provider, kind, H, dtype, cell="lstm"):
-    """The provider's module: torch's (nn.LSTM, nn.RNN or their cells) or fusedrnn's."""
+    """The provider's module: torch's (nn.LSTM, nn.RNN, nn.GRU or their cells) or fusedrnn's."""
     torch.manual_seed(0)
     library = torch.nn if provider == "torch" else fusedrnn
     options = dict(dtype=dtype)
     if provider != "torch":
         options.update(backend="auto" if provider == "fusedrnn-auto" else "reference")
-    if cell != "lstm":
+    if cell.startswith("rnn_"):
         options.update(nonlinearity=cell.removeprefix("rnn_"))
+    layer_class, cell_class = {"lstm": ("LSTM", "LSTMCell"), "gru": ("GRU", "GRUCell")}.get(cell, ("RNN", "RNNCell"))
     if kind == "cell":
-        return (library.LSTMCell if cell == "lstm" else library.RNNCell)(H, H, **options)
+        return getattr(library, cell_class)(H, H, **options)
     if kind == "projection":
         options.update(proj_size=H // 4)
     if kind == "stacked-bidirectional":
         options.update(num_layers=2, bidirectional=True)
-    return (library.LSTM if cell == "lstm" else library.RNN)(H, H, **options)
+    return getattr(library, layer_class)(H, H, **options)
 
 
 def make_forward(module, provider, kind, T, B):

@@ -34,7 +34,7 @@ def pytest_addoption(parser):
     group.addoption("--bench-part", type=_part, metavar="K/N", help="run the K-th of N slices of the cases")
     group.addoption("--cpu-grid", choices=["ci", "measured", "long", "full"], default="ci",
                     help="bench_cpu.py's shapes (default: ci, untimed in the suite)")  # fmt: skip
-    group.addoption("--cpu-cell", choices=["lstm", "rnn_tanh", "rnn_relu"], default=None,
+    group.addoption("--cpu-cell", choices=["lstm", "rnn_tanh", "rnn_relu", "gru"], default=None,
                     help="bench_cpu.py's cell (default: every cell in the ci grid, the LSTM in the others)")  # fmt: skip
     group.addoption("--cpu-threads", type=int, default=1, help="torch.set_num_threads for bench_cpu.py (default 1)")
     group.addoption("--cpu-memory", action="store_true",

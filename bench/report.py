@@ -650,7 +650,8 @@ CPU_PROVIDERS = (TORCH, AUTO, REFERENCE)
 CPU_DTYPES = ("float32", "bfloat16", "float64")
 CPU_KINDS = ("layer", "stacked-bidirectional", "projection", "packed", "lengths", "cell")
 CPU_PEERS = {"lstm": ("torch.nn.LSTM", "fusedrnn.LSTM"), "rnn_tanh": ("torch.nn.RNN", "fusedrnn.RNN"),
-             "rnn_relu": ("torch.nn.RNN(nonlinearity='relu')", "fusedrnn.RNN")}  # cell -> (peer, ours)
+             "rnn_relu": ("torch.nn.RNN(nonlinearity='relu')", "fusedrnn.RNN"),
+             "gru": ("torch.nn.GRU", "fusedrnn.GRU")}  # cell -> (peer, ours)
 CPU_REQUIRED_KEYS = (
     "provider", "mode", "kind", "T", "B", "I", "H", "P", "layers", "bidirectional", "dtype", "threads", "cpu",
     "cpu_count", "torch", "fusedrnn", "python", "date", "run_id", "timer", "time_ms", "us_per_step",

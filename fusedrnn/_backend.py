@@ -1,6 +1,6 @@
-"""The keyword-only ``backend=`` every fusedrnn module takes (``functional.BACKENDS``)."""
+"""The keyword-only ``backend=`` every fusedrnn module takes (``_checks.BACKENDS``)."""
 
-from fusedrnn.functional import BACKENDS
+from fusedrnn._checks import check_backend
 
 
 class WithBackend:
@@ -8,8 +8,7 @@ class WithBackend:
     repr unless it is the default, so that an ``"auto"`` module's repr is torch's."""
 
     def _set_backend(self, backend):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_backend(backend)
         self.backend = backend
 
     def extra_repr(self):

@@ -151,6 +151,14 @@ def first_and_last_steps(T, B, lengths, reverse, device):
     return (ends, zeros) if reverse else (zeros, ends)
 
 
+def implements(cell):
+    """Whether RecurrenceFunction runs ``cell`` (a CELLS name): both biases folded into Gx
+    (one summed gradient for each), one gate-gradient tensor, the pre-activations saved over
+    Gx. A cell such as the GRU needs more here first."""
+    spec = CELLS[cell]
+    return spec.folded_biases == ("b_ih", "b_hh") and not spec.split_gate_grads and spec.saved_tiles == spec.gates
+
+
 class RecurrenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, batch_first, reverse):
@@ -159,10 +167,7 @@ class RecurrenceFunction(torch.autograd.Function):
         (B,) int tensor on x's device, or None. Returns out, h_n and c_n (an empty tensor,
         not differentiable, for a cell without c)."""
         spec = CELLS[cell]
-        if spec.folded_biases != ("b_ih", "b_hh") or spec.split_gate_grads or spec.saved_tiles != spec.gates:
-            # What this Function implements: both biases folded into Gx (one summed gradient
-            # for each), one gate-gradient tensor, the pre-activations saved over Gx. A cell
-            # such as the GRU needs more here first.
+        if not implements(cell):
             raise NotImplementedError(f"RecurrenceFunction does not implement the {cell} cell's {spec}")
         has_c = "c" in spec.states
         H, P = w_hh.shape[0] // spec.gates, w_hh.shape[1]

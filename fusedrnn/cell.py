@@ -1,6 +1,7 @@
 """``fusedrnn.LSTMCell``: a drop-in ``torch.nn.LSTMCell`` whose forward is one fused Triton
-launch on CUDA; its autograd Function and functional form. ``fusedrnn.RNNCell`` (end of the
-file): a drop-in ``torch.nn.RNNCell``, one step of the recurrence kernels.
+launch on CUDA; its autograd Function and functional form. ``fusedrnn.RNNCell`` and
+``fusedrnn.GRUCell`` (end of the file): drop-in ``torch.nn.RNNCell`` and ``GRUCell``, one
+step of the recurrence kernels.
 
 Forward:  gates, the activations and the cell update     fusedrnn.kernels.lstm_cell.lstm_cell_fwd
 Backward: dG (gradient of the pre-activations) and dc     fusedrnn.kernels.lstm_cell.lstm_cell_bwd
@@ -20,14 +21,9 @@ from torch import nn
 
 from fusedrnn._backend import WithBackend
 from fusedrnn._double_backward import tie_to_double_backward_error
-from fusedrnn.functional import (
-    BACKENDS,
-    KERNEL_DTYPES,
-    _check_kernels_can_run,
-    autocast_enabled,
-    check_params_like,
-    uses_torch_cpu,
-)
+from fusedrnn._checks import KERNEL_DTYPES, check_backend, check_kernels_can_run, check_step_args
+from fusedrnn import functional as F
+from fusedrnn.functional import autocast_enabled, uses_torch_cpu
 from fusedrnn.kernels.reference import lstm_cell_reference
 
 # ----------------------------------------------------------------------------------------
@@ -160,8 +156,7 @@ def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, ba
         ``(h', c')``, each ``(B, H)``. Under autocast: as ``torch.nn.LSTMCell`` (see
         ``_autocast_cell``).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if isinstance(hx, torch.Tensor):
         raise TypeError("lstm_cell(): hx must be a tuple (h, c) of two tensors, not a Tensor")
     if hx is not None and len(hx) != 2:
@@ -169,7 +164,7 @@ def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, ba
     h, c = hx if hx is not None else (None, None)
     if autocast_enabled(input.device.type):
         return _autocast_cell(input, h, c, weight_ih, weight_hh, bias_ih, bias_hh, backend)
-    _check_args(input, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
+    check_step_args("lstm", input, (h, c), weight_ih, weight_hh, bias_ih, bias_hh)
 
     use_kernels = backend == "triton" or (
         backend == "auto"
@@ -178,7 +173,7 @@ def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, ba
         and (c is None or torch.promote_types(input.dtype, c.dtype) in KERNEL_DTYPES)
     )
     if use_kernels and input.shape[0] > 0:
-        _check_kernels_can_run(input)
+        check_kernels_can_run(input)
         if c is not None and torch.promote_types(input.dtype, c.dtype) not in KERNEL_DTYPES:
             raise TypeError(
                 f"backend='triton' computes float32, float16 and bfloat16; a {c.dtype} cell state "
@@ -219,54 +214,6 @@ def _autocast_cell(input, h, c, w_ih, w_hh, b_ih, b_hh, backend):
     c = cast(c) if whole_cell else c
     with torch.autocast(device_type, enabled=False):
         return lstm_cell(x, (h, c) if h is not None else None, w_ih, w_hh, b_ih, b_hh, backend=backend)
-
-
-def _check_args(input, h, c, w_ih, w_hh, b_ih, b_hh):
-    """Reject what torch.nn.LSTMCell rejects, with the same exception types."""
-    if input.dim() != 2:
-        raise ValueError(
-            f"fusedrnn.cell.lstm_cell: expected a 2-D input (B, I), got {input.dim()}-D "
-            "(the module fusedrnn.LSTMCell also takes unbatched 1-D input)"
-        )
-    if w_hh.dim() != 2 or w_hh.shape[0] != 4 * w_hh.shape[1]:
-        raise RuntimeError(f"weight_hh must have shape (4*hidden_size, hidden_size), got {list(w_hh.shape)}")
-    H = w_hh.shape[1]
-    if w_ih.dim() != 2 or w_ih.shape[0] != 4 * H:
-        raise RuntimeError(f"weight_ih must have shape (4*hidden_size, input_size), got {list(w_ih.shape)}")
-    if (b_ih is None) != (b_hh is None):
-        raise ValueError("bias_ih and bias_hh must both be given or both be None")
-    for name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
-        if b is not None and b.shape != (4 * H,):
-            raise RuntimeError(f"{name} must have shape (4*hidden_size,) = ({4 * H},), got {list(b.shape)}")
-    B = input.shape[0]
-    if input.shape[1] != w_ih.shape[1]:
-        raise RuntimeError(f"input has inconsistent input_size: got {input.shape[1]} expected {w_ih.shape[1]}")
-    if (h is None) != (c is None):
-        raise ValueError("hx must be None or a tuple (h, c) of two tensors")
-    for i, state in enumerate((h, c)):
-        if state is None:
-            continue
-        if state.dim() != 2:
-            raise RuntimeError(f"Expected hidden{i} to be 2-D (B, H), got {state.dim()}-D")
-        if state.shape[0] != B:
-            raise RuntimeError(f"Input batch size {B} doesn't match hidden{i} batch size {state.shape[0]}")
-        if state.shape[1] != H:
-            raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {state.shape[1]}, expected {H}")
-        if state.device != input.device:
-            raise RuntimeError(
-                "Input and hidden tensors are not at the same device, found input tensor at "
-                f"{input.device} and hidden tensor at {state.device}"
-            )
-    # Devices and dtypes after the sizes, in torch's order: its size checks come first, the
-    # dtypes meet only in the products (a float64 input with a wrong hidden size reports the
-    # size, as PyTorch's own test_modules error samples expect).
-    check_params_like(input, (w_ih, w_hh, b_ih, b_hh))
-    if input.dtype != w_ih.dtype:
-        raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype})")
-    if h is not None and h.dtype != input.dtype:
-        raise RuntimeError(f"hidden0 dtype ({h.dtype}) does not match input dtype ({input.dtype})")
-    if c is not None and not c.is_floating_point():
-        raise RuntimeError(f"hidden1 must have a floating dtype, got {c.dtype}")
 
 
 class LSTMCell(WithBackend, nn.LSTMCell):
@@ -322,57 +269,61 @@ def rnn_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, non
     one-step recurrence (``fusedrnn.functional.rnn`` with T = 1, its autograd and ops), the
     reference as the reference's step; on CPU under ``"auto"`` torch's own cell op.
     Returns ``h'`` ``(B, H)``."""
-    from fusedrnn import functional as F
-
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {nonlinearity}")  # torch's, at the call
-    _check_rnn_cell_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    return _h_only_step(F.rnn_cell_name(nonlinearity), input, hx, weight_ih, weight_hh, bias_ih, bias_hh, backend)
+
+
+def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, backend="auto"):
+    """One step of ``torch.nn.GRUCell`` (``fusedrnn.functional.gru``'s equations), as
+    :func:`rnn_cell`, with weights ``(3H, I)``, ``(3H, H)`` and biases ``(3H,)``."""
+    return _h_only_step("gru", input, hx, weight_ih, weight_hh, bias_ih, bias_hh, backend)
+
+
+def _h_only_step(cell, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, backend):
+    """:func:`rnn_cell` and :func:`gru_cell`: one step of a cell whose only state is h."""
+    check_backend(backend)
+    check_step_args(cell, input, (hx,), weight_ih, weight_hh, bias_ih, bias_hh)
     if uses_torch_cpu(input.device, backend):
         if hx is None:
             hx = input.new_zeros(input.shape[0], weight_hh.shape[1])
-        op = torch._VF.rnn_tanh_cell if nonlinearity == "tanh" else torch._VF.rnn_relu_cell
+        op = getattr(torch._VF, f"{cell}_cell")  # rnn_tanh_cell, rnn_relu_cell, gru_cell
         return op(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
-    # torch.nn.RNNCell's products are cuBLAS GEMMs, which follow the matmul TF32 switch (default
+    # torch's cells' products are cuBLAS GEMMs, which follow the matmul TF32 switch (default
     # off), not cuDNN's that the recurrence kernels follow as torch.nn.RNN does: the step is
     # planned under the cell's switch. (At T = 1 the backward has no recurrent product.)
     saved = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
-        _, h_n = F.rnn(input[None], hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity=nonlinearity,
-                       backend=backend)  # fmt: skip
+        _, h_n = F._h_only_layer(cell, input[None], hx, weight_ih, weight_hh, bias_ih, bias_hh, batch_first=False,
+                                 reverse=False, lengths=None, backend=backend)  # fmt: skip
     finally:
         torch.backends.cudnn.allow_tf32 = saved
     return h_n
 
 
-def _check_rnn_cell_args(input, h, w_ih, w_hh, b_ih, b_hh):
-    """What torch's RNN cell op checks, with its messages (sizes first, then devices and dtypes)."""
-    if input.dim() != 2:
-        raise ValueError(
-            f"fusedrnn.cell.rnn_cell: expected a 2-D input (B, I), got {input.dim()}-D "
-            "(the module fusedrnn.RNNCell also takes unbatched 1-D input)"
-        )
-    H = w_hh.shape[1]
-    if input.shape[1] != w_ih.shape[1]:
-        raise RuntimeError(f"input has inconsistent input_size: got {input.shape[1]} expected {w_ih.shape[1]}")
-    if (b_ih is None) != (b_hh is None):
-        raise ValueError("bias_ih and bias_hh must both be given or both be None")
-    if h is not None:
-        if h.shape[0] != input.shape[0]:
-            raise RuntimeError(f"Input batch size {input.shape[0]} doesn't match hidden0 batch size {h.shape[0]}")
-        if h.shape[1] != H:
-            raise RuntimeError(f"hidden0 has inconsistent hidden_size: got {h.shape[1]}, expected {H}")
-    check_params_like(input, (w_ih, w_hh, b_ih, b_hh))
-    # RuntimeError, as torch's cell op raises (and fusedrnn.LSTMCell)
-    if input.dtype != w_ih.dtype:
-        raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype})")
-    if h is not None and h.dtype != input.dtype:
-        raise RuntimeError(f"hidden0 dtype ({h.dtype}) does not match input dtype ({input.dtype})")
+class _HOnlyCell(WithBackend):
+    """The forward of :class:`RNNCell` and :class:`GRUCell`: torch's on CPU under ``"auto"``,
+    otherwise torch's checks and unbatched handling around ``_step``."""
+
+    def forward(self, input, hx=None):
+        if uses_torch_cpu(input.device, self.backend):
+            return super().forward(input, hx)  # torch's cell module itself
+        # torch's forward's own checks and unbatched handling, so errors read as torch's.
+        name = type(self).__name__
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+            hx = hx.unsqueeze(0) if hx is not None else None
+        h = self._step(input, hx)
+        return h if is_batched else h.squeeze(0)
 
 
-class RNNCell(WithBackend, nn.RNNCell):
+class RNNCell(_HOnlyCell, nn.RNNCell):
     """Drop-in replacement for :class:`torch.nn.RNNCell` (tanh or relu): torch's constructor,
     parameters, initialisation, ``state_dict``, shapes and errors, plus a keyword-only
     ``backend`` (as :class:`LSTMCell`'s). On CUDA a step runs the recurrence kernels with
@@ -383,18 +334,19 @@ class RNNCell(WithBackend, nn.RNNCell):
         super().__init__(input_size, hidden_size, bias, nonlinearity, device=device, dtype=dtype)
         self._set_backend(backend)
 
-    def forward(self, input, hx=None):
-        if uses_torch_cpu(input.device, self.backend):
-            return super().forward(input, hx)  # torch.nn.RNNCell itself
-        # torch.nn.RNNCell.forward's own checks and unbatched handling, so errors read as torch's.
-        if input.dim() not in (1, 2):
-            raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-            hx = hx.unsqueeze(0) if hx is not None else None
-        h = rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                     nonlinearity=self.nonlinearity, backend=self.backend)  # fmt: skip
-        return h if is_batched else h.squeeze(0)
+    def _step(self, input, hx):
+        return rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                        nonlinearity=self.nonlinearity, backend=self.backend)  # fmt: skip
+
+
+class GRUCell(_HOnlyCell, nn.GRUCell):
+    """Drop-in replacement for :class:`torch.nn.GRUCell`, as :class:`RNNCell` is for
+    ``torch.nn.RNNCell``: a step of the recurrence kernels with T = 1 on CUDA, on CPU under
+    ``"auto"`` ``torch.nn.GRUCell.forward`` itself."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend="auto"):
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self._set_backend(backend)
+
+    def _step(self, input, hx):
+        return gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, backend=self.backend)

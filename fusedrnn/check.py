@@ -1,5 +1,6 @@
-"""``python -m fusedrnn check``: fusedrnn against torch.nn.LSTM (``--cell lstm``, default) or
-torch.nn.RNN (``--cell rnn``, ``--nonlinearity tanh|relu``), tensor by tensor.
+"""``python -m fusedrnn check``: fusedrnn against torch.nn.LSTM (``--cell lstm``, default),
+torch.nn.RNN (``--cell rnn``, ``--nonlinearity tanh|relu``) or torch.nn.GRU (``--cell gru``),
+tensor by tensor.
 
 Runs fusedrnn's module and torch's (cuDNN on CUDA) on the same weights, input, initial
 state and output cotangents, and prints for the output, h_n, c_n (the LSTM's) and the
@@ -28,7 +29,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def add_arguments(parser):
-    parser.add_argument("--cell", choices=["lstm", "rnn"], default="lstm", help="torch.nn.LSTM or torch.nn.RNN")
+    parser.add_argument("--cell", choices=["lstm", "rnn", "gru"], default="lstm",
+                        help="torch.nn.LSTM, torch.nn.RNN or torch.nn.GRU")  # fmt: skip
     parser.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="the RNN's (--cell rnn)")
     parser.add_argument("--seq-len", "-T", type=int, default=16)
     parser.add_argument("--batch", "-B", type=int, default=8)
@@ -84,15 +86,15 @@ def check_backend(args, backend):
     torch.manual_seed(args.seed)
     lstm = args.cell == "lstm"
     if not lstm and args.proj_size:
-        raise UsageError("--proj-size is the LSTM's (torch.nn.RNN has no projection)")
+        raise UsageError(f"--proj-size is the LSTM's (torch.nn.{args.cell.upper()} has no projection)")
     kwargs = {
         "bias": not args.no_bias,
         "batch_first": args.batch_first,
         "num_layers": args.num_layers,
         "bidirectional": args.bidirectional,
-        **({"proj_size": args.proj_size} if lstm else {"nonlinearity": args.nonlinearity}),
+        **({"proj_size": args.proj_size} if lstm else {"nonlinearity": args.nonlinearity} if args.cell == "rnn" else {}),
     }
-    torch_module, our_module = (torch.nn.LSTM, fusedrnn.LSTM) if lstm else (torch.nn.RNN, fusedrnn.RNN)
+    torch_module, our_module = (getattr(torch.nn, args.cell.upper()), getattr(fusedrnn, args.cell.upper()))
     exact = torch_module(I, H, dtype=torch.float64, **kwargs)
     theirs = torch_module(I, H, **kwargs).to(device, dtype)
     ours = our_module(I, H, backend=backend, **kwargs).to(device, dtype)
@@ -158,10 +160,14 @@ def check_backend(args, backend):
 
 
 def bptt_gradients(module, x, hx, cotangents):
-    """Every gradient of a float64 ``torch.nn.LSTM`` or ``torch.nn.RNN`` (no dropout) by the
+    """Every gradient of a float64 ``torch.nn.LSTM``, ``RNN`` or ``GRU`` (no dropout) by the
     hand-derived BPTT of ``fusedrnn.kernels.reference`` (no autograd), named as
     ``module_forward_backward`` names them."""
-    from fusedrnn.kernels.reference import lstm_layers_reference_backward, rnn_layers_reference_backward
+    from fusedrnn.kernels.reference import (
+        gru_layers_reference_backward,
+        lstm_layers_reference_backward,
+        rnn_layers_reference_backward,
+    )
 
     grad_output = cotangents[0]
     lengths = None
@@ -176,6 +182,9 @@ def bptt_gradients(module, x, hx, cotangents):
     if isinstance(module, torch.nn.LSTM):
         grads = lstm_layers_reference_backward(x_time_major, hx, module._flat_weights, grad_output, *cotangents[1:],
                                                **layout)  # fmt: skip
+    elif isinstance(module, torch.nn.GRU):
+        grads = gru_layers_reference_backward(x_time_major, hx, module._flat_weights, grad_output, cotangents[1],
+                                              **layout)  # fmt: skip
     else:
         grads = rnn_layers_reference_backward(x_time_major, hx, module._flat_weights, grad_output, cotangents[1],
                                               nonlinearity=module.nonlinearity, **layout)  # fmt: skip

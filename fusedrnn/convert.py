@@ -1,4 +1,5 @@
-"""Swap ``torch.nn.LSTM``/``LSTMCell``/``RNN``/``RNNCell`` modules for fusedrnn's inside a model, and back.
+"""Swap ``torch.nn.LSTM``/``LSTMCell``/``RNN``/``RNNCell``/``GRU``/``GRUCell`` modules for
+fusedrnn's inside a model, and back.
 
 The new module is built on the meta device (no allocation) and then takes the old module's
 ``Parameter`` objects themselves: no copy, so an optimizer built before the swap keeps
@@ -14,37 +15,53 @@ class NotConvertedWarning(UserWarning):
     """``convert`` left recurrent modules as they were (see its docstring)."""
 
 
+def _pairs():
+    """[(torch's class, fusedrnn's class, its constructor arguments from a module)]."""
+    from fusedrnn.cell import GRUCell, LSTMCell, RNNCell
+    from fusedrnn.modules import GRU, LSTM, RNN
+
+    layer = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
+    cell = ("input_size", "hidden_size", "bias")
+    return [
+        (nn.LSTM, LSTM, (*layer, "proj_size")),
+        (nn.RNN, RNN, (*layer, "nonlinearity")),
+        (nn.GRU, GRU, layer),
+        (nn.LSTMCell, LSTMCell, cell),
+        (nn.RNNCell, RNNCell, (*cell, "nonlinearity")),
+        (nn.GRUCell, GRUCell, cell),
+    ]
+
+
+def _arguments(module, names):
+    return {name: getattr(module, name) for name in names}
+
+
 def convert(model, backend="auto", *, warn=True):
-    """Replace every ``torch.nn.LSTM``, ``LSTMCell``, ``RNN`` and ``RNNCell`` in ``model``, in
-    place, by ``fusedrnn.LSTM``/``LSTMCell``/``RNN``/``RNNCell`` sharing the same parameters. Returns the model
-    (the new module if ``model`` itself is one of them).
+    """Replace every ``torch.nn.LSTM``, ``LSTMCell``, ``RNN``, ``RNNCell``, ``GRU`` and
+    ``GRUCell`` in ``model``, in place, by fusedrnn's module of the same name sharing the same
+    parameters. Returns the model (the new module if ``model`` itself is one of them).
 
     Only those exact classes are converted: a subclass may override ``forward`` or hold
-    state that fusedrnn's module would not keep, and ``nn.GRU`` and ``nn.GRUCell`` have no
-    fusedrnn module yet. Every recurrent module left as it was is named in a
-    ``NotConvertedWarning``; ``warn=False`` (or a warnings filter on that category) silences it."""
-    from fusedrnn.cell import LSTMCell, RNNCell
-    from fusedrnn.modules import LSTM, RNN
+    state that fusedrnn's module would not keep. Every recurrent module left as it was is
+    named in a ``NotConvertedWarning``; ``warn=False`` (or a warnings filter on that
+    category) silences it."""
+    pairs = _pairs()
 
     def make(module):
-        if type(module) is nn.RNNCell:
-            return RNNCell(module.input_size, module.hidden_size, module.bias, module.nonlinearity, device="meta",
-                           backend=backend)  # fmt: skip
-        if type(module) is nn.LSTM:
-            return LSTM(**_lstm_args(module), device="meta", backend=backend)
-        if type(module) is nn.RNN:
-            return RNN(**_rnn_args(module), device="meta", backend=backend)
-        if type(module) is nn.LSTMCell:
-            return LSTMCell(module.input_size, module.hidden_size, module.bias, device="meta", backend=backend)
+        for theirs, ours, names in pairs:
+            if type(module) is theirs:
+                return ours(**_arguments(module, names), device="meta", backend=backend)
         return None
 
     model = _swap(model, make)
+    ours_classes = tuple(ours for _, ours, _ in pairs)
     left = [f"{name or '(the model)'} ({type(module).__name__})" for name, module in model.named_modules()
-            if isinstance(module, (nn.RNNBase, nn.RNNCellBase)) and not isinstance(module, (LSTM, LSTMCell, RNN, RNNCell))]  # fmt: skip
+            if isinstance(module, (nn.RNNBase, nn.RNNCellBase)) and not isinstance(module, ours_classes)]  # fmt: skip
     if warn and left:
         warnings.warn(
             f"fusedrnn.convert left {len(left)} recurrent module(s) as they were: {', '.join(left)}. It converts "
-            "torch.nn.LSTM, torch.nn.LSTMCell, torch.nn.RNN and torch.nn.RNNCell only, not their subclasses; convert(..., warn=False) silences this.",
+            "torch.nn.LSTM, LSTMCell, RNN, RNNCell, GRU and GRUCell only, not their subclasses; "
+            "convert(..., warn=False) silences this.",
             NotConvertedWarning, stacklevel=2,
         )  # fmt: skip
     return model
@@ -52,31 +69,15 @@ def convert(model, backend="auto", *, warn=True):
 
 def revert(model):
     """The inverse of :func:`convert`: fusedrnn modules back to torch's, sharing parameters."""
-    from fusedrnn.cell import LSTMCell, RNNCell
-    from fusedrnn.modules import LSTM, RNN
+    pairs = _pairs()
 
     def make(module):
-        if isinstance(module, RNNCell):
-            return nn.RNNCell(module.input_size, module.hidden_size, module.bias, module.nonlinearity, device="meta")
-        if isinstance(module, LSTM):
-            return nn.LSTM(**_lstm_args(module), device="meta")
-        if isinstance(module, RNN):
-            return nn.RNN(**_rnn_args(module), device="meta")
-        if isinstance(module, LSTMCell):
-            return nn.LSTMCell(module.input_size, module.hidden_size, module.bias, device="meta")
+        for theirs, ours, names in pairs:
+            if isinstance(module, ours):
+                return theirs(**_arguments(module, names), device="meta")
         return None
 
     return _swap(model, make)
-
-
-def _lstm_args(module):
-    names = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size")
-    return {name: getattr(module, name) for name in names}
-
-
-def _rnn_args(module):
-    names = ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first", "dropout", "bidirectional")
-    return {name: getattr(module, name) for name in names}
 
 
 def _swap(model, make):

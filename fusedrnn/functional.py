@@ -1,16 +1,20 @@
-"""Functional API: one layer (``lstm``, ``rnn``) and a stack of them (``lstm_layers``,
-``rnn_layers``), every cell through one stack driver (``recurrent_layers``) and one backend
+"""Functional API: one layer (``lstm``, ``rnn``, ``gru``) and a stack of them (``lstm_layers``,
+``rnn_layers``, ``gru_layers``), every cell through one stack driver (``recurrent_layers``) and one backend
 rule (``use_kernels``, ``uses_torch_cpu``)."""
 
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from fusedrnn.kernels.cells import CELLS
-from fusedrnn.kernels.reference import lstm_reference, rnn_reference
+from fusedrnn.kernels.reference import gru_reference, lstm_reference, rnn_reference
 
-BACKENDS = ("auto", "triton", "reference")
-# dtypes the Triton kernels compute; others (float64) take the reference path under "auto".
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from fusedrnn._checks import (  # noqa: F401  (BACKENDS, KERNEL_DTYPES: this module's API as before)
+    BACKENDS,
+    KERNEL_DTYPES,
+    check_kernels_can_run,
+    check_lengths,
+    check_sequence_args,
+)
 
 
 def lstm(
@@ -61,11 +65,11 @@ def lstm(
             batch_first=batch_first, reverse=reverse, lengths=lengths, backend=backend,
         )  # fmt: skip
     h0, c0 = hx if hx is not None else (None, None)
-    _check_args(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_first, backend)
+    check_sequence_args(input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_first, backend)
     T, batch_size = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
     lengths = check_lengths(lengths, T, batch_size, input.device)
     if use_kernels(input, backend) and batch_size > 0:
-        _check_kernels_can_run(input)
+        check_kernels_can_run(input)
         from fusedrnn.autograd import RecurrenceFunction
 
         output, h_n, c_n = RecurrenceFunction.apply(
@@ -121,7 +125,7 @@ def lstm_layers(
         # As the reference path checks them (torch's own checks would catch the rest, with
         # torch's messages).
         has_bias = len(w) in (4, 5)
-        _check_args(input, h0, c0, w[0], w[1], *(w[2:4] if has_bias else (None, None)),
+        check_sequence_args(input, h0, c0, w[0], w[1], *(w[2:4] if has_bias else (None, None)),
                     w[-1] if len(w) in (3, 5) else None, batch_first, backend)  # fmt: skip
 
     def layer(layer_input, state, w, reverse, layer_lengths):
@@ -175,17 +179,43 @@ def rnn(
     Returns:
         ``output, h_n``: output ``(T, B, H)`` (``(B, T, H)`` if ``batch_first``), ``h_n (B, H)``.
     """
-    cell = rnn_cell_name(nonlinearity)
+    return _h_only_layer(rnn_cell_name(nonlinearity), input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
+                         batch_first=batch_first, reverse=reverse, lengths=lengths, backend=backend)  # fmt: skip
+
+
+def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, batch_first=False, reverse=False,
+        lengths=None, backend="auto"):  # fmt: skip
+    """One GRU layer, one direction, as ``torch.nn.GRU`` computes it (gate order r, z, n)::
+
+        r = sig(x W_ir^T + b_ir + h W_hr^T + b_hr)    z = sig(x W_iz^T + b_iz + h W_hz^T + b_hz)
+        n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))    h' = (1 - z) * n + z * h
+
+    Arguments and result as :func:`rnn`'s, with weight_ih ``(3H, I)``, weight_hh ``(3H, H)``
+    and the biases ``(3H,)``."""
+    return _h_only_layer("gru", input, hx, weight_ih, weight_hh, bias_ih, bias_hh, batch_first=batch_first,
+                         reverse=reverse, lengths=lengths, backend=backend)  # fmt: skip
+
+
+def _h_only_reference(cell, x, h0, w_ih, w_hh, b_ih, b_hh, reverse, lengths):
+    if cell == "gru":
+        return gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+    nonlinearity = cell.removeprefix("rnn_")
+    return rnn_reference(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity, reverse=reverse, lengths=lengths)
+
+
+def _h_only_layer(cell, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, *, batch_first, reverse, lengths,
+                  backend):  # fmt: skip
+    """:func:`rnn` and :func:`gru`: one layer of a cell whose only state is h."""
     if autocast_enabled(input.device.type):
         return _without_autocast(
-            rnn, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity=nonlinearity,
-            batch_first=batch_first, reverse=reverse, lengths=lengths, backend=backend,
+            _h_only_layer, cell, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, batch_first=batch_first,
+            reverse=reverse, lengths=lengths, backend=backend,
         )  # fmt: skip
-    _check_args(input, hx, None, weight_ih, weight_hh, bias_ih, bias_hh, None, batch_first, backend, cell=cell)
+    check_sequence_args(input, hx, None, weight_ih, weight_hh, bias_ih, bias_hh, None, batch_first, backend, cell=cell)
     T, batch_size = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
     lengths = check_lengths(lengths, T, batch_size, input.device)
-    if use_kernels(input, backend) and batch_size > 0:
-        _check_kernels_can_run(input)
+    if use_kernels(input, backend) and batch_size > 0 and (backend == "triton" or _kernels_run(cell)):
+        check_kernels_can_run(input)
         from fusedrnn.autograd import RecurrenceFunction
 
         output, h_n, _ = RecurrenceFunction.apply(
@@ -201,9 +231,7 @@ def rnn(
         output, (h_n,) = torch_cpu_layers(cell, input, state, weights, batch_first=batch_first, lengths=lengths)
         return (output.flip(time_dim) if reverse else output), h_n[0]
     x = input.transpose(0, 1) if batch_first else input
-    output, h_n = rnn_reference(
-        x, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity=nonlinearity, reverse=reverse, lengths=lengths
-    )
+    output, h_n = _h_only_reference(cell, x, hx, weight_ih, weight_hh, bias_ih, bias_hh, reverse, lengths)
     return (output.transpose(0, 1) if batch_first else output), h_n
 
 
@@ -225,16 +253,44 @@ def rnn_layers(
     ``hx`` an ``h0 (L*D, B, H)`` or ``None``, the weights ``[w_ih, w_hh]`` then ``[b_ih,
     b_hh]`` per layer and direction (``torch.nn.RNN._flat_weights``). Returns
     ``output (T, B, D*H), h_n (L*D, B, H)``."""
-    cell = rnn_cell_name(nonlinearity)
+    return _h_only_layers(
+        rnn_cell_name(nonlinearity), input, hx, weights, num_layers=num_layers, bidirectional=bidirectional,
+        dropout=dropout, training=training, batch_first=batch_first, lengths=lengths, backend=backend,
+    )  # fmt: skip
+
+
+def gru_layers(input, hx, weights, *, num_layers=1, bidirectional=False, dropout=0.0, training=False,
+               batch_first=False, lengths=None, backend="auto"):  # fmt: skip
+    """A stack of GRU layers, as ``torch.nn.GRU``'s forward: as :func:`rnn_layers` (the
+    weights in ``torch.nn.GRU._flat_weights`` order)."""
+    return _h_only_layers(
+        "gru", input, hx, weights, num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
+        training=training, batch_first=batch_first, lengths=lengths, backend=backend,
+    )  # fmt: skip
+
+
+def _kernels_run(cell):
+    """Whether the recurrence kernels run ``cell`` yet. Not the GRU's (issue 21): under
+    "auto" it takes the reference path on CUDA until they do; "triton" raises the
+    Function's NotImplementedError."""
+    from fusedrnn.autograd import implements
+
+    return implements(cell)
+
+
+def _h_only_layers(cell, input, hx, weights, *, num_layers, bidirectional, dropout, training, batch_first, lengths,
+                   backend):  # fmt: skip
+    """:func:`rnn_layers` and :func:`gru_layers`: a stack of a cell whose only state is h."""
 
     def check_first_layer(h0, w):
-        _check_args(input, h0, None, w[0], w[1], *(w[2:4] if len(w) == 4 else (None, None)), None, batch_first,
-                    backend, cell=cell)  # fmt: skip
+        check_sequence_args(input, h0, None, w[0], w[1], *(w[2:4] if len(w) == 4 else (None, None)), None, batch_first,
+                            backend, cell=cell)  # fmt: skip
 
     def layer(layer_input, state, w, reverse, layer_lengths):
-        output, h_n = rnn(
-            layer_input, state[0] if state is not None else None, w[0], w[1], *(w[2:4] if len(w) == 4 else (None, None)),
-            nonlinearity=nonlinearity, batch_first=batch_first, reverse=reverse, lengths=layer_lengths, backend=backend,
+        output, h_n = _h_only_layer(
+            cell, layer_input, state[0] if state is not None else None, w[0], w[1],
+            *(w[2:4] if len(w) == 4 else (None, None)), batch_first=batch_first, reverse=reverse,
+            lengths=layer_lengths, backend=backend,
         )  # fmt: skip
         return output, (h_n,)
 
@@ -322,13 +378,13 @@ def torch_cpu_layers(cell, input, hx, weights, *, num_layers=1, bidirectional=Fa
             torch_cpu_layers, cell, input, hx, weights, num_layers=num_layers, bidirectional=bidirectional,
             dropout=dropout, training=training, batch_first=batch_first, lengths=lengths,
         )  # fmt: skip
-    op = getattr(torch._VF, cell)  # a cell's name is its aten op's: lstm, rnn_tanh, rnn_relu
+    op = getattr(torch._VF, cell)  # a cell's name is its aten op's: lstm, rnn_tanh, rnn_relu, gru
     lstm = cell == "lstm"
     states = num_layers * (2 if bidirectional else 1)
     has_bias = len(weights) // states in ((4, 5) if lstm else (4,))
     B = input.shape[0 if batch_first else 1]
     if hx is None:  # aten tells a projection by h's width: zeros of the right widths
-        H, P = weights[1].shape[0] // (4 if lstm else 1), weights[1].shape[1]
+        H, P = weights[1].shape[0] // CELLS[cell].gates, weights[1].shape[1]
         hx = (input.new_zeros(states, B, P), input.new_zeros(states, B, H)) if lstm else (input.new_zeros(states, B, H),)
     if lengths is None:
         results = op(input, hx if lstm else hx[0], weights, has_bias, num_layers, dropout, training, bidirectional,
@@ -361,26 +417,6 @@ def _dropout_time_major(layer_output, p, batch_first):
     return layer_output * mask.transpose(0, 1)
 
 
-def check_lengths(lengths, T, B, device):
-    """lengths as a (B,) int64 tensor on ``device`` (or None), every value in [1, T]."""
-    if lengths is None:
-        return None
-    lengths = torch.as_tensor(lengths)
-    if lengths.shape != (B,) or lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-        raise ValueError(f"lengths must be {B} integers, one per sequence, got {lengths.dtype} of shape {tuple(lengths.shape)}")
-    if lengths.device.type == "cpu" and lengths.numel() and torch.compiler.is_compiling():
-        # Reading the values on the host would break the graph: the graph checks them itself
-        # (a RuntimeError when the compiled code runs, not a ValueError). No T in the message:
-        # formatting it would specialize the graph to one sequence length.
-        in_range = ((lengths >= 1) & (lengths <= T)).all()
-        torch._assert_async(in_range, "lengths must lie in [1, T], T the sequence length")
-    elif lengths.device.type == "cpu" and lengths.numel():  # (no device sync for CUDA lengths)
-        low, high = int(lengths.min()), int(lengths.max())
-        if low < 1 or high > T:
-            raise ValueError(f"lengths must lie in [1, {T}] (the sequence length), got values in [{low}, {high}]")
-    return lengths.to(device=device, dtype=torch.long)
-
-
 def _without_autocast(fn, *args, **kwargs):
     """Call fn with autocast off and floating tensor arguments cast to the autocast dtype
     (float64 excepted), as autocast treats torch.nn.LSTM: its results come out in that dtype."""
@@ -410,95 +446,3 @@ def autocast_enabled(device_type):
     if torch.compiler.is_compiling():
         return device_type not in _NO_AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type)
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
-
-
-def _check_kernels_can_run(input):
-    if input.dtype not in KERNEL_DTYPES:
-        raise TypeError(
-            f"backend='triton' supports float32, float16 and bfloat16, got {input.dtype}; "
-            "use backend='reference' (or 'auto') for other dtypes"
-        )
-    if input.is_cuda:
-        return
-    from fusedrnn.kernels.launch import kernels_interpreted
-
-    if input.device.type != "cpu" or not kernels_interpreted():
-        raise RuntimeError(
-            f"backend='triton' needs CUDA tensors, got a tensor on {input.device}. CPU tensors "
-            "run the kernels only under the Triton interpreter: set TRITON_INTERPRET=1 before "
-            "fusedrnn is imported, or use backend='reference' (or 'auto')."
-        )
-
-
-def check_params_like(input, params):
-    """Every parameter (None skipped) on input's device and of the first one's dtype, with
-    torch's exception type and wording."""
-    params = [p for p in params if p is not None]
-    for p in params:
-        if p.device != input.device:
-            raise RuntimeError(
-                "Input and parameter tensors are not at the same device, found input tensor "
-                f"at {input.device} and parameter tensor at {p.device}"
-            )
-        if p.dtype != params[0].dtype:
-            raise RuntimeError(f"all weights and biases must have one dtype, got {params[0].dtype} and {p.dtype}")
-
-
-def _check_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first, backend, cell="lstm"):
-    """Reject what torch.nn.LSTM (``cell="lstm"``) or torch.nn.RNN (``"rnn_tanh"``,
-    ``"rnn_relu"``: no c0, no projection, one gate) rejects, with the same exception types."""
-    lstm = cell == "lstm"
-    gates, name = (4, "4*hidden_size") if lstm else (1, "hidden_size")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if input.dim() != 3:
-        function, module = ("lstm", "LSTM") if lstm else ("rnn", "RNN")
-        raise ValueError(
-            f"fusedrnn.functional.{function}: expected a 3-D input, got {input.dim()}-D "
-            f"(the module fusedrnn.{module} also takes unbatched 2-D input)"
-        )
-    if w_hh.dim() != 2 or w_hh.shape[0] % gates:
-        raise RuntimeError(f"weight_hh must have shape ({name}, {'proj_size or ' if lstm else ''}hidden_size), got {list(w_hh.shape)}")
-    H, P = w_hh.shape[0] // gates, w_hh.shape[1]
-    if w_hr is None and P != H:
-        raise RuntimeError(f"weight_hh of shape {list(w_hh.shape)} needs weight_hr ({P}, {H}); without it P must equal H")
-    if w_hr is not None and (not lstm or w_hr.dim() != 2 or tuple(w_hr.shape) != (P, H) or P >= H):
-        raise RuntimeError(f"weight_hr must have shape (proj_size, hidden_size) = ({P}, {H}) with proj_size < hidden_size, got {list(w_hr.shape)}")
-    if w_ih.dim() != 2 or w_ih.shape[0] != gates * H:
-        raise RuntimeError(f"weight_ih must have shape ({name}, input_size) = ({gates}*{H}, I), got {list(w_ih.shape)}")
-    if (b_ih is None) != (b_hh is None):
-        raise ValueError("bias_ih and bias_hh must both be given or both be None")
-    for bias_name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
-        if b is not None and b.shape != (gates * H,):
-            raise RuntimeError(f"{bias_name} must have shape ({name},) = ({gates * H},), got {list(b.shape)}")
-    if input.size(-1) != w_ih.shape[1]:
-        raise RuntimeError(
-            f"input.size(-1) must be equal to input_size. Expected {w_ih.shape[1]}, got {input.size(-1)}"
-        )
-    T, B = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
-    if T == 0:
-        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-
-    check_params_like(input, (w_ih, w_hh, b_ih, b_hh, w_hr))
-    if input.dtype != w_ih.dtype:
-        raise ValueError(
-            f"RNN input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype}). "
-            f"Convert input: input.to({w_ih.dtype}), or convert model: model.to({input.dtype})"
-        )
-
-    if lstm and (h0 is None) != (c0 is None):
-        raise ValueError("hx must be None or a tuple (h0, c0) of two tensors")
-    for i, state in enumerate((h0, c0) if lstm else (h0,)):
-        if state is None:
-            continue
-        if state.shape != (B, (P, H)[i]):
-            raise RuntimeError(f"Expected hidden[{i}] size {(B, (P, H)[i])}, got {list(state.shape)}")
-        if state.device != input.device:
-            raise RuntimeError(
-                "Input and hidden tensors are not at the same device, found input tensor at "
-                f"{input.device} and hidden tensor at {state.device}"
-            )
-        if state.dtype != input.dtype:
-            raise RuntimeError(
-                f"hidden[{i}] dtype ({state.dtype}) does not match input dtype ({input.dtype})"
-            )

@@ -1,5 +1,7 @@
-"""``fusedrnn.LSTM`` and ``fusedrnn.RNN``: drop-in ``torch.nn.LSTM`` and ``torch.nn.RNN`` running
-fused Triton kernels on CUDA."""
+"""``fusedrnn.LSTM``, ``fusedrnn.RNN`` and ``fusedrnn.GRU``: drop-in ``torch.nn.LSTM``,
+``torch.nn.RNN`` and ``torch.nn.GRU`` running fused Triton kernels on CUDA."""
+
+import functools
 
 import torch
 from torch import _VF, nn
@@ -188,45 +190,27 @@ class LSTM(WithBackend, nn.RNNBase):
         )
 
 
-class RNN(WithBackend, nn.RNNBase):
-    """Drop-in replacement for :class:`torch.nn.RNN` (Elman RNN, ``nonlinearity`` ``"tanh"``
-    or ``"relu"``), on the same recurrence kernels as :class:`fusedrnn.LSTM`.
+class _HOnlyRecurrent(WithBackend, nn.RNNBase):
+    """The forward of the layers whose one state is h (:class:`RNN`, :class:`GRU`): torch's
+    forward on CPU under ``"auto"``, otherwise torch's checks and unbatched handling, then
+    ``_layers``. A subclass names torch's module (``_torch_module``) and its message prefix."""
 
-    Same constructor (``nonlinearity`` the fourth positional argument, as in torch),
-    parameters, initialisation, ``state_dict``, repr, input and output shapes as
-    ``torch.nn.RNN``, plus a keyword-only ``backend`` (as :class:`fusedrnn.LSTM`'s: on CPU
-    under ``"auto"``, outside torch.compile, ``torch.nn.RNN.forward`` itself). Batched and
-    unbatched input, with or without ``h0``, ``PackedSequence``, and ``lengths=`` with padded
-    input. Derives from ``nn.RNNBase`` as ``nn.RNN`` does: Dynamo refuses ``nn.RNN`` instances.
-    """
-
-    def __init__(self, *args, backend="auto", **kwargs):
-        # torch.nn.RNN's own argument handling, messages included.
-        if "proj_size" in kwargs:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        if len(args) > 3:
-            nonlinearity, args = args[3], args[:3] + args[4:]
-        else:
-            nonlinearity = kwargs.pop("nonlinearity", "tanh")
-        F.rnn_cell_name(nonlinearity)  # torch's ValueError for any other
-        self.nonlinearity = nonlinearity
-        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", *args, **kwargs)
-        self._set_backend(backend)  # the repr stays torch's, which leaves the nonlinearity out
+    _torch_module = None  # nn.RNN or nn.GRU
+    _dims_error = None  # torch's message for input of the wrong dimension
 
     def forward(self, input, hx=None, *, lengths=None):
-        """As ``torch.nn.RNN.forward``. ``lengths``: ``(B,)`` sequence lengths of a padded
-        batched input (not with a PackedSequence); the output is zero past each length and
-        ``h_n`` is each sequence's own last step."""
+        """As torch's forward. ``lengths``: ``(B,)`` sequence lengths of a padded batched input
+        (not with a PackedSequence); the output is zero past each length and ``h_n`` is each
+        sequence's own last step."""
         device = (input.data if isinstance(input, PackedSequence) else input).device
         if lengths is None and F.uses_torch_cpu(device, self.backend):
-            return nn.RNN.forward(self, input, hx)  # torch's forward: its checks, errors and op
+            return self._torch_module.forward(self, input, hx)  # torch's forward: its checks, errors and op
         self._update_flat_weights()
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("lengths= is for padded input; a PackedSequence carries its own")
             return self._forward_packed(input, hx)
-        dims_error = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"
-        input, is_batched, batch_dim = _batched(self, input, lengths, dims_error)
+        input, is_batched, batch_dim = _batched(self, input, lengths, self._dims_error)
         if not is_batched and hx is not None:
             if hx.dim() != 2:
                 raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
@@ -259,8 +243,59 @@ class RNN(WithBackend, nn.RNNBase):
         )
 
     def _layers(self, input, hx, lengths, batch_first):
-        return F.rnn_layers(
-            input, hx, self._flat_weights, nonlinearity=self.nonlinearity, num_layers=self.num_layers,
-            bidirectional=self.bidirectional, dropout=self.dropout, training=self.training, batch_first=batch_first,
-            lengths=lengths, backend=self.backend,
+        layers = F.gru_layers if self.mode == "GRU" else functools.partial(F.rnn_layers, nonlinearity=self.nonlinearity)
+        return layers(
+            input, hx, self._flat_weights, num_layers=self.num_layers, bidirectional=self.bidirectional,
+            dropout=self.dropout, training=self.training, batch_first=batch_first, lengths=lengths,
+            backend=self.backend,
         )  # fmt: skip
+
+
+def _refuse_proj_size(kwargs):
+    if "proj_size" in kwargs:  # torch.nn.RNN's and GRU's message
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+
+
+class RNN(_HOnlyRecurrent):
+    """Drop-in replacement for :class:`torch.nn.RNN` (Elman RNN, ``nonlinearity`` ``"tanh"``
+    or ``"relu"``), on the same recurrence kernels as :class:`fusedrnn.LSTM`.
+
+    Same constructor (``nonlinearity`` the fourth positional argument, as in torch),
+    parameters, initialisation, ``state_dict``, repr, input and output shapes as
+    ``torch.nn.RNN``, plus a keyword-only ``backend`` (as :class:`fusedrnn.LSTM`'s: on CPU
+    under ``"auto"``, outside torch.compile, ``torch.nn.RNN.forward`` itself). Batched and
+    unbatched input, with or without ``h0``, ``PackedSequence``, and ``lengths=`` with padded
+    input. Derives from ``nn.RNNBase`` as ``nn.RNN`` does: Dynamo refuses ``nn.RNN`` instances.
+    """
+
+    _torch_module = nn.RNN
+    _dims_error = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        # torch.nn.RNN's own argument handling, messages included.
+        _refuse_proj_size(kwargs)
+        if len(args) > 3:
+            nonlinearity, args = args[3], args[:3] + args[4:]
+        else:
+            nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        F.rnn_cell_name(nonlinearity)  # torch's ValueError for any other
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", *args, **kwargs)
+        self._set_backend(backend)  # the repr stays torch's, which leaves the nonlinearity out
+
+
+class GRU(_HOnlyRecurrent):
+    """Drop-in replacement for :class:`torch.nn.GRU` (gate order r, z, n, as torch), on the
+    same recurrence framework as :class:`fusedrnn.LSTM` and :class:`fusedrnn.RNN`: torch's
+    constructor, parameters, initialisation, ``state_dict``, repr, shapes and errors, plus a
+    keyword-only ``backend`` (on CPU under ``"auto"``, outside torch.compile,
+    ``torch.nn.GRU.forward`` itself). Batched and unbatched input, with or without ``h0``,
+    ``PackedSequence``, and ``lengths=`` with padded input."""
+
+    _torch_module = nn.GRU
+    _dims_error = "GRU: Expected input to be 2D or 3D, got {}D instead"
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        _refuse_proj_size(kwargs)
+        super().__init__("GRU", *args, **kwargs)
+        self._set_backend(backend)

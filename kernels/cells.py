@@ -54,4 +54,13 @@ RNN_RELU = CellSpec(
     split_gate_grads=False,
 )  # fmt: skip
 
-CELLS = {cell.name: cell for cell in (LSTM, RNN_TANH, RNN_RELU)}
+# torch.nn.GRU, gate order (r, z, n): n = tanh(Gx_n + r * (W_hn h + b_hn)), h' = (1-z)*n + z*h.
+# b_hn stays inside the step (r multiplies it); b_hr and b_hz fold with b_ih. The step saves
+# the r and z pre-activations, Gx_n and W_hn h + b_hn; the n slot's gradient is da_n on the
+# input side and r * da_n on the recurrent side.
+GRU = CellSpec(
+    name="gru", gates=3, states=("h",), saved_tiles=4, folded_biases=("b_ih", "b_hr", "b_hz"), projection=False,
+    split_gate_grads=True,
+)  # fmt: skip
+
+CELLS = {cell.name: cell for cell in (LSTM, RNN_TANH, RNN_RELU, GRU)}

@@ -1,5 +1,5 @@
-"""The LSTM and the RNN in plain PyTorch ops: the reference path of ``fusedrnn.LSTM``,
-``LSTMCell`` and ``RNN``, and the tests' oracle.
+"""The LSTM, the RNN and the GRU in plain PyTorch ops: the reference path of ``fusedrnn.LSTM``,
+``LSTMCell``, ``RNN`` and ``GRU``, and the tests' oracle.
 
 Differentiable by autograd (twice, too), any device and dtype. It follows the kernels'
 numerics: the input projection is one GEMM in the input dtype; the recurrent product, the
@@ -56,9 +56,10 @@ layer's dx (summed over its directions) is the dy of the layer below; dL/dh_n an
 enter each layer and direction at its own last step.
 
 The RNN (``torch.nn.RNN``, tanh or relu) is ``RNNEquations`` on the same driver
-(``rnn_layers_reference_backward``); its equations are in its docstring.
+(``rnn_layers_reference_backward``), the GRU ``GRUEquations`` (``gru_layers_reference_backward``);
+their equations are in their docstrings.
 
-Adding a cell (GRU): the driver owns time, ``reverse``, ``lengths`` and the input
+Adding a cell: the driver owns time, ``reverse``, ``lengths`` and the input
 projection ``zx_t = x_t W_ih^T + b_ih`` with its gradients (dx, dW_ih, db_ih); a cell owns
 the rest. Write a class like ``LSTMEquations`` with ``output_size``, ``state_shapes(B)``,
 ``forward_step(zx_t, state) -> (state_t, y_t, cache)`` and ``backward_step(d_state, dy_t,
@@ -173,6 +174,78 @@ def rnn_reference(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh
     outputs = [None] * T
     for t in reversed(range(T)) if reverse else range(T):
         h_new = act(gx[t].to(acc_dtype) + h.to(acc_dtype) @ w_hh_t).to(x.dtype)
+        if lengths is not None:
+            active = (t < lengths).to(x.device)[:, None]
+            h_new = torch.where(active, h_new, h)
+            outputs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+        else:
+            outputs[t] = h_new
+        h = h_new
+    return torch.stack(outputs), h
+
+
+def gru_bias_split(b_ih, b_hh):
+    """The GRU's biases as the kernels add them: ``folded`` (3H,) = b_ih + (b_hr, b_hz, 0),
+    added into the input projection, and ``b_hn`` (H,), added to ``W_hn h`` inside the step
+    (the reset gate multiplies it, so it cannot fold). (None, None) without biases."""
+    if b_ih is None:
+        return None, None
+    H = b_hh.shape[0] // 3
+    return b_ih + torch.cat([b_hh[: 2 * H], torch.zeros_like(b_hh[2 * H :])]), b_hh[2 * H :]
+
+
+def gru_step(gx, rec, h, b_hn):
+    """One GRU step in torch's gate order (r, z, n) from ``gx`` (B, 3H): the input projection
+    with the folded biases; ``rec`` (B, 3H): ``h W_hh^T``; h (B, H); b_hn (H,) or None::
+
+        r = sig(gx_r + rec_r)    z = sig(gx_z + rec_z)    hn = rec_n + b_hn
+        n = tanh(gx_n + r * hn)  h' = (1 - z) * n + z * h
+    """
+    gx_r, gx_z, gx_n = gx.chunk(3, dim=-1)
+    rec_r, rec_z, hn = rec.chunk(3, dim=-1)
+    if b_hn is not None:
+        hn = hn + b_hn
+    r, z = torch.sigmoid(gx_r + rec_r), torch.sigmoid(gx_z + rec_z)
+    n = torch.tanh(gx_n + r * hn)
+    return (1 - z) * n + z * h
+
+
+def gru_cell_reference(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One step, as ``torch.nn.GRUCell``: x (B, I), h (B, H). Returns h' in x's dtype."""
+    acc_dtype = torch.promote_types(x.dtype, torch.float32)
+    folded, b_hn = gru_bias_split(b_ih, b_hh)
+    gx = x @ w_ih.t() + folded if folded is not None else x @ w_ih.t()
+    h = h.to(acc_dtype)
+    rec = h @ w_hh.to(acc_dtype).t()
+    return gru_step(gx.to(acc_dtype), rec, h, b_hn.to(acc_dtype) if b_hn is not None else None).to(x.dtype)
+
+
+def gru_reference(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reverse=False, lengths=None):
+    """One layer, one direction of ``torch.nn.GRU``, time-major, in the numerics of
+    ``lstm_reference`` (the input projection with the folded biases in the input dtype, the
+    recurrent product and the gates in at least fp32, h_t rounded to the input dtype each
+    step); the step is ``gru_step``.
+
+    x: (T, B, I); h0: (B, H) or None for zeros; w_ih: (3H, I); w_hh: (3H, H); b_ih, b_hh:
+    (3H,) or None. reverse and lengths as for ``lstm_reference``. Returns ``output (T, B, H), h_n``.
+    """
+    T, B, _ = x.shape
+    H = w_hh.shape[0] // 3
+    acc_dtype = torch.promote_types(x.dtype, torch.float32)
+    if lengths is not None:
+        x = x.masked_fill(~valid_steps(T, lengths, x.device)[..., None], 0)  # as lstm_reference
+    folded, b_hn = gru_bias_split(b_ih, b_hh)
+    gx = x @ w_ih.t()
+    if folded is not None:
+        gx = gx + folded
+        b_hn = b_hn.to(acc_dtype)
+    gx = gx.unbind(0)  # one tensor per step (see lstm_reference)
+    h = h0 if h0 is not None else x.new_zeros(B, H)
+    w_hh_t = w_hh.to(acc_dtype).t()
+    outputs = [None] * T
+    for t in reversed(range(T)) if reverse else range(T):
+        h_acc = h.to(acc_dtype)
+        h_new = gru_step(gx[t].to(acc_dtype), h_acc @ w_hh_t, h_acc, b_hn).to(x.dtype)
         if lengths is not None:
             active = (t < lengths).to(x.device)[:, None]
             h_new = torch.where(active, h_new, h)
@@ -478,6 +551,88 @@ def rnn_layers_reference_backward(
 
     def make_cell(w):
         return RNNEquations(w[1], w[3] if has_bias else None, nonlinearity)
+
+    grads = _stack_reference_backward(
+        make_cell, names, x, (h0,) if h0 is not None else None, weights, grad_output, (grad_h_n,),
+        num_layers=num_layers, directions=directions, lengths=lengths,
+    )  # fmt: skip
+    return {"input": grads["input"], "h0": grads["states0"][0] if h0 is not None else None,
+            "weights": grads["weights"]}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------
+# The GRU's hand-derived BPTT (torch.nn.GRU), on the same driver.
+
+
+class GRUEquations:
+    """One GRU step for the BPTT driver, torch's gate order (r, z, n). w_hh (3H, H); b_hh
+    (3H,) or None. zx_t = x_t W_ih^T + b_ih comes from the driver.
+
+    Forward::
+
+        zh = h_{t-1} W_hh^T + b_hh                   (B, 3H) = [zh_r, zh_z, zh_n]
+        r = sig(zx_r + zh_r)   z = sig(zx_z + zh_z)   n = tanh(zx_n + r * zh_n)
+        h_t = (1 - z) * n + z * h_{t-1} ;  y_t = h_t
+
+    Backward. The input side and the recurrent side of the gate gradients differ in the n
+    slot (the reset gate multiplies zh_n, not zx_n)::
+
+        dh  = dy_t + dh
+        dn  = dh * (1 - z) ;  dz = dh * (h_{t-1} - n)
+        da_n = dn * (1 - n^2) ;  dr = da_n * zh_n
+        da_r = dr * r (1 - r) ;  da_z = dz * z (1 - z)
+        dzx = [da_r, da_z, da_n]                     for dx_t, dW_ih, db_ih (the driver)
+        dzh = [da_r, da_z, da_n * r]                 for dW_hh, db_hh and dh_{t-1}
+        dW_hh += dzh^T h_{t-1} ;  db_hh += sum over rows of dzh
+        dh_{t-1} = dzh W_hh + dh * z
+    """
+
+    def __init__(self, w_hh, b_hh=None):
+        self.w_hh, self.b_hh = w_hh, b_hh
+        self.output_size = w_hh.shape[1]
+
+    def state_shapes(self, batch_size):
+        """The shape of the one state, h."""
+        return ((batch_size, self.output_size),)
+
+    def forward_step(self, zx, state):
+        (h_prev,) = state
+        zh = h_prev @ self.w_hh.t()
+        if self.b_hh is not None:
+            zh = zh + self.b_hh
+        zx_r, zx_z, zx_n = zx.chunk(3, dim=-1)
+        zh_r, zh_z, zh_n = zh.chunk(3, dim=-1)
+        r, z = torch.sigmoid(zx_r + zh_r), torch.sigmoid(zx_z + zh_z)
+        n = torch.tanh(zx_n + r * zh_n)
+        h = (1 - z) * n + z * h_prev
+        return (h,), h, (h_prev, r, z, n, zh_n)
+
+    def backward_step(self, d_state, d_output, cache):
+        h_prev, r, z, n, zh_n = cache
+        d_h = d_state[0] + d_output
+        d_n, d_z = d_h * (1 - z), d_h * (h_prev - n)
+        da_n = d_n * (1 - n * n)
+        da_r, da_z = da_n * zh_n * r * (1 - r), d_z * z * (1 - z)
+        d_zx = torch.cat([da_r, da_z, da_n], dim=-1)
+        d_zh = torch.cat([da_r, da_z, da_n * r], dim=-1)
+        step_grads = {"weight_hh": d_zh.t() @ h_prev}
+        if self.b_hh is not None:
+            step_grads["bias_hh"] = d_zh.sum(0)
+        return (d_zh @ self.w_hh + d_h * z,), d_zx, step_grads
+
+
+def gru_layers_reference_backward(
+    x, h0, weights, grad_output=None, grad_h_n=None, *, num_layers=1, bidirectional=False, lengths=None,
+):  # fmt: skip
+    """The gradients of a stack of GRU layers, as ``torch.nn.GRU`` (without dropout) or
+    ``fusedrnn.functional.gru_layers`` compute it, by hand-derived BPTT (``GRUEquations``), in
+    float64; arguments and result as ``rnn_layers_reference_backward``'s."""
+    directions = 2 if bidirectional else 1
+    has_bias = len(weights) // (num_layers * directions) == 4
+    names = ["weight_ih", "weight_hh"] + ["bias_ih", "bias_hh"] * has_bias
+
+    def make_cell(w):
+        return GRUEquations(w[1], w[3] if has_bias else None)
 
     grads = _stack_reference_backward(
         make_cell, names, x, (h0,) if h0 is not None else None, weights, grad_output, (grad_h_n,),

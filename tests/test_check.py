@@ -102,3 +102,25 @@ def test_check_of_the_rnn_refuses_a_projection(capsys):
     with pytest.raises(SystemExit):
         main(SMALL + ["--cell", "rnn", "-P", "3", "--backend", "reference"])
     assert "--proj-size is the LSTM's" in capsys.readouterr().err
+
+
+def test_check_of_the_gru_passes_and_fails_on_swapped_gates(capsys, monkeypatch):
+    """--cell gru on the reference path: every tensor of torch.nn.GRU within tolerance; with
+    the reset and update gates swapped in the reference's step, rows mismatch."""
+    from fusedrnn.kernels import reference
+
+    assert main(SMALL + ["--cell", "gru", "-L", "2", "--bidirectional", "--packed", "--backend", "reference"]) == 0
+    out = capsys.readouterr().out
+    assert "vs torch.nn.GRU" in out and "all tensors within tolerance" in out and "c_n" not in out
+    for name in ["output", "h_n", "grad input", "grad h0", "grad weight_hh_l1_reverse", "grad bias_hh_l0"]:
+        assert out.count(name + " ") == 1, name
+    real = reference.gru_step
+
+    def swapped(gx, rec, h, b_hn):
+        H = h.shape[-1]
+        order = torch.cat([torch.arange(H, 2 * H), torch.arange(H), torch.arange(2 * H, 3 * H)])
+        return real(gx[..., order], rec[..., order], h, b_hn[..., :] if b_hn is not None else None)
+
+    monkeypatch.setattr(reference, "gru_step", swapped)
+    assert main(SMALL + ["--cell", "gru", "--backend", "reference"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""fusedrnn.convert / fusedrnn.revert: swap torch's LSTM modules in a model, sharing parameters."""
+"""fusedrnn.convert / fusedrnn.revert: swap torch's recurrent modules in a model, sharing parameters."""
 
 import copy
 import warnings
@@ -47,19 +47,42 @@ def test_convert_names_the_recurrent_modules_it_leaves_alone():
     class MyLSTM(nn.LSTM):  # a subclass may override forward: not converted
         pass
 
+    class MyGRUCell(nn.GRUCell):
+        pass
+
     model = nn.ModuleDict(dict(lstm=nn.LSTM(3, 4), gru=nn.GRU(3, 4), rnn=nn.RNN(3, 4), mine=MyLSTM(3, 4),
-                               cell=nn.GRUCell(3, 4)))  # fmt: skip
+                               cell=MyGRUCell(3, 4), gru_cell=nn.GRUCell(3, 4)))  # fmt: skip
     with pytest.warns(NotConvertedWarning) as caught:
         fusedrnn.convert(model)
     (message,) = [str(w.message) for w in caught]
-    assert "3 recurrent module(s)" in message and "warn=False" in message
-    for name in ("gru (GRU)", "mine (MyLSTM)", "cell (GRUCell)"):
+    assert "2 recurrent module(s)" in message and "warn=False" in message
+    for name in ("mine (MyLSTM)", "cell (MyGRUCell)"):
         assert name in message
-    assert type(model["lstm"]) is fusedrnn.LSTM and type(model["gru"]) is nn.GRU and type(model["rnn"]) is fusedrnn.RNN
+    assert type(model["lstm"]) is fusedrnn.LSTM and type(model["gru"]) is fusedrnn.GRU and type(model["rnn"]) is fusedrnn.RNN
+    assert type(model["gru_cell"]) is fusedrnn.GRUCell
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fusedrnn.convert(model, warn=False)  # silenced
         fusedrnn.convert(nn.Sequential(nn.LSTM(3, 4)))  # nothing left alone: no warning
+
+
+@pytest.mark.parametrize("args", [(3, 4), (3, 4, 2, False, True, 0.25, True)], ids=["plain", "every-argument"])
+def test_convert_and_revert_a_gru_and_its_cell_keep_their_parameters_and_arguments(args):
+    """nn.GRU (and nn.GRUCell) -> fusedrnn's -> torch's: the same Parameter objects, every
+    constructor argument, the same outputs."""
+    model = nn.ModuleDict(dict(layer=nn.GRU(*args), cell=nn.GRUCell(3, 4, bias=len(args) == 2))).eval()
+    params = list(model.parameters())
+    x = torch.randn(2, 3, 3)
+    want = model["layer"](x)[0], model["cell"](x[0])
+    fusedrnn.convert(model, backend="reference")
+    assert type(model["layer"]) is fusedrnn.GRU and type(model["cell"]) is fusedrnn.GRUCell
+    assert all(a is b for a, b in zip(params, model.parameters())) and repr(model["layer"]).startswith(repr(nn.GRU(*args))[:-1])
+    assert_close(model["layer"](x)[0], want[0], rel=1e-6, name="converted GRU")
+    assert_close(model["cell"](x[0]), want[1], rel=1e-6, name="converted GRUCell")
+    fusedrnn.revert(model)
+    assert type(model["layer"]) is nn.GRU and type(model["cell"]) is nn.GRUCell
+    assert all(a is b for a, b in zip(params, model.parameters()))
+    assert torch.equal(model["layer"](x)[0], want[0])
 
 
 @pytest.mark.parametrize("args", [(3, 4), (3, 4, 2, "relu", False, True, 0.25, True)], ids=["plain", "every-argument"])

@@ -1,11 +1,14 @@
-"""fusedrnn.RNN against torch.nn.RNN: constructor, parameters, init, state_dict, repr, errors,
-every input form, outputs and every gradient, on each backend; the compiled module; and the
-three-way comparison with cuDNN on CUDA.
+"""fusedrnn.RNN against torch.nn.RNN, and fusedrnn.GRU against torch.nn.GRU (the layers whose
+one state is h): constructor, parameters, init, state_dict, repr, errors, every input form,
+outputs and every gradient, on each backend; the compiled module; their cells; and the
+three-way comparison with cuDNN on CUDA. A test's ``variant`` is "tanh" or "relu" (the RNN's
+nonlinearity) or "gru".
 
 The big cross product runs on the reference path (float64, fast); the kernels (interpreted on
 CPU) run a smaller one in every launch strategy (the ``strategy`` fixture).
 """
 
+import functools
 import itertools
 
 import pytest
@@ -21,14 +24,26 @@ from fusedrnn.testing import assert_close, assert_no_worse_than
 I, H = 5, 7
 
 
-def pair(nonlinearity="tanh", backend="reference", dtype=torch.float64, device="cpu", **kwargs):
-    """torch.nn.RNN and fusedrnn.RNN with the same weights: torch's float64 init under one
-    seed, whatever the dtype (a float32 init draws other numbers), so every pair of a test
-    holds the same values."""
+VARIANTS = ["tanh", "relu", "gru"]
+
+
+def classes(variant, cell=False):
+    """(torch's class, fusedrnn's class, their extra constructor arguments) of a variant."""
+    if variant == "gru":
+        return (nn.GRUCell, fusedrnn.GRUCell, {}) if cell else (nn.GRU, fusedrnn.GRU, {})
+    return ((nn.RNNCell, fusedrnn.RNNCell) if cell else (nn.RNN, fusedrnn.RNN)) + (dict(nonlinearity=variant),)
+
+
+def pair(variant="tanh", backend="reference", dtype=torch.float64, device="cpu", **kwargs):
+    """torch's module and fusedrnn's (nn.RNN of nonlinearity ``variant``, or nn.GRU) with the
+    same weights: torch's float64 init under one seed, whatever the dtype (a float32 init
+    draws other numbers), so every pair of a test holds the same values."""
+    torch_class, our_class, extra = classes(variant)
+    kwargs = {**extra, **kwargs}
     torch.manual_seed(0)
-    init = nn.RNN(I, H, nonlinearity=nonlinearity, dtype=torch.float64, **kwargs).state_dict()
-    theirs = nn.RNN(I, H, nonlinearity=nonlinearity, dtype=dtype, device=device, **kwargs)
-    ours = fusedrnn.RNN(I, H, nonlinearity=nonlinearity, backend=backend, dtype=dtype, device=device, **kwargs)
+    init = torch_class(I, H, dtype=torch.float64, **kwargs).state_dict()
+    theirs = torch_class(I, H, dtype=dtype, device=device, **kwargs)
+    ours = our_class(I, H, backend=backend, dtype=dtype, device=device, **kwargs)
     theirs.load_state_dict(init)
     ours.load_state_dict(init)
     return theirs, ours
@@ -58,18 +73,18 @@ def assert_all_close(actual, expected, rel):
         assert_close(actual[name].double().cpu(), expected[name].double().cpu(), rel=rel, name=name)
 
 
-LAYOUTS = list(itertools.product([1, 2], [False, True], [True, False], [False, True], ["tanh", "relu"], [False, True]))
+LAYOUTS = list(itertools.product([1, 2], [False, True], [True, False], [False, True], VARIANTS, [False, True]))
 
 
 @pytest.mark.parametrize(
-    "num_layers, bidirectional, bias, batch_first, nonlinearity, hx", LAYOUTS,
+    "num_layers, bidirectional, bias, batch_first, variant, hx", LAYOUTS,
     ids=[f"L{n}-{'bi' if b else 'uni'}-{'bias' if bb else 'nobias'}-{'bf' if bf else 'tm'}-{nl}-{'hx' if h else 'nohx'}"
          for n, b, bb, bf, nl, h in LAYOUTS],
 )  # fmt: skip
-def test_reference_matches_torch_over_the_cross_product(num_layers, bidirectional, bias, batch_first, nonlinearity, hx):
+def test_reference_matches_torch_over_the_cross_product(num_layers, bidirectional, bias, batch_first, variant, hx):
     """Batched, unbatched and packed (unsorted) input, float64: outputs and every gradient."""
     kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, bias=bias, batch_first=batch_first)
-    theirs, ours = pair(nonlinearity, **kwargs)
+    theirs, ours = pair(variant, **kwargs)
     states = num_layers * (2 if bidirectional else 1)
     g = torch.Generator().manual_seed(1)
     T, B = 4, 3
@@ -84,11 +99,11 @@ def test_reference_matches_torch_over_the_cross_product(num_layers, bidirectiona
         assert_all_close(run(ours, packed, h0), run(theirs, packed, h0), rel=1e-12)
 
 
-@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_lengths_equal_packing(nonlinearity, batch_first):
+def test_lengths_equal_packing(variant, batch_first):
     """``lengths=`` with padded input gives what torch gives for the packed batch, padded again."""
-    theirs, ours = pair(nonlinearity, num_layers=2, bidirectional=True, batch_first=batch_first)
+    theirs, ours = pair(variant, num_layers=2, bidirectional=True, batch_first=batch_first)
     g = torch.Generator().manual_seed(2)
     lengths = torch.tensor([2, 4, 1])
     x = torch.randn((3, 4, I) if batch_first else (4, 3, I), generator=g, dtype=torch.float64)
@@ -168,13 +183,14 @@ def test_backward_in_eval_mode_and_bitwise_repeatable_gradients():
 
 
 def test_double_backward_on_the_reference_path_and_a_clear_error_on_the_kernels():
-    theirs, ours = pair("tanh")
-    x = torch.randn(3, 2, I, dtype=torch.float64, requires_grad=True)
-    (g_ours,) = torch.autograd.grad(ours(x)[0].square().sum(), x, create_graph=True)
-    (g_theirs,) = torch.autograd.grad(theirs(x)[0].square().sum(), x, create_graph=True)
-    (gg_ours,) = torch.autograd.grad(g_ours.sum(), x)
-    (gg_theirs,) = torch.autograd.grad(g_theirs.sum(), x)
-    assert_close(gg_ours, gg_theirs, rel=1e-10, name="double backward")
+    for variant in VARIANTS:
+        theirs, ours = pair(variant)
+        x = torch.randn(3, 2, I, dtype=torch.float64, requires_grad=True)
+        (g_ours,) = torch.autograd.grad(ours(x)[0].square().sum(), x, create_graph=True)
+        (g_theirs,) = torch.autograd.grad(theirs(x)[0].square().sum(), x, create_graph=True)
+        (gg_ours,) = torch.autograd.grad(g_ours.sum(), x)
+        (gg_theirs,) = torch.autograd.grad(g_theirs.sum(), x)
+        assert_close(gg_ours, gg_theirs, rel=1e-10, name=f"{variant} double backward")
     _, kernels = pair("tanh", backend="triton", dtype=torch.float32, device=DEVICE)
     x32 = x.detach().float().to(DEVICE).requires_grad_()
     (g,) = torch.autograd.grad(kernels(x32)[0].square().sum(), x32, create_graph=True)
@@ -195,6 +211,15 @@ def test_constructor_init_state_dict_and_repr_are_torch_s():
         for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
             assert torch.equal(a, b), name  # the same init under one seed
     assert repr(fusedrnn.RNN(I, H, backend="triton")) == "RNN(5, 7, backend='triton')"
+    for args in [(I, H), (I, H, 2, False, True, 0.5, True)]:
+        torch.manual_seed(5)
+        theirs = nn.GRU(*args)
+        torch.manual_seed(5)
+        ours = fusedrnn.GRU(*args)
+        assert repr(ours) == repr(theirs) and ours.mode == theirs.mode == "GRU"
+        assert ours.state_dict().keys() == theirs.state_dict().keys()
+        assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    assert repr(fusedrnn.GRU(I, H, backend="reference")) == "GRU(5, 7, backend='reference')"
 
 
 def error_of(call):
@@ -205,12 +230,12 @@ def error_of(call):
     return None
 
 
+@pytest.mark.parametrize("variant", ["tanh", "gru"])
 @pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
-def test_errors_are_torch_s(backend):
-    """The same exception type and message as torch.nn.RNN for bad arguments and input."""
+def test_errors_are_torch_s(backend, variant):
+    """The same exception type and message as torch.nn.RNN (nn.GRU) for bad arguments and input."""
     device = DEVICE if backend == "triton" else "cpu"
-    theirs = nn.RNN(I, H, num_layers=2, device=device)
-    ours = fusedrnn.RNN(I, H, num_layers=2, backend=backend, device=device)
+    theirs, ours = pair(variant, backend, torch.float32, device, num_layers=2)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(3, 2, I, device=device)
     bad_calls = [
@@ -227,16 +252,29 @@ def test_errors_are_torch_s(backend):
         ours_kind, ours_message = error_of(lambda: (fusedrnn.RNN(I, H, nonlinearity="gelu") if "gelu" in message
                                                     else fusedrnn.RNN(I, H, proj_size=2)))  # fmt: skip
         assert (ours_kind, ours_message) == (kind, message)
+    assert error_of(lambda: fusedrnn.GRU(I, H, proj_size=2)) == error_of(lambda: nn.GRU(I, H, proj_size=2)) != None  # noqa: E711
 
 
-def test_auto_on_cpu_is_torch_s_own_op():
-    """On CPU under "auto", torch.nn.RNN.forward itself: the same bits, not our Function."""
-    theirs, ours = pair("relu", backend="auto", dtype=torch.float32, num_layers=2)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_auto_on_cpu_is_torch_s_own_op(variant):
+    """On CPU under "auto", torch's forward itself: the same bits, not our Function; the
+    functional form (one layer, reversed too, and with lengths) runs torch's op as well."""
+    theirs, ours = pair(variant, backend="auto", dtype=torch.float32, num_layers=2)
     x = torch.randn(5, 3, I, requires_grad=True)
     y, h_n = ours(x)
     assert "RecurrenceFunction" not in type(y.grad_fn).__name__
     y_ref, h_ref = theirs(x)
     assert torch.equal(y, y_ref) and torch.equal(h_n, h_ref)
+    _, exact = pair(variant, num_layers=2)
+    lengths = torch.tensor([5, 2, 4])
+    for kwargs in (dict(), dict(reverse=True), dict(lengths=lengths), dict(reverse=True, lengths=lengths)):
+        layer = fusedrnn.functional.gru if variant == "gru" else functools.partial(fusedrnn.functional.rnn,
+                                                                                   nonlinearity=variant)  # fmt: skip
+        weights = [w for w in ours._flat_weights[:4]]
+        y, h_n = layer(x, None, *weights, backend="auto", **kwargs)
+        y_ref, h_ref = layer(x.double(), None, *(w.double() for w in weights), backend="reference", **kwargs)
+        assert_close(y.double(), y_ref, rel=1e-5, name=f"{kwargs} output")
+        assert_close(h_n.double(), h_ref, rel=1e-5, name=f"{kwargs} h_n")
 
 
 def test_compiled_module_matches_eager_with_one_graph_and_t_dynamic():
@@ -279,11 +317,12 @@ def test_three_way_against_cudnn(nonlinearity, dtype, tf32, monkeypatch):
 # ------------------------------------------------------------------------------ RNNCell
 
 
-def cell_pair(nonlinearity="tanh", backend="reference", dtype=torch.float64, device="cpu", bias=True):
+def cell_pair(variant="tanh", backend="reference", dtype=torch.float64, device="cpu", bias=True):
+    torch_class, our_class, extra = classes(variant, cell=True)
     torch.manual_seed(0)
-    init = nn.RNNCell(I, H, bias, nonlinearity, dtype=torch.float64).state_dict()
-    theirs = nn.RNNCell(I, H, bias, nonlinearity, dtype=dtype, device=device)
-    ours = fusedrnn.RNNCell(I, H, bias, nonlinearity, backend=backend, dtype=dtype, device=device)
+    init = torch_class(I, H, bias, dtype=torch.float64, **extra).state_dict()
+    theirs = torch_class(I, H, bias, dtype=dtype, device=device, **extra)
+    ours = our_class(I, H, bias, backend=backend, dtype=dtype, device=device, **extra)
     theirs.load_state_dict(init)
     ours.load_state_dict(init)
     return theirs, ours
@@ -300,16 +339,18 @@ def cell_run(module, x, h):
     return result
 
 
-@pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
-@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+CELL_CASES = [(b, v) for b in ("auto", "reference", "triton") for v in VARIANTS if (b, v) != ("triton", "gru")]
+
+
+@pytest.mark.parametrize("backend, variant", CELL_CASES, ids=[f"{b}-{v}" for b, v in CELL_CASES])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_rnn_cell_matches_torch(backend, nonlinearity, bias):
+def test_rnn_cell_matches_torch(backend, variant, bias):
     """Batched with and without hx, and unbatched: h' and every gradient (the kernels in fp32
     against float64 at 1e-5, the other backends in float64 to rounding)."""
     kernels = backend == "triton"
     dtype, device = (torch.float32, DEVICE) if kernels else (torch.float64, "cpu")
-    exact, _ = cell_pair(nonlinearity, bias=bias)
-    _, ours = cell_pair(nonlinearity, backend, dtype, device, bias)
+    exact, _ = cell_pair(variant, bias=bias)
+    _, ours = cell_pair(variant, backend, dtype, device, bias)
     g = torch.Generator().manual_seed(6)
     x = torch.randn(17, I, generator=g, dtype=torch.float64)
     h = torch.randn(17, H, generator=g, dtype=torch.float64)
@@ -319,21 +360,23 @@ def test_rnn_cell_matches_torch(backend, nonlinearity, bias):
         assert_all_close(cell_run(ours, *on), cell_run(exact, *args), rel=rel)
 
 
-def test_rnn_cell_constructor_repr_errors_and_convert_are_torch_s():
+@pytest.mark.parametrize("variant", ["relu", "gru"])
+def test_rnn_cell_constructor_repr_errors_and_convert_are_torch_s(variant):
+    torch_class, our_class, extra = classes(variant, cell=True)
     torch.manual_seed(1)
-    theirs = nn.RNNCell(I, H, False, "relu")
+    theirs = torch_class(I, H, False, **extra)
     torch.manual_seed(1)
-    ours = fusedrnn.RNNCell(I, H, False, "relu")
+    ours = our_class(I, H, False, **extra)
     assert repr(ours) == repr(theirs) and ours.state_dict().keys() == theirs.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
     for backend in ("auto", "reference"):
-        mine = fusedrnn.RNNCell(I, H, backend=backend)
-        mine.load_state_dict(nn.RNNCell(I, H).state_dict())
-        torch_cell = nn.RNNCell(I, H)
+        torch_cell, mine = cell_pair(variant, backend, torch.float32)
         for call in (lambda m: m(torch.randn(3, I + 1)), lambda m: m(torch.randn(3, I), torch.randn(2, H)),
                      lambda m: m(torch.randn(3, I), torch.randn(3, H + 1)), lambda m: m(torch.randn(2, 3, I)),
                      lambda m: m(torch.randn(3, I), torch.randn(1, 3, H))):  # fmt: skip
             assert error_of(lambda: call(mine)) == error_of(lambda: call(torch_cell)) != None, backend  # noqa: E711
+    if variant == "gru":
+        return  # convert: tests/test_convert.py
     odd, torch_odd = fusedrnn.RNNCell(I, H, nonlinearity="gelu", backend="reference"), nn.RNNCell(I, H, nonlinearity="gelu")
     assert error_of(lambda: odd(torch.randn(2, I))) == error_of(lambda: torch_odd(torch.randn(2, I)))
     model = nn.Sequential(nn.RNNCell(I, H, nonlinearity="relu"))
@@ -385,21 +428,32 @@ def test_a_cell_spec_the_function_does_not_implement_is_refused(monkeypatch):
     assert autograd.CELLS is cells.CELLS
 
 
-def test_rnn_cell_dtype_mismatch_is_a_runtime_error_as_in_torch():
-    _, cell = cell_pair("tanh", "reference", torch.float32)
+@pytest.mark.parametrize("variant", ["tanh", "gru"])
+def test_rnn_cell_dtype_mismatch_and_bad_weights_are_runtime_errors_as_in_torch(variant):
+    theirs, cell = cell_pair(variant, "reference", torch.float32)
     with pytest.raises(RuntimeError, match="does not match weight dtype"):
         cell(torch.randn(2, I, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="hidden0 dtype"):
         cell(torch.randn(2, I), torch.randn(2, H, dtype=torch.float64))
+    # the functional step with a weight of the wrong shape: a RuntimeError, as torch's op raises
+    step = fusedrnn.cell.gru_cell if variant == "gru" else fusedrnn.cell.rnn_cell
+    op = torch._VF.gru_cell if variant == "gru" else torch._VF.rnn_tanh_cell
+    x, h = torch.randn(2, I), torch.randn(2, H)
+    w_ih, w_hh, b_ih, b_hh = theirs.weight_ih.detach(), theirs.weight_hh.detach(), theirs.bias_ih, theirs.bias_hh
+    for bad in ((w_ih, w_hh[:-1], b_ih, b_hh), (w_ih[:-1], w_hh, b_ih, b_hh), (w_ih, w_hh, b_ih[:-1], b_hh)):
+        with pytest.raises(RuntimeError):
+            op(x, h, *bad)
+        with pytest.raises(RuntimeError, match="must have shape"):
+            step(x, h, *bad, backend="reference")
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_compiled_module_with_h0_and_lengths_matches_eager_outputs_and_gradients(backend):
+@pytest.mark.parametrize("backend, variant", [("reference", "relu"), ("triton", "relu"), ("reference", "gru")])
+def test_compiled_module_with_h0_and_lengths_matches_eager_outputs_and_gradients(backend, variant):
     """aot_eager (Dynamo, AOTAutograd, the ops' fake implementations): h0, lengths and
-    batch_first through a 2-layer bidirectional relu RNN, outputs and every gradient."""
+    batch_first through a 2-layer bidirectional relu RNN (a GRU), outputs and every gradient."""
     torch._dynamo.reset()
     device = DEVICE if backend == "triton" else "cpu"
-    _, ours = pair("relu", backend, torch.float32, device, num_layers=2, bidirectional=True, batch_first=True)
+    _, ours = pair(variant, backend, torch.float32, device, num_layers=2, bidirectional=True, batch_first=True)
     x = torch.randn(3, 4, I, device=device)
     h0 = torch.randn(4, 3, H, device=device)
     lengths = torch.tensor([4, 1, 2])

@@ -350,14 +350,18 @@ def test_seed_000_miniature_table():
 RNN_LAYOUTS = [dict(), dict(num_layers=2, bidirectional=True), dict(bias=False, num_layers=2)]
 
 
-@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu", "gru"])
 @pytest.mark.parametrize("kwargs", RNN_LAYOUTS, ids=["one-layer", "stacked-bidirectional", "no-bias"])
 @pytest.mark.parametrize("varlen", [False, True], ids=["full", "lengths"])
 def test_rnn_stack_oracle_matches_torch_rnn(kwargs, nonlinearity, varlen):
     """rnn_layers_reference_backward (RNNEquations) against autograd through torch.nn.RNN in
-    float64, gradient by gradient (lengths: torch on the packed batch)."""
+    float64, gradient by gradient (lengths: torch on the packed batch); "gru":
+    gru_layers_reference_backward (GRUEquations) against torch.nn.GRU."""
     torch.manual_seed(0)
-    rnn = torch.nn.RNN(5, 6, nonlinearity=nonlinearity, dtype=torch.float64, **kwargs)
+    if nonlinearity == "gru":
+        rnn = torch.nn.GRU(5, 6, dtype=torch.float64, **kwargs)
+    else:
+        rnn = torch.nn.RNN(5, 6, nonlinearity=nonlinearity, dtype=torch.float64, **kwargs)
     T, B = 4, 3
     states = rnn.num_layers * (2 if rnn.bidirectional else 1)
     x = torch.randn(T, B, 5, dtype=torch.float64)
@@ -372,10 +376,13 @@ def test_rnn_stack_oracle_matches_torch_rnn(kwargs, nonlinearity, varlen):
     d_output = cotangents[0]
     if varlen:
         d_output, _ = torch.nn.utils.rnn.pad_packed_sequence(inputs._replace(data=d_output))
-    got = reference.rnn_layers_reference_backward(
-        x, h0, rnn._flat_weights, d_output, cotangents[1], nonlinearity=nonlinearity, num_layers=rnn.num_layers,
-        bidirectional=rnn.bidirectional, lengths=lengths,
-    )  # fmt: skip
+    layout = dict(num_layers=rnn.num_layers, bidirectional=rnn.bidirectional, lengths=lengths)
+    if nonlinearity == "gru":
+        got = reference.gru_layers_reference_backward(x, h0, rnn._flat_weights, d_output, cotangents[1], **layout)
+    else:
+        got = reference.rnn_layers_reference_backward(
+            x, h0, rnn._flat_weights, d_output, cotangents[1], nonlinearity=nonlinearity, **layout
+        )
     grad_input = got["input"]
     if varlen:
         grad_input = torch.nn.utils.rnn.pack_padded_sequence(grad_input, lengths, enforce_sorted=False).data
