@@ -101,7 +101,7 @@ class Problem:
     def fwd(self, gates=None):
         """recurrence_fwd's outputs, gates (overwritten with the pre-activations) included."""
         gates = self.gx.clone() if gates is None else gates
-        out, c, m = recurrence.recurrence_fwd(LSTM, gates, self.w_hh, self.h0, self.c0, w_hr=self.w_hr)
+        out, c, m, _ = recurrence.recurrence_fwd(LSTM, gates, self.w_hh, self.h0, self.c0, w_hr=self.w_hr)
         return out, c, m, gates
 
     def bwd(self):

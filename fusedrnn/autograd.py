@@ -29,7 +29,7 @@ from torch import Tensor
 from fusedrnn._double_backward import tie_to_double_backward_error
 from fusedrnn.kernels import recurrence
 from fusedrnn.kernels.cells import CELLS
-from fusedrnn.kernels.reference import valid_steps
+from fusedrnn.kernels.reference import gru_bias_split, valid_steps
 
 
 def _time_major(t, batch_first):
@@ -51,58 +51,64 @@ def _or_empty(t, like):
 @torch.library.custom_op("fusedrnn::recurrence_fwd", mutates_args=())
 def recurrence_fwd_op(
     cell: str, x: Tensor, w_ih: Tensor, bias: Optional[Tensor], w_hh: Tensor, h0: Tensor, c0: Optional[Tensor],
-    w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool, reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool, reverse: bool, b_hn: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Gx GEMM and forward recurrence of ``cell`` (a CELLS name). Returns ``out`` and
     ``gates`` (the pre-activations) in the layout of x, ``c`` (T, B, H) fp32 for a cell with
-    c, and ``m`` (T, B, H) for a projection; an empty tensor for each absent one."""
+    c, ``m`` (T, B, H) for a projection, and the GRU's ``hn`` (T, B, H, time-major); an empty
+    tensor for each absent one. ``b_hn``: the GRU's bias inside the step (None: zeros)."""
     gx = torch.addmm(bias, _flat(x), w_ih.t()) if bias is not None else _flat(x) @ w_ih.t()
     gates = gx.view(*x.shape[:2], w_hh.shape[0])  # the layout of x: batch_first costs no copy
-    out, c, m = recurrence.recurrence_fwd(
-        CELLS[cell], _time_major(gates, batch_first), w_hh, h0, c0, w_hr=w_hr, lengths=lengths, reverse=reverse
-    )
-    return _time_major(out, batch_first), gates, _or_empty(c, x), _or_empty(m, x)
+    out, c, m, hn = recurrence.recurrence_fwd(
+        CELLS[cell], _time_major(gates, batch_first), w_hh, h0, c0, w_hr=w_hr, lengths=lengths, reverse=reverse,
+        b_hn=b_hn,
+    )  # fmt: skip
+    return _time_major(out, batch_first), gates, _or_empty(c, x), _or_empty(m, x), _or_empty(hn, x)
 
 
 @recurrence_fwd_op.register_fake
-def _(cell, x, w_ih, bias, w_hh, h0, c0, w_hr, lengths, batch_first, reverse):
+def _(cell, x, w_ih, bias, w_hh, h0, c0, w_hr, lengths, batch_first, reverse, b_hn):
     # The launcher's own allocations, so shapes and strides cannot drift from the real op's.
     spec = CELLS[cell]
     gates = x.new_empty(*x.shape[:2], w_hh.shape[0])
     H, P = w_hh.shape[0] // spec.gates, w_hh.shape[1]
-    out, c, m = recurrence.forward_outputs(spec, _time_major(gates, batch_first), H, P, w_hr is not None)
-    return _time_major(out, batch_first), gates, _or_empty(c, x), _or_empty(m, x)
+    out, c, m, hn = recurrence.forward_outputs(spec, _time_major(gates, batch_first), H, P, w_hr is not None)
+    return _time_major(out, batch_first), gates, _or_empty(c, x), _or_empty(m, x), _or_empty(hn, x)
 
 
-def _backward_kernels(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse,
-                      into_gates, fake=False):  # fmt: skip
+def _backward_kernels(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse, hn, out,
+                      h0, into_gates, fake=False):  # fmt: skip
     """The two backward ops' body (``fake``: only their allocations): ``d_gates`` in the
-    layout of x (``gates`` itself when ``into_gates``), ``d_c0`` and ``d_h``, or an empty
-    tensor for each absent one."""
+    layout of x (``gates`` itself when ``into_gates``), ``d_c0``, ``d_h`` and the GRU's
+    ``d_gx_n`` (time-major; ``hn`` itself when ``into_gates``), or an empty tensor for each
+    absent one."""
     spec = CELLS[cell]
     gates_tm = _time_major(gates, batch_first)
     if fake:
-        outputs = recurrence.backward_outputs(spec, gates_tm, d_cn, w_hh.shape[1], w_hr is not None, into_gates)
+        outputs = recurrence.backward_outputs(spec, gates_tm, d_cn, w_hh.shape[1], w_hr is not None, into_gates, hn)
     else:
         outputs = recurrence.recurrence_bwd(
             spec, gates_tm, c, c0, w_hh, _time_major(d_out, batch_first), d_hn, d_cn,
-            w_hr=w_hr, lengths=lengths, reverse=reverse, d_gates_into_gates=into_gates,
+            w_hr=w_hr, lengths=lengths, reverse=reverse, d_gates_into_gates=into_gates, hn=hn,
+            out=_time_major(out, batch_first) if out is not None else None, h0=h0,
         )  # fmt: skip
-    d_gates, d_c0, d_h = outputs
-    return _time_major(d_gates, batch_first), _or_empty(d_c0, gates), _or_empty(d_h, gates)
+    d_gates, d_c0, d_h, d_gx_n = outputs
+    return (_time_major(d_gates, batch_first), _or_empty(d_c0, gates), _or_empty(d_h, gates),
+            _or_empty(d_gx_n, gates))  # fmt: skip
 
 
 @torch.library.custom_op("fusedrnn::recurrence_bwd", mutates_args=())
 def recurrence_bwd_op(
     cell: str, gates: Tensor, c: Optional[Tensor], c0: Optional[Tensor], w_hh: Tensor, d_out: Tensor,
     d_hn: Tensor, d_cn: Optional[Tensor], w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool,
-    reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Backward recurrence. gates, d_out in the layout of x. Returns ``d_gates`` in the layout
-    of x, ``d_c0`` (B, H) fp32 for a cell with c, and ``d_h`` (T, B, P) fp32 for a
-    projection; an empty tensor for each absent one."""
-    return _backward_kernels(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse,
-                             False)  # fmt: skip
+    reverse: bool, hn: Optional[Tensor], out: Optional[Tensor], h0: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Backward recurrence. gates, d_out (and the GRU's out) in the layout of x. Returns
+    ``d_gates`` in the layout of x, ``d_c0`` (B, H) fp32 for a cell with c (the GRU's: the
+    part of dh0 through z * h), ``d_h`` (T, B, P) fp32 for a projection, and the GRU's
+    ``d_gx_n`` (T, B, H); an empty tensor for each absent one."""
+    return _backward_kernels(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse, hn,
+                             out, h0, False)  # fmt: skip
 
 
 @recurrence_bwd_op.register_fake
@@ -110,21 +116,22 @@ def _(*args):
     return _backward_kernels(*args, into_gates=False, fake=True)
 
 
-@torch.library.custom_op("fusedrnn::recurrence_bwd_", mutates_args=("gates",))
+@torch.library.custom_op("fusedrnn::recurrence_bwd_", mutates_args=("gates", "hn"))
 def recurrence_bwd_inplace_op(
     cell: str, gates: Tensor, c: Optional[Tensor], c0: Optional[Tensor], w_hh: Tensor, d_out: Tensor,
     d_hn: Tensor, d_cn: Optional[Tensor], w_hr: Optional[Tensor], lengths: Optional[Tensor], batch_first: bool,
-    reverse: bool,
+    reverse: bool, hn: Optional[Tensor], out: Optional[Tensor], h0: Optional[Tensor],
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``recurrence_bwd`` writing d_gates over ``gates`` (the backward's largest buffer
-    saved). Returns ``d_c0`` and ``d_h`` (or an empty tensor for each absent one)."""
-    return _backward_kernels(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse,
-                             True)[1:]  # fmt: skip
+    saved), and the GRU's d_gx_n over ``hn``. Returns ``d_c0`` and ``d_h`` (or an empty
+    tensor for each absent one)."""
+    return _backward_kernels(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, w_hr, lengths, batch_first, reverse, hn,
+                             out, h0, True)[1:3]  # fmt: skip
 
 
 @recurrence_bwd_inplace_op.register_fake
 def _(*args):
-    return _backward_kernels(*args, into_gates=True, fake=True)[1:]
+    return _backward_kernels(*args, into_gates=True, fake=True)[1:3]
 
 
 def gates_free_after_backward():
@@ -151,12 +158,17 @@ def first_and_last_steps(T, B, lengths, reverse, device):
     return (ends, zeros) if reverse else (zeros, ends)
 
 
+GRU_LIKE = dict(folded_biases=("b_ih", "b_hr", "b_hz"), split_gate_grads=True, saved_tiles=4, gates=3)
+
+
 def implements(cell):
-    """Whether RecurrenceFunction runs ``cell`` (a CELLS name): both biases folded into Gx
-    (one summed gradient for each), one gate-gradient tensor, the pre-activations saved over
-    Gx. A cell such as the GRU needs more here first."""
+    """Whether RecurrenceFunction runs ``cell`` (a CELLS name): either both biases folded into
+    Gx (one summed gradient for each), one gate-gradient tensor, the pre-activations saved
+    over Gx; or the GRU's layout (``GRU_LIKE``: b_hn inside the step, the n slot's two
+    gradients, hn saved beside the gates). Any other description needs more here first."""
     spec = CELLS[cell]
-    return spec.folded_biases == ("b_ih", "b_hh") and not spec.split_gate_grads and spec.saved_tiles == spec.gates
+    simple = spec.folded_biases == ("b_ih", "b_hh") and not spec.split_gate_grads and spec.saved_tiles == spec.gates
+    return simple or all(getattr(spec, k) == v for k, v in GRU_LIKE.items()) and spec.name == "gru"
 
 
 class RecurrenceFunction(torch.autograd.Function):
@@ -172,16 +184,21 @@ class RecurrenceFunction(torch.autograd.Function):
         has_c = "c" in spec.states
         H, P = w_hh.shape[0] // spec.gates, w_hh.shape[1]
         T, B = _time_major(x, batch_first).shape[:2]
-        bias = b_ih + b_hh if b_ih is not None else None
+        bias = b_hn = None
+        if b_ih is not None and spec.split_gate_grads:  # the GRU: b_hn stays inside the step
+            bias, b_hn = gru_bias_split(b_ih, b_hh)
+        elif b_ih is not None:
+            bias = b_ih + b_hh
         h0_ = h0 if h0 is not None else x.new_zeros(B, P)
         c0_ = (c0 if c0 is not None else x.new_zeros(B, H)) if has_c else None
-        out_x, gates, c, m = torch.ops.fusedrnn.recurrence_fwd(
-            cell, x, w_ih, bias, w_hh, h0_, c0_, w_hr, lengths, batch_first, reverse
+        out_x, gates, c, m, hn = torch.ops.fusedrnn.recurrence_fwd(
+            cell, x, w_ih, bias, w_hh, h0_, c0_, w_hr, lengths, batch_first, reverse, b_hn
         )
         m = m if w_hr is not None else None
         c = c if has_c else None
+        hn = hn if spec.split_gate_grads else None
 
-        ctx.save_for_backward(x, h0_, c0_, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, gates, c, m, out_x)
+        ctx.save_for_backward(x, h0_, c0_, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, gates, c, m, out_x, hn)
         ctx.cell, ctx.batch_first, ctx.reverse = cell, batch_first, reverse
         ctx.has_bias = b_ih is not None
         rows = torch.arange(B, device=x.device)
@@ -212,30 +229,41 @@ class RecurrenceFunction(torch.autograd.Function):
 
 def _backward(ctx, d_out, d_hn, d_cn):
     """RecurrenceFunction's gradients (run without grad), the cell's argument first (None)."""
-    x, h0, c0, w_ih, w_hh, _, _, w_hr, lengths, gates, c, m, out_x = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, _, _, w_hr, lengths, gates, c, m, out_x, hn = ctx.saved_tensors
     need = ctx.needs_input_grad[1:]  # the inputs after the cell's name
-    has_c = c is not None
+    has_c, split = c is not None, hn is not None  # split: the GRU's two sides of the n slot
     T, B = _time_major(gates, ctx.batch_first).shape[:2]
     # d_gates_x has the layout of x, so the flat views pair the same (t, b) rows.
     args = (ctx.cell, gates, c, c0, w_hh, d_out, d_hn, d_cn if has_c else None, w_hr, lengths, ctx.batch_first,
-            ctx.reverse)  # fmt: skip
+            ctx.reverse, hn, out_x if split else None, h0 if split else None)  # fmt: skip
     if gates_free_after_backward():
         d_c0, d_h = torch.ops.fusedrnn.recurrence_bwd_(*args)
-        d_gates_x = gates
+        d_gates_x, d_gx_n = gates, hn
     else:
-        d_gates_x, d_c0, d_h = torch.ops.fusedrnn.recurrence_bwd(*args)
+        d_gates_x, d_c0, d_h, d_gx_n = torch.ops.fusedrnn.recurrence_bwd(*args)
     d_gates = _time_major(d_gates_x, ctx.batch_first)
     rows = torch.arange(B, device=x.device)
     first, _ = first_and_last_steps(T, B, lengths, ctx.reverse, x.device)
-    dx = dh0 = dc0 = dw_ih = dw_hh = db = dw_hr = None
-    if need[0]:
-        dx = (_flat(d_gates_x) @ w_ih).view(x.shape)
+    dx = dh0 = dc0 = dw_ih = dw_hh = db_ih = db_hh = dw_hr = None
+    # The recurrent side first (dW_hh, db_hh, dh0): for the GRU, d_gates then takes the
+    # input side's n slot in place, for dx, dW_ih and db_ih.
     # Each row's first step reads h0 (first: 0, or in reverse its last valid time index).
     d_gates_first = d_gates[first, rows] if need[1] or need[4] else None
     if need[1]:
         dh0 = d_gates_first @ w_hh
+        if split:  # and what reached h0 through the first step's z * h
+            dh0 = dh0 + d_c0.to(dh0.dtype)
     if need[2] and has_c:
         dc0 = d_c0.to(c0.dtype)
+    if need[4]:
+        dw_hh = _weight_hh_grad(d_gates_x, d_gates_first, out_x, h0, ctx)
+    if ctx.has_bias and need[6]:
+        db_hh = _flat(d_gates_x).sum(0, dtype=torch.float32).to(w_ih.dtype)
+    if split:
+        H = d_gx_n.shape[-1]
+        d_gates[..., 2 * H :].copy_(d_gx_n)
+    if need[0]:
+        dx = (_flat(d_gates_x) @ w_ih).view(x.shape)
     if need[3]:
         # dG is zero past each row's length, but 0 * NaN is NaN: the padding (whatever it
         # holds) must not meet it. A masked copy of x, only with lengths.
@@ -243,15 +271,14 @@ def _backward(ctx, d_out, d_hn, d_cn):
             valid = valid_steps(T, lengths, x.device)
             x = x.masked_fill(~(valid.t() if ctx.batch_first else valid)[..., None], 0)
         dw_ih = _flat(d_gates_x).t() @ _flat(x)
-    if need[4]:
-        dw_hh = _weight_hh_grad(d_gates_x, d_gates_first, out_x, h0, ctx)
-    if ctx.has_bias and (need[5] or need[6]):
-        db = _flat(d_gates_x).sum(0, dtype=torch.float32).to(w_ih.dtype)
+    if ctx.has_bias and need[5]:
+        if split or db_hh is None:
+            db_ih = _flat(d_gates_x).sum(0, dtype=torch.float32).to(w_ih.dtype)
+        else:
+            db_ih = db_hh.clone()  # the same sum; two tensors, never one aliased
     if w_hr is not None and need[7]:
         # d_h is fp32 and P <= H wide: cast it, not the H-wide m.
         dw_hr = _flat(d_h).to(m.dtype).t() @ _flat(m)
-    db_ih = db if need[5] else None
-    db_hh = (db.clone() if need[5] else db) if need[6] else None  # two tensors, never one aliased
     return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None, None
 
 

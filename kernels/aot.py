@@ -14,7 +14,7 @@ def compile_spec(kernel, dtype_name, int_args):
     not vectorise, and the registers and spills are not the launch's), one equal to 1 the
     constant 1 (Triton specialises it so: a kernel must not call tensor methods on it)."""
     types = {"p_c": "*fp32", "p_dc": "*fp32", "p_dh": "*fp32", "p_dh_part": "*fp32", "p_lengths": "*i64",
-             "p_sync": "*i32"}  # fmt: skip
+             "p_sync": "*i32", "p_hn": "*fp32", "p_dgx_n": "*fp32"}  # fmt: skip
     aligned = [["tt.divisibility", 16]]
     signature, constants, attrs = {}, {}, {}
     for i, p in enumerate(kernel.params):

@@ -9,6 +9,9 @@ twins of these functions are in ``kernels/reference.py``.
 
 - ``lstm``: gates (i, f, g, o); ``c' = f*c + i*g``, ``h' = o*tanh(c')``.
 - ``rnn_tanh``, ``rnn_relu``: one gate; ``h' = act(Gx + W_hh h)``.
+- ``gru``: gates (r, z, n); ``n = tanh(Gx_n + r * (W_hn h + b_hn))``, ``h' = (1-z)*n + z*h``.
+  Its step needs more than the summed gates (Gx_n apart, b_hn, its own units of h), so it has
+  its own pair, ``gru_update`` and ``gru_grads``, which the kernels call under ``CELL == "gru"``.
 """
 
 import triton
@@ -45,6 +48,10 @@ def gate_activation(pre, gate: tl.constexpr, CELL: tl.constexpr):
         if gate == 2:
             return tanh(pre)
         return sigmoid(pre)
+    if CELL == "gru":  # r and z; the n slot holds Gx_n, which gru_grads combines with r
+        if gate < 2:
+            return sigmoid(pre)
+        return pre
     return pre
 
 
@@ -81,3 +88,33 @@ def cell_grads(acts, c_prev, c, dm, dc, CELL: tl.constexpr):
         tl.static_assert(CELL == "rnn_relu", "kernels/cell_math.py has no math for this cell")
         # torch's relu backward passes the gradient where the output is not <= 0 (NaN too)
         return (tl.where(acts[0] <= 0, 0.0, dm),), dc
+
+
+@triton.jit
+def gru_update(pre, gx_n, b_hn, h_prev):
+    """The GRU's step: ``pre`` (r, z, n) tiles holding Gx_r + W_hr h, Gx_z + W_hz h (the
+    folded biases in Gx) and W_hn h; ``gx_n`` the n slot of Gx (b_in in it); b_hn (units,);
+    h_prev the step's h_{t-1} on the program's units, fp32. Returns (h', hn) with
+    hn = W_hn h + b_hn, which the backward needs."""
+    r = sigmoid(pre[0])
+    z = sigmoid(pre[1])
+    hn = pre[2] + b_hn[None, :]
+    n = tanh(gx_n + r * hn)
+    return (1.0 - z) * n + z * h_prev, hn
+
+
+@triton.jit
+def gru_grads(acts, hn, h_prev, dm, carry):
+    """Backward of ``gru_update``: acts = (r, z, Gx_n) (``load_activations``), hn, h_{t-1};
+    dm the gradient of h' from the output and the next step's product, ``carry`` the part of
+    it that reached h' through the next step's ``z * h`` (elementwise, carried in registers).
+    Returns the recurrent side's gate gradients (da_r, da_z, r * da_n), for dW_hh, db_hh and
+    dh_{t-1}; the input side's n slot da_n (its r and z slots are the same); and the carry
+    for the step before, dh * z."""
+    r, z, gx_n = acts[0], acts[1], acts[2]
+    n = tanh(gx_n + r * hn)
+    d_h = dm + carry
+    da_n = d_h * (1.0 - z) * (1.0 - n * n)
+    da_r = da_n * hn * r * (1.0 - r)
+    da_z = d_h * (h_prev - n) * z * (1.0 - z)
+    return (da_r, da_z, da_n * r), da_n, d_h * z

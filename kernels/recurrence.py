@@ -60,7 +60,7 @@ from ._helpers import (
     store_gate_tiles,
 )
 from .barrier import report_timeout, sync_step
-from .cell_math import cell_grads, cell_update, load_activations
+from .cell_math import cell_grads, cell_update, gru_grads, gru_update, load_activations
 
 
 @triton.jit
@@ -145,6 +145,8 @@ def _recurrence_fwd_kernel(
     p_out,  # (T, B, P) view: h_t
     p_m,  # (T, B, H) contiguous: m_t = o_t * tanh(c_t) (HAS_PROJ), saved for the backward
     p_c,  # (T, B, H) fp32, contiguous: c_t, saved for the backward (HAS_C)
+    p_hn,  # (T, B, H) fp32, contiguous (gru): W_hn h_{t-1} + b_hn, saved for the backward
+    p_b_hn,  # (H,) (gru): b_hn, the bias that does not fold into Gx
     p_sync,  # (num_programs(0) + 1,) int32 zeros (GRID_SYNC): a barrier counter per batch block, an error word
     s_start,
     s_end,
@@ -198,6 +200,8 @@ def _recurrence_fwd_kernel(
             c = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
     else:
         c = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)  # a placeholder: no c, or no cell phase
+    if CELL == "gru":
+        b_hn = tl.load(p_b_hn + offs_h, mask=mask_h, other=0.0).to(tl.float32)
 
     if W_RESIDENT:
         # The program's slice of W_hh, loaded once: a (K, BLOCK_H) tile per gate over the whole
@@ -219,6 +223,10 @@ def _recurrence_fwd_kernel(
         if DO_CELL:
             p_g = p_gates + t * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
             acc = load_gate_tiles(p_g, H, mask_bh, GATES)  # Gx[t], each gate's accumulator
+            if CELL == "gru":
+                # Gx_n stays apart: the reset gate multiplies W_hn h + b_hn, not Gx_n.
+                gx_n = acc[2]
+                acc = (acc[0], acc[1], tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32))
             # h_{t-1} is h0 at the first step, and (reverse, VARLEN) for a row whose previous
             # step was inactive: its state is still h0 there, while its output reads zero.
             from_h0 = s == 0
@@ -240,7 +248,14 @@ def _recurrence_fwd_kernel(
                     DOT_DTYPE, INPUT_PRECISION, GATES,
                 )  # fmt: skip
 
-            h, c_new = cell_update(acc, c, CELL)
+            if CELL == "gru":
+                # h_{t-1} on the program's own units, for z * h (other programs wrote it: .cg).
+                p_hown = p_hprev[:, None] + offs_h[None, :]
+                h_own = tl.load(p_hown, mask=mask_bh, other=0.0, cache_modifier=".cg").to(tl.float32)
+                h, hn = gru_update(acc, gx_n, b_hn, h_own)
+                c_new = c
+            else:
+                h, c_new = cell_update(acc, c, CELL)
             if VARLEN:
                 if HAS_C:
                     c = tl.where(active[:, None], c_new, c)
@@ -251,7 +266,11 @@ def _recurrence_fwd_kernel(
             # Save the pre-activations for the backward, over the program's own Gx tile
             # (already read). Not the activations: in 16 bits, f = 0.99 leaves 1 - f with two
             # bits, while sigmoid(-x) recomputed in fp32 from a 16-bit x is accurate.
-            store_gate_tiles(p_g, H, acc, mask_bh, GATES)
+            if CELL == "gru":  # r's and z's pre-activations, Gx_n; and hn apart
+                store_gate_tiles(p_g, H, (acc[0], acc[1], gx_n), mask_bh, GATES)
+                tl.store(p_hn + t * stride_ct + offs_c, hn.to(p_hn.dtype.element_ty), mask=mask_bh)
+            else:
+                store_gate_tiles(p_g, H, acc, mask_bh, GATES)
             if HAS_C:
                 tl.store(p_c + t * stride_ct + offs_c, c, mask=mask_bh)
             if HAS_PROJ:
@@ -287,8 +306,12 @@ def _recurrence_bwd_kernel(
     p_dhn,  # (B, P): gradient of h_n
     p_dh,  # (T, B, P) contiguous (HAS_PROJ): dh_t, from the dh phase to the cell phase
     p_dh_part,  # (DH_SPLIT, B, P) fp32 contiguous (DH_SPLIT > 1): dG_{t+1} @ W_hh, one K slice each
-    p_dgates,  # (T, B, GATES*H) view: gradient of the pre-activations
-    p_dc,  # (B, H) fp32 (HAS_C): dc carried into the launch (dc_n or the last launch's), and out of it
+    p_dgates,  # (T, B, GATES*H) view: gradient of the pre-activations (gru: the recurrent side's)
+    p_dc,  # (B, H) fp32 (HAS_C, gru): dc (gru: dh * z) carried into the launch (dc_n or the last launch's), and out of it
+    p_hn,  # (T, B, H) fp32, contiguous (gru): W_hn h + b_hn from the forward
+    p_dgx_n,  # (T, B, H) fp32, contiguous (gru; may be p_hn): the input side's gradient of the n slot
+    p_out,  # (T, B, P) view (gru): the forward's output, h_{t-1} of the step after
+    p_h0,  # (B, P) (gru)
     p_sync,  # (num_programs(0) + 1,) int32 zeros (GRID_SYNC): a barrier counter per batch block, an error word
     s_start,
     s_end,
@@ -307,6 +330,9 @@ def _recurrence_bwd_kernel(
     stride_c0b,
     stride_w,
     stride_hr,
+    stride_ot,
+    stride_ob,
+    stride_h0b,
     max_spins,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -335,7 +361,7 @@ def _recurrence_bwd_kernel(
     stride_dht = tl.cast(B, tl.int64) * P  # one (B, P) plane of p_dh, and of p_dh_part
     if VARLEN:
         length = tl.load(p_lengths + rows_b, mask=mask_b, other=0)
-    if DO_CELL and HAS_C:
+    if DO_CELL and (HAS_C or CELL == "gru"):
         dc = tl.load(p_dc + offs_c, mask=mask_bh, other=0.0)
     else:
         dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)  # a placeholder: no c, or no cell phase
@@ -421,7 +447,16 @@ def _recurrence_bwd_kernel(
 
             p_g = p_gates + t * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
             acts = load_activations(p_g, H, mask_bh, CELL, GATES)
-            if HAS_C:
+            if CELL == "gru":
+                hn = tl.load(p_hn + t * stride_ct + offs_c, mask=mask_bh, other=0.0).to(tl.float32)
+                # h_{t-1}: h0 at a row's first step (as in the forward), else the output before.
+                from_h0 = s == 0
+                if VARLEN:
+                    from_h0 = from_h0 | (t_prev >= length)
+                p_hprev = tl.where(from_h0, p_h0 + rows_b * stride_h0b, p_out + t_prev * stride_ot + rows_b * stride_ob)
+                h_prev = tl.load(p_hprev[:, None] + offs_h[None, :], mask=mask_bh, other=0.0).to(tl.float32)
+                d_pre, d_gx_n, dc_prev = gru_grads(acts, hn, h_prev, dm, dc)
+            elif HAS_C:
                 c = tl.load(p_c + t * stride_ct + offs_c, mask=mask_bh, other=0.0)
                 # c_{t-1}: c0 at the first step; the forward stored c at every step, carried
                 # through inactive ones, so elsewhere it is the stored c of the step before. Load
@@ -432,10 +467,9 @@ def _recurrence_bwd_kernel(
                     c_prev = c_prev.to(tl.float32)
                 else:
                     c_prev = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
+                d_pre, dc_prev = cell_grads(acts, c_prev, c, dm, dc, CELL)
             else:
-                c, c_prev = dc, dc  # placeholders the cell's math ignores
-
-            d_pre, dc_prev = cell_grads(acts, c_prev, c, dm, dc, CELL)
+                d_pre, dc_prev = cell_grads(acts, dc, dc, dm, dc, CELL)  # placeholders for c: ignored
             if VARLEN:
                 # An inactive step passes dc through and has no gate gradients.
                 keep = active[:, None]
@@ -444,16 +478,20 @@ def _recurrence_bwd_kernel(
                 for gate in tl.static_range(GATES):
                     kept = kept + (tl.where(keep, d_pre[gate], 0.0),)
                 d_pre = kept
+                if CELL == "gru":
+                    d_gx_n = tl.where(keep, d_gx_n, 0.0)
             else:
                 dc = dc_prev
 
             p_dg = p_dgates + t * stride_dgt + rows_b[:, None] * stride_dgb + offs_h[None, :]
             store_gate_tiles(p_dg, H, d_pre, mask_bh, GATES)
+            if CELL == "gru":
+                tl.store(p_dgx_n + t * stride_ct + offs_c, d_gx_n.to(p_dgx_n.dtype.element_ty), mask=mask_bh)
         # dG_t must be visible before step t-1 reads it.
         n_synced, spins_left = sync_step(p_sync, n_synced, spins_left, GRID_SYNC)
     report_timeout(p_sync, spins_left, GRID_SYNC)
 
-    if DO_CELL and HAS_C:
+    if DO_CELL and (HAS_C or CELL == "gru"):
         tl.store(p_dc + offs_c, dc, mask=mask_bh)
 
 
@@ -472,28 +510,42 @@ def _time_major_like(ref, last_dim, dtype):
 
 def forward_outputs(cell, gates, H, P, has_proj):
     """What ``recurrence_fwd`` allocates for the (T, B, gates * H) view ``gates``: out, c (or
-    None: a cell without it) and m (or None). Also the shapes and strides of the fake
-    (torch.compile) version of the forward op."""
+    None: a cell without it), m (or None) and the GRU's hn (else None). Also the shapes and
+    strides of the fake (torch.compile) version of the forward op."""
     T, B = gates.shape[:2]
     out = _time_major_like(gates, P, gates.dtype)
     c = empty_output(T, B, H, dtype=torch.float32, device=gates.device) if _has_c(cell) else None
     m = empty_output(T, B, H, dtype=gates.dtype, device=gates.device) if has_proj else None
-    return out, c, m
+    # fp32, as the LSTM's c: the backward recomputes n = tanh(Gx_n + r * hn) and scales by hn
+    hn = empty_output(T, B, H, dtype=torch.float32, device=gates.device) if _saves_hn(cell) else None
+    return out, c, m, hn
 
 
-def backward_outputs(cell, gates, d_cn, P, has_proj, d_gates_into_gates=False):
+def backward_outputs(cell, gates, d_cn, P, has_proj, d_gates_into_gates=False, hn=None):
     """What ``recurrence_bwd`` allocates: d_gates (or, ``d_gates_into_gates``, ``gates``
-    itself), the carried fp32 dc (d_cn's copy, updated in place; None for a cell without c),
-    d_h (or None). Also the fake version of the backward op."""
+    itself), the carried fp32 gradient (the LSTM's dc: d_cn's copy, updated in place; the
+    GRU's dh * z: zeros; None for another cell), d_h (or None), and the GRU's input-side n
+    slot d_gx_n (``hn`` itself with ``d_gates_into_gates``; else None). Also the fake
+    version of the backward op."""
     T, B = gates.shape[:2]
+    H = gates.shape[2] // cell.gates
     d_gates = gates if d_gates_into_gates else _time_major_like(gates, gates.shape[2], gates.dtype)
     d_c = d_cn.to(torch.float32, copy=True).contiguous() if _has_c(cell) else None
+    d_gx_n = None
+    if _saves_hn(cell):
+        d_c = torch.zeros(B, H, dtype=torch.float32, device=gates.device)
+        d_gx_n = hn if d_gates_into_gates else empty_output(T, B, H, dtype=torch.float32, device=gates.device)
     d_h = empty_output(T, B, P, dtype=torch.float32, device=gates.device) if has_proj else None
-    return d_gates, d_c, d_h
+    return d_gates, d_c, d_h, d_gx_n
 
 
 def _has_c(cell):
     return "c" in cell.states
+
+
+def _saves_hn(cell):
+    """The GRU: a tile beyond its gates saved per step (W_hn h + b_hn), and split gate grads."""
+    return cell.saved_tiles > cell.gates
 
 
 def cell_constexprs(cell):
@@ -547,7 +599,7 @@ def _cell_states(cell, c):
     return []
 
 
-def recurrence_fwd(cell, gates, w_hh, h0, c0=None, *, w_hr=None, lengths=None, reverse=False):
+def recurrence_fwd(cell, gates, w_hh, h0, c0=None, *, w_hr=None, lengths=None, reverse=False, b_hn=None):
     """Run the forward recurrence of ``cell`` (a ``kernels/cells.py`` CellSpec).
 
     gates: (T, B, G*H) time-major view (G = cell.gates) holding Gx = x W_ih^T + the folded
@@ -556,10 +608,11 @@ def recurrence_fwd(cell, gates, w_hh, h0, c0=None, *, w_hr=None, lengths=None, r
         dtype (zeros when the caller has none).
     w_hr: (P, H) projection (cells with ``projection``), or None (then P = H). lengths: (B,)
         int tensor on the gates' device, or None; every length in [1, T]. reverse: run
-        t = T-1, ..., 0.
+        t = T-1, ..., 0. b_hn: the GRU's (H,) bias inside the step, or None for zeros.
     Returns ``out`` (T, B, P) in the gates' dtype and layout (zero at inactive steps), ``c``
-    (T, B, H) fp32 (None without c) and ``m`` (T, B, H), the LSTMP's ``o * tanh(c)`` in the
-    gates' dtype, for a projection (else None).
+    (T, B, H) fp32 (None without c), ``m`` (T, B, H), the LSTMP's ``o * tanh(c)`` in the
+    gates' dtype, for a projection (else None), and the GRU's ``hn`` (T, B, H) = W_hn h + b_hn
+    (else None). The GRU's gates are left holding the r and z pre-activations and Gx_n.
     """
     c_states = _cell_states(cell, c0)
     T, B, H, P = _check_common(cell, gates, w_hh, w_hr, lengths, [h0], c_states)
@@ -569,9 +622,12 @@ def recurrence_fwd(cell, gates, w_hh, h0, c0=None, *, w_hr=None, lengths=None, r
     # Without a projection W_hh stands in for W_hr, never read: the launch specialises on
     # its dtype, as on the other pointers' (and the resource tables were built so).
     w_hr = w_hr.contiguous() if has_proj else w_hh
-    out, c, m = forward_outputs(cell, gates, H, P, has_proj)
+    out, c, m, hn = forward_outputs(cell, gates, H, P, has_proj)
+    if hn is not None and b_hn is None:
+        b_hn = gates.new_zeros(H)
     arguments = dict(
         p_gates=gates, p_w_hh=w_hh, p_w_hr=w_hr, p_h0=h0, p_c0=c0, p_lengths=lengths, p_out=out, p_m=m, p_c=c,
+        p_hn=hn, p_b_hn=b_hn.contiguous() if hn is not None else None,
         T=T, B=B, H=H, P=P, stride_gt=gates.stride(0), stride_gb=gates.stride(1), stride_ot=out.stride(0),
         stride_ob=out.stride(1), stride_w=w_hh.stride(0), stride_hr=w_hr.stride(0), stride_h0b=h0.stride(0),
         stride_c0b=c0.stride(0) if c0 is not None else 0,
@@ -586,20 +642,23 @@ def recurrence_fwd(cell, gates, w_hh, h0, c0=None, *, w_hr=None, lengths=None, r
     kernel = _recurrence_fwd_kernel
     plans = planner.plans(cell, B, H, P if has_proj else None, gates.dtype, gates.device, kernel, False)
     planner.run_plans(plans, run)
-    return out, c, m
+    return out, c, m, hn
 
 
 def recurrence_bwd(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, lengths=None, reverse=False,
-                   d_gates_into_gates=False):  # fmt: skip
+                   d_gates_into_gates=False, hn=None, out=None, h0=None):  # fmt: skip
     """Run the backward recurrence of ``cell``.
 
     gates, c: as returned/overwritten by ``recurrence_fwd``; c0, w_hh, w_hr, lengths,
     reverse: as given to it. d_out: (T, B, P) view of any strides; d_hn: (B, P), and for a
     cell with c d_cn: (B, H) (c, c0 and d_cn are None for a cell without c).
+    The GRU's also: ``hn`` from the forward, its ``out`` (h_{t-1} of each step) and h0.
     Returns ``d_gates`` (T, B, G*H), the gradient of the pre-activations in the gates' dtype
-    and layout (zero at inactive steps), ``d_c0`` (B, H) fp32 (None without c), and for a
-    projection ``d_h`` (T, B, P) fp32, the gradient of each ``h_t`` (else None). Everything
-    else is a GEMM of these.
+    and layout (zero at inactive steps; the GRU's: the recurrent side's, r * da_n in the n
+    slot), ``d_c0`` (B, H) fp32 (the GRU's: the gradient that reached h0 through z * h; None
+    without), for a projection ``d_h`` (T, B, P) fp32, the gradient of each ``h_t`` (else
+    None), and the GRU's ``d_gx_n`` (T, B, H), the input side's n slot (written over ``hn``
+    with ``d_gates_into_gates``; else None). Everything else is a GEMM of these.
 
     ``d_gates_into_gates``: write d_gates over ``gates`` (and return it), saving a
     (T, B, G*H) buffer, the largest of the backward, when the caller needs the gates no more.
@@ -614,10 +673,16 @@ def recurrence_bwd(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, le
     c0 = c0.contiguous() if c_states else None
     has_proj = w_hr is not None
     w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
-    d_gates, d_c, d_h = backward_outputs(cell, gates, d_cn, P, has_proj, d_gates_into_gates)
+    d_gates, d_c, d_h, d_gx_n = backward_outputs(cell, gates, d_cn, P, has_proj, d_gates_into_gates, hn)
+    if d_gx_n is not None:
+        if hn is None or out is None or h0 is None:
+            raise ValueError(f"the {cell.name} cell's backward needs the forward's hn, out and h0")
+        h0 = h0.contiguous()
     arguments = dict(
         p_gates=gates, p_c=c, p_c0=c0, p_w_hh=w_hh, p_w_hr=w_hr, p_lengths=lengths, p_dy=d_out, p_dhn=d_hn,
-        p_dh=d_h, p_dgates=d_gates, p_dc=d_c, T=T, B=B, H=H, P=P, stride_gt=gates.stride(0),
+        p_dh=d_h, p_dgates=d_gates, p_dc=d_c, p_hn=hn, p_dgx_n=d_gx_n, p_out=out, p_h0=h0,
+        stride_ot=out.stride(0) if out is not None else 0, stride_ob=out.stride(1) if out is not None else 0,
+        stride_h0b=h0.stride(0) if h0 is not None else 0, T=T, B=B, H=H, P=P, stride_gt=gates.stride(0),
         stride_gb=gates.stride(1), stride_dgt=d_gates.stride(0), stride_dgb=d_gates.stride(1),
         stride_dyt=d_out.stride(0), stride_dyb=d_out.stride(1), stride_dyh=d_out.stride(2),
         stride_dhnb=d_hn.stride(0), stride_c0b=c0.stride(0) if c0 is not None else 0, stride_w=w_hh.stride(0),
@@ -637,4 +702,4 @@ def recurrence_bwd(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, le
     kernel = _recurrence_bwd_kernel
     plans = planner.plans(cell, B, H, P if has_proj else None, gates.dtype, gates.device, kernel, True)
     planner.run_plans(plans, run)
-    return d_gates, d_c, d_h
+    return d_gates, d_c, d_h, d_gx_n

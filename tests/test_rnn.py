@@ -121,13 +121,13 @@ KERNEL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=["stacked-bidirectional", "batch-first-no-bias"])
-def test_kernels_match_the_float64_reference(case, nonlinearity, strategy):
+def test_kernels_match_the_float64_reference(case, variant, strategy):
     """fp32 kernels in every strategy, batched with h0, packed unsorted, and lengths, against
     the reference in float64 at 1e-5: outputs and every gradient."""
-    _, oracle = pair(nonlinearity, **case)
-    _, ours = pair(nonlinearity, backend="triton", dtype=torch.float32, device=DEVICE, **case)
+    _, oracle = pair(variant, **case)
+    _, ours = pair(variant, backend="triton", dtype=torch.float32, device=DEVICE, **case)
     states = case.get("num_layers", 1) * (2 if case.get("bidirectional") else 1)
     g = torch.Generator().manual_seed(3)
     batch_first = case.get("batch_first", False)
@@ -152,12 +152,13 @@ def test_kernels_match_the_float64_reference(case, nonlinearity, strategy):
         assert_all_close(actual, expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["tanh", "gru"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_kernels_in_16_bits_are_no_worse_than_the_reference_in_16_bits(dtype):
+def test_kernels_in_16_bits_are_no_worse_than_the_reference_in_16_bits(dtype, variant):
     """Against float64: ours no worse than twice the reference's error in the same dtype."""
-    _, exact = pair("tanh", num_layers=2)
-    _, ours = pair("tanh", backend="triton", dtype=dtype, device=DEVICE, num_layers=2)
-    _, same = pair("tanh", dtype=dtype, num_layers=2)
+    _, exact = pair(variant, num_layers=2)
+    _, ours = pair(variant, backend="triton", dtype=dtype, device=DEVICE, num_layers=2)
+    _, same = pair(variant, dtype=dtype, num_layers=2)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(4, 17, I, generator=g, dtype=torch.float64)
     results = [run(m, x.to(d, t), None) for m, d, t in ((exact, "cpu", torch.float64), (ours, DEVICE, dtype),
@@ -167,14 +168,21 @@ def test_kernels_in_16_bits_are_no_worse_than_the_reference_in_16_bits(dtype):
     # Triton 3.6's interpreter casts fp32 to bf16 by truncation (its cast_impl passes no
     # rounding mode), where a GPU rounds to nearest: its unit roundoff is eps, not eps / 2.
     unit_roundoff = eps if dtype == torch.bfloat16 and DEVICE == "cpu" else eps / 2
+    if variant == "gru" and dtype == torch.bfloat16 and DEVICE == "cpu":
+        # The GRU stores more 16-bit tiles per step (r, z, Gx_n) and truncation's error is
+        # biased: its dW_hh came to 1.85 eps there (the tanh RNN's 4x the reference's too;
+        # fp16, which the interpreter rounds, stays within 1.3x of the reference). The cap,
+        # 2 eps, still holds: a wrong gate is off by orders of magnitude more.
+        unit_roundoff = 2 * eps
     assert_no_worse_than(ours_r, same_r, exact_r, atol=unit_roundoff, cap=2 * eps,
                          baseline_name=f"reference in {dtype}")  # fmt: skip
 
 
-def test_backward_in_eval_mode_and_bitwise_repeatable_gradients():
+@pytest.mark.parametrize("variant", ["relu", "gru"])
+def test_backward_in_eval_mode_and_bitwise_repeatable_gradients(variant):
     """cuDNN refuses an RNN backward in eval mode; the kernels do not. Two runs give the same
     bits (no atomics)."""
-    _, ours = pair("relu", backend="triton", dtype=torch.float32, device=DEVICE, num_layers=2, bidirectional=True)
+    _, ours = pair(variant, backend="triton", dtype=torch.float32, device=DEVICE, num_layers=2, bidirectional=True)
     ours.eval()
     x = torch.randn(3, 17, I, device=DEVICE)
     first, second = run(ours, x, None), run(ours, x, None)
@@ -277,11 +285,12 @@ def test_auto_on_cpu_is_torch_s_own_op(variant):
         assert_close(h_n.double(), h_ref, rel=1e-5, name=f"{kwargs} h_n")
 
 
-def test_compiled_module_matches_eager_with_one_graph_and_t_dynamic():
+@pytest.mark.parametrize("variant", ["tanh", "gru"])
+def test_compiled_module_matches_eager_with_one_graph_and_t_dynamic(variant):
     """torch.compile(fullgraph=True) on the kernel path: one graph, the same results, and a
     new sequence length recompiles once (automatic dynamic shapes), then no more."""
     torch._dynamo.reset()
-    _, ours = pair("tanh", backend="triton", dtype=torch.float32, device=DEVICE, num_layers=2, bidirectional=True)
+    _, ours = pair(variant, backend="triton", dtype=torch.float32, device=DEVICE, num_layers=2, bidirectional=True)
     frames = []
 
     def count(gm, example_inputs):
@@ -298,14 +307,15 @@ def test_compiled_module_matches_eager_with_one_graph_and_t_dynamic():
 
 @NEEDS_CUDA
 @CUDA_DTYPES
-@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_three_way_against_cudnn(nonlinearity, dtype, tf32, monkeypatch):
-    """On CUDA: ours and cuDNN's nn.RNN, both against the float64 reference; ours no worse than
-    twice cuDNN's error (plus rounding), output and every gradient."""
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_three_way_against_cudnn(variant, dtype, tf32, monkeypatch):
+    """On CUDA: ours and cuDNN's nn.RNN (nn.GRU), both against the float64 reference; ours no
+    worse than twice cuDNN's error (plus rounding), output and every gradient. H = 7 is not a
+    multiple of 4, where cuDNN's GRU backward failed (pytorch issue 54307)."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
     kwargs = dict(num_layers=2, bidirectional=True)
-    _, exact = pair(nonlinearity, **kwargs)
-    cudnn, ours = pair(nonlinearity, backend="triton", dtype=dtype, device="cuda", **kwargs)
+    _, exact = pair(variant, **kwargs)
+    cudnn, ours = pair(variant, backend="triton", dtype=dtype, device="cuda", **kwargs)
     x = torch.randn(6, 8, I, dtype=torch.float64)
     want = run(exact, x, None)
     got_ours = {k: v.double().cpu() for k, v in run(ours, x.to("cuda", dtype), None).items()}
@@ -339,7 +349,7 @@ def cell_run(module, x, h):
     return result
 
 
-CELL_CASES = [(b, v) for b in ("auto", "reference", "triton") for v in VARIANTS if (b, v) != ("triton", "gru")]
+CELL_CASES = [(b, v) for b in ("auto", "reference", "triton") for v in VARIANTS]
 
 
 @pytest.mark.parametrize("backend, variant", CELL_CASES, ids=[f"{b}-{v}" for b, v in CELL_CASES])
@@ -447,7 +457,8 @@ def test_rnn_cell_dtype_mismatch_and_bad_weights_are_runtime_errors_as_in_torch(
             step(x, h, *bad, backend="reference")
 
 
-@pytest.mark.parametrize("backend, variant", [("reference", "relu"), ("triton", "relu"), ("reference", "gru")])
+@pytest.mark.parametrize("backend, variant", [("reference", "relu"), ("triton", "relu"), ("reference", "gru"),
+                                              ("triton", "gru")])
 def test_compiled_module_with_h0_and_lengths_matches_eager_outputs_and_gradients(backend, variant):
     """aot_eager (Dynamo, AOTAutograd, the ops' fake implementations): h0, lengths and
     batch_first through a 2-layer bidirectional relu RNN (a GRU), outputs and every gradient."""

@@ -170,32 +170,37 @@ def test_custom_ops_pass_opcheck(batch_first, proj, lengths, reverse):
     lengths = torch.tensor(lengths, device=DEVICE) if lengths is not None else None
     w_hh, c0 = rand(4 * H, width), rand(2, H)
     fwd_args = ("lstm", x, rand(4 * H, I), rand(4 * H), w_hh, rand(2, width), c0, w_hr, lengths, batch_first,
-                reverse)  # fmt: skip
+                reverse, None)  # fmt: skip
     torch.library.opcheck(torch.ops.fusedrnn.recurrence_fwd.default, fwd_args)
-    out, gates, c, _ = torch.ops.fusedrnn.recurrence_fwd(*fwd_args)
+    out, gates, c, _, _ = torch.ops.fusedrnn.recurrence_fwd(*fwd_args)
     bwd_args = ("lstm", gates, c, c0, w_hh, rand(*out.shape), rand(2, width), rand(2, H), w_hr, lengths, batch_first,
-                reverse)  # fmt: skip
+                reverse, None, None, None)  # fmt: skip
     torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd.default, bwd_args)
     torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd_.default, ("lstm", gates.clone(), *bwd_args[2:]))
 
 
-@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru"])
 def test_custom_ops_pass_opcheck_for_a_cell_without_c(cell):
-    """The same ops for the RNN's cells: no c0, c or d_cn (None in, an empty tensor out)."""
+    """The same ops for the RNN's and the GRU's cells: no c0, c or d_cn (None in, an empty
+    tensor out); the GRU's b_hn, hn, out and h0 in, its hn and d_gx_n out."""
     from fusedrnn import autograd  # noqa: F401  (registers the ops)
 
     g = torch.Generator().manual_seed(0)
     rand = lambda *shape: (torch.rand(*shape, generator=g) - 0.5).to(DEVICE)  # noqa: E731
     T, B, I, H = 3, 2, 5, 6
+    G = 3 if cell == "gru" else 1
     lengths = torch.tensor([3, 1], device=DEVICE)
-    w_hh = rand(H, H)
-    fwd_args = (cell, rand(B, T, I), rand(H, I), rand(H), w_hh, rand(B, H), None, None, lengths, True, True)
+    w_hh, h0 = rand(G * H, H), rand(B, H)
+    b_hn = rand(H) if cell == "gru" else None
+    fwd_args = (cell, rand(B, T, I), rand(G * H, I), rand(G * H), w_hh, h0, None, None, lengths, True, True, b_hn)
     torch.library.opcheck(torch.ops.fusedrnn.recurrence_fwd.default, fwd_args)
-    out, gates, c, m = torch.ops.fusedrnn.recurrence_fwd(*fwd_args)
-    assert c.numel() == 0 and m.numel() == 0
-    bwd_args = (cell, gates, None, None, w_hh, rand(*out.shape), rand(B, H), None, None, lengths, True, True)
+    out, gates, c, m, hn = torch.ops.fusedrnn.recurrence_fwd(*fwd_args)
+    assert c.numel() == 0 and m.numel() == 0 and (hn.numel() > 0) == (cell == "gru")
+    extra = (hn, out, h0) if cell == "gru" else (None, None, None)
+    bwd_args = (cell, gates, None, None, w_hh, rand(*out.shape), rand(B, H), None, None, lengths, True, True, *extra)
     torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd.default, bwd_args)
-    torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd_.default, (cell, gates.clone(), *bwd_args[2:]))
+    inplace = (cell, gates.clone(), *bwd_args[2:12], hn.clone() if cell == "gru" else None, *bwd_args[13:])
+    torch.library.opcheck(torch.ops.fusedrnn.recurrence_bwd_.default, inplace)
 
 
 def test_autocast_check_under_compilation_does_not_ask_torch_for_availability(monkeypatch):

@@ -46,12 +46,12 @@ def kernels(cell, gx, h0, w_hh, d_out, d_hn, reverse, lengths, dtype=torch.float
     step) and d_gates."""
     gates, h0, w_hh = (t.to(DEVICE, dtype).contiguous() for t in (gx, h0, w_hh))
     lengths_dev = lengths.to(DEVICE) if lengths is not None else None
-    out, c, m = recurrence_fwd(cell, gates, w_hh, h0, lengths=lengths_dev, reverse=reverse)
+    out, c, m, _ = recurrence_fwd(cell, gates, w_hh, h0, lengths=lengths_dev, reverse=reverse)
     assert c is None and m is None  # no c state, no projection
     T, B = out.shape[:2]
     last = torch.full((B,), 0 if reverse else T - 1) if lengths is None else (lengths - 1 if not reverse else 0 * lengths)
     h_n = out[last.to(DEVICE), torch.arange(B, device=DEVICE)]
-    d_gates, d_c0, d_h = recurrence_bwd(cell, gates, None, None, w_hh, d_out.to(DEVICE, dtype), d_hn.to(DEVICE, dtype),
+    d_gates, d_c0, d_h, _ = recurrence_bwd(cell, gates, None, None, w_hh, d_out.to(DEVICE, dtype), d_hn.to(DEVICE, dtype),
                                         None, lengths=lengths_dev, reverse=reverse)  # fmt: skip
     assert d_c0 is None and d_h is None
     return out, h_n, d_gates
@@ -98,7 +98,7 @@ def nonfinite_pattern_matches(cell, nonlinearity, gx, h0, w_hh, dtype):
     the finite rest close."""
     eye = torch.eye(gx.shape[-1], dtype=dtype)
     expected, _ = rnn_reference(gx.to(dtype), h0.to(dtype), eye, w_hh.to(dtype), nonlinearity=nonlinearity)
-    out, _, _ = recurrence_fwd(cell, *(t.to(DEVICE, torch.float32).contiguous() for t in (gx, w_hh, h0)))
+    out, _, _, _ = recurrence_fwd(cell, *(t.to(DEVICE, torch.float32).contiguous() for t in (gx, w_hh, h0)))
     out = out.cpu().to(dtype)
     assert torch.equal(torch.isnan(out), torch.isnan(expected)), nonlinearity
     assert torch.equal(torch.isinf(out) & (out > 0), torch.isinf(expected) & (expected > 0)), nonlinearity
@@ -131,7 +131,7 @@ def test_relu_with_large_weights_overflows_as_torch_does():
     w_hh = w_hh * 50  # h grows ~x4 a step: inf, then NaN, from step 31
     eye = torch.eye(H)
     expected, _ = rnn_reference(gx.float(), h0.float(), eye, w_hh.float(), nonlinearity="relu")
-    out, _, _ = recurrence_fwd(RNN_RELU, *(t.to(DEVICE, torch.float32).contiguous() for t in (gx, w_hh, h0)))
+    out, _, _, _ = recurrence_fwd(RNN_RELU, *(t.to(DEVICE, torch.float32).contiguous() for t in (gx, w_hh, h0)))
     out = out.cpu()
 
     def first_step(t, where):

@@ -166,9 +166,9 @@ def forward_backward(buffers, values, h0=None):
         t.copy_(values[name])
     b = buffers
     h0 = b["h0"] if h0 is None else h0
-    out, c, _ = K.recurrence_fwd(LSTM, b["gates"], b["w_hh"], h0, b["c0"])
+    out, c, _, _ = K.recurrence_fwd(LSTM, b["gates"], b["w_hh"], h0, b["c0"])
     forward = [out.clone(), c.clone(), b["gates"].clone()]
-    d_gates, d_c0, _ = K.recurrence_bwd(LSTM, b["gates"], c, b["c0"], b["w_hh"], b["d_out"], b["d_hn"], b["d_cn"])
+    d_gates, d_c0, _, _ = K.recurrence_bwd(LSTM, b["gates"], c, b["c0"], b["w_hh"], b["d_out"], b["d_hn"], b["d_cn"])
     return forward + [d_gates.clone(), d_c0.clone()]
 
 

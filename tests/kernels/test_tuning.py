@@ -208,7 +208,7 @@ def test_measured_strategy_drives_auto():
 
     def forward():
         gates = gx.float().to(DEVICE)
-        out, c, _ = K.recurrence_fwd(LSTM, gates, w_hh32, h0.float().to(DEVICE), c0_32)
+        out, c, _, _ = K.recurrence_fwd(LSTM, gates, w_hh32, h0.float().to(DEVICE), c0_32)
         return out, c, gates
 
     with tuning.use_table(measured):
