@@ -200,8 +200,19 @@ def _recurrence_fwd_kernel(
             c = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
     else:
         c = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)  # a placeholder: no c, or no cell phase
-    if CELL == "gru":
+    if DO_CELL and CELL == "gru":
         b_hn = tl.load(p_b_hn + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+        # The GRU's z * h reads h_{t-1} on the program's own units: the h it wrote last step,
+        # kept in registers as c is (reloading it each step from memory took the sm_90 build
+        # from 147 registers to 255 and 880 B of spills). A launch that starts later reads it
+        # as the step's h_{t-1} would be read: h0 where the row has not started, else out.
+        _, t_start_prev = _step_time(s_start, T, REVERSE)
+        start_from_h0 = s_start == 0
+        if VARLEN:
+            start_from_h0 = start_from_h0 | (t_start_prev >= length)
+        p_h_start = tl.where(start_from_h0, p_h0 + rows_b * stride_h0b,
+                             p_out + t_start_prev * stride_ot + rows_b * stride_ob)  # fmt: skip
+        h_own = tl.load(p_h_start[:, None] + offs_h[None, :], mask=mask_bh, other=0.0).to(tl.float32)
 
     if W_RESIDENT:
         # The program's slice of W_hh, loaded once: a (K, BLOCK_H) tile per gate over the whole
@@ -249,10 +260,14 @@ def _recurrence_fwd_kernel(
                 )  # fmt: skip
 
             if CELL == "gru":
-                # h_{t-1} on the program's own units, for z * h (other programs wrote it: .cg).
-                p_hown = p_hprev[:, None] + offs_h[None, :]
-                h_own = tl.load(p_hown, mask=mask_bh, other=0.0, cache_modifier=".cg").to(tl.float32)
                 h, hn = gru_update(acc, gx_n, b_hn, h_own)
+                # rounded as out stores it, so that the next step's z * h reads what it would
+                # read from out; an inactive row's state passes through
+                h_stored = h.to(p_out.dtype.element_ty).to(tl.float32)
+                if VARLEN:
+                    h_own = tl.where(active[:, None], h_stored, h_own)
+                else:
+                    h_own = h_stored
                 c_new = c
             else:
                 h, c_new = cell_update(acc, c, CELL)

@@ -38,6 +38,9 @@ RNN_SIZES = [(16, 100, None, "auto"), (16, 128, None, "auto"), (16, 300, None, "
              (128, 1024, None, "persistent"), (8, 1024, None, "per-step")]  # fmt: skip
 CASES = [("lstm", *size) for size in SIZES] + [("rnn_tanh", *size) for size in RNN_SIZES]
 CASES.append(("rnn_relu", *RNN_SIZES[-1]))
+# The GRU's (three gates, b_hn and hn inside the step, the n slot's two gradients): one launch,
+# persistent with held and with streamed weights, per step.
+CASES += [("gru", *size) for size in RNN_SIZES[1:2] + RNN_SIZES[3:]]
 
 COMPILE_ALL = r"""
 import json, sys
@@ -102,7 +105,7 @@ def test_kernels_compile_for_sm90_within_shared_memory():
     assert {(r["cell"], r["B"], r["H"], r["P"]) for r in results} == {tuple(case[:4]) for case in CASES}
     assert {r["strategy"] for r in results} == {"one-launch", "per-step", "persistent"}
     for kernel in ("_recurrence_fwd_kernel", "_recurrence_bwd_kernel"):  # both hold their weights in some builds
-        for cell in ("lstm", "rnn_tanh"):
+        for cell in ("lstm", "rnn_tanh", "gru"):
             held = [r["w_resident"] for r in results if r["kernel"] == kernel and r["cell"] == cell]
             assert any(held) and not all(held), (kernel, cell)
     assert {r["kernel"] for r in results} == {"_recurrence_fwd_kernel", "_recurrence_bwd_kernel"}
