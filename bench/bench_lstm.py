@@ -122,9 +122,13 @@ GRIDS = {  # layers: (H, P), P the projection size or None
         dtypes=(torch.bfloat16, torch.float32), providers=[*FUSEDRNN, "cudnn"],
     ),
     "ci": dict(T=(4,), B=(2,), layers=[(16, None), (16, 8)], dtypes=(torch.float32,), providers=PROVIDERS,
-               cells=("lstm", "rnn_tanh")),
+               cells=("lstm", "rnn_tanh", "gru")),
     "rnn": dict(
         T=(512,), B=(8, 128), layers=[(512, None), (2048, None)], cells=("rnn_tanh",),
+        dtypes=(torch.bfloat16, torch.float32), providers=[*FUSEDRNN, "cudnn"],
+    ),
+    "gru": dict(  # cuDNN's GRU: PyTorch never picks its persistent algorithm for one (issue 21)
+        T=(512,), B=(8, 128), layers=[(512, None), (2048, None)], cells=("gru",),
         dtypes=(torch.bfloat16, torch.float32), providers=[*FUSEDRNN, "cudnn"],
     ),
     # bench/gpu_smoke.py's speed section: listed shapes (dtype, B, H, P), not a cross product
@@ -214,6 +218,9 @@ def build(provider, T, B, H, P, dtype, cell="lstm"):
     if cell == "lstm":
         layer = dict(proj_size=P or 0, device=DEVICE, dtype=dtype)
         torch_module, ours = torch.nn.LSTM, fusedrnn.LSTM
+    elif cell == "gru":
+        layer = dict(device=DEVICE, dtype=dtype)
+        torch_module, ours = torch.nn.GRU, fusedrnn.GRU
     else:
         layer = dict(nonlinearity=cell.removeprefix("rnn_"), device=DEVICE, dtype=dtype)
         torch_module, ours = torch.nn.RNN, fusedrnn.RNN

@@ -28,7 +28,7 @@ def _part(value):
 def pytest_addoption(parser):
     group = parser.getgroup("fusedrnn benchmarks")
     group.addoption(
-        "--bench-grid", choices=["ci", "quick", "full", "proj", "rnn", "smoke"], default="quick" if torch.cuda.is_available() else "ci",
+        "--bench-grid", choices=["ci", "quick", "full", "proj", "rnn", "gru", "smoke"], default="quick" if torch.cuda.is_available() else "ci",
         help="which shapes, dtypes and providers (default: quick with CUDA, ci without)",
     )  # fmt: skip
     group.addoption("--bench-part", type=_part, metavar="K/N", help="run the K-th of N slices of the cases")

@@ -17,7 +17,8 @@ stopped at its cap still leaves the rows it finished:
    without CUDA graphs, auto) on grids the test suite never reaches, in bf16, fp16, fp32
    with TF32 and IEEE, forward and every gradient against a float64 reference computed on
    the GPU and against cuDNN in the same dtype, with the tests' three-way bound; the LSTM's
-   cases and six of the RNN's (tanh and relu, against cuDNN's nn.RNN). Persistent
+   cases, six of the RNN's (tanh and relu, against cuDNN's nn.RNN) and six of the GRU's
+   (against nn.GRU, one with H not a multiple of 4). Persistent
    runs twice and must be bitwise equal; per-step with graphs runs three times (eager,
    captured, replayed) and must equal the eager run bitwise. Cases are shared out over
    worker processes (compiling is CPU-bound); a worker that dies is restarted after the
@@ -259,6 +260,7 @@ def correct_cases(tiny):
         add("fp32-ieee", 17, 40, T=3, I=6)  # two batch blocks, several unit blocks per step
         add("fp32-tf32", 4, 24, T=3, I=8, P=12, L=2, bidirectional=True, packed=True)
         add("fp32-ieee", 3, 20, T=4, I=5, cell="rnn_relu")
+        add("fp32-ieee", 3, 20, T=4, I=5, cell="gru")
         return cases
     # Per dtype, shapes that reach every barrier size from 16 to 128 programs (persistent: B
     # rows in blocks of up to 64, units in blocks of 16) and a one-launch shape (H <= 128).
@@ -275,6 +277,12 @@ def correct_cases(tiny):
         add(dtype, 8, 1024, cell="rnn_tanh")
         add(dtype, 128, 2048, cell="rnn_relu")
         add(dtype, 16, 256, I=96, L=2, bidirectional=True, packed=True, cell="rnn_tanh")
+    # The GRU, against cuDNN's nn.GRU: the same three shapes, and H not a multiple of 4 (where
+    # cuDNN's GRU backward failed, pytorch issue 54307).
+    for dtype in ("bf16", "fp32-ieee"):
+        add(dtype, 8, 1024, cell="gru")
+        add(dtype, 128, 2048, cell="gru")
+        add(dtype, 16, 254, I=96, L=2, bidirectional=True, packed=True, cell="gru")
     return cases
 
 
@@ -338,9 +346,10 @@ def check_case(case, emit, index):
     kwargs = dict(num_layers=case["L"], bidirectional=case["bidirectional"])
     if lstm:
         kwargs.update(proj_size=P)
-    else:
+    elif cell.startswith("rnn_"):
         kwargs.update(nonlinearity=cell.removeprefix("rnn_"))
-    ours_module, torch_module = (fusedrnn.LSTM, torch.nn.LSTM) if lstm else (fusedrnn.RNN, torch.nn.RNN)
+    name = {"lstm": "LSTM", "gru": "GRU"}.get(cell, "RNN")
+    ours_module, torch_module = getattr(fusedrnn, name), getattr(torch.nn, name)
     torch.manual_seed(index)
     exact_module = ours_module(I, H, backend="reference", dtype=torch.float64, device=device, **kwargs)
     cudnn = torch_module(I, H, device=device, dtype=dtype, **kwargs)

@@ -45,13 +45,14 @@ def test_correct_checks_every_strategy_of_every_case_against_both_oracles(tiny_r
     results = [r for r in rows if r["kind"] == "correct"]
     expected = {(c["name"], s[0]) for c in gpu_smoke.correct_cases(tiny=True) for s in gpu_smoke.STRATEGY_RUNS}
     assert any(c["cell"] == "rnn_relu" for c in gpu_smoke.correct_cases(tiny=True))  # the RNN's cases run too
+    assert any(c["cell"] == "gru" for c in gpu_smoke.correct_cases(tiny=True))  # and the GRU's
     assert {(r["case"], r["strategy"]) for r in results} == expected
     for r in results:
         assert r["ok"] is True, r
         assert r["bitwise_equal"]
         assert r["dh_split"] == 1  # the interpreter does not split the backward's dh loop (rows say it on a GPU)
         # forward and every gradient, each within the three-way bound
-        states = {"h_n", "grad h0"} | (set() if r["case"].startswith("rnn_") else {"c_n", "grad c0"})
+        states = {"h_n", "grad h0"} | (set() if r["case"].startswith(("rnn_", "gru-")) else {"c_n", "grad c0"})
         assert {"output", "grad input", *states} <= set(r["tensors"])
         assert any(name.startswith("grad weight_hh") for name in r["tensors"])
         assert all(t["ours"] <= t["bound"] for t in r["tensors"].values())

@@ -46,13 +46,7 @@ def check_sequence_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first
         raise RuntimeError(f"weight_hh of shape {list(w_hh.shape)} needs weight_hr ({P}, {H}); without it P must equal H")
     if w_hr is not None and (not lstm or w_hr.dim() != 2 or tuple(w_hr.shape) != (P, H) or P >= H):
         raise RuntimeError(f"weight_hr must have shape (proj_size, hidden_size) = ({P}, {H}) with proj_size < hidden_size, got {list(w_hr.shape)}")
-    if w_ih.dim() != 2 or w_ih.shape[0] != gates * H:
-        raise RuntimeError(f"weight_ih must have shape ({name}, input_size) = ({gates}*{H}, I), got {list(w_ih.shape)}")
-    if (b_ih is None) != (b_hh is None):
-        raise ValueError("bias_ih and bias_hh must both be given or both be None")
-    for bias_name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
-        if b is not None and b.shape != (gates * H,):
-            raise RuntimeError(f"{bias_name} must have shape ({name},) = ({gates * H},), got {list(b.shape)}")
+    _check_input_weights(w_ih, b_ih, b_hh, gates, H)
     if input.size(-1) != w_ih.shape[1]:
         raise RuntimeError(
             f"input.size(-1) must be equal to input_size. Expected {w_ih.shape[1]}, got {input.size(-1)}"
@@ -75,11 +69,7 @@ def check_sequence_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first
             continue
         if state.shape != (B, (P, H)[i]):
             raise RuntimeError(f"Expected hidden[{i}] size {(B, (P, H)[i])}, got {list(state.shape)}")
-        if state.device != input.device:
-            raise RuntimeError(
-                "Input and hidden tensors are not at the same device, found input tensor at "
-                f"{input.device} and hidden tensor at {state.device}"
-            )
+        _check_state_device(state, input)
         if state.dtype != input.dtype:
             raise RuntimeError(
                 f"hidden[{i}] dtype ({state.dtype}) does not match input dtype ({input.dtype})"
@@ -105,18 +95,12 @@ def check_step_args(cell, input, states, w_ih, w_hh, b_ih, b_hh):
     if w_hh.dim() != 2 or w_hh.shape[0] != gates * w_hh.shape[1]:
         raise RuntimeError(f"weight_hh must have shape ({name}, hidden_size), got {list(w_hh.shape)}")
     H = w_hh.shape[1]
-    if w_ih.dim() != 2 or w_ih.shape[0] != gates * H:
-        raise RuntimeError(f"weight_ih must have shape ({name}, input_size), got {list(w_ih.shape)}")
-    if (b_ih is None) != (b_hh is None):
-        raise ValueError("bias_ih and bias_hh must both be given or both be None")
-    for bias_name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
-        if b is not None and b.shape != (gates * H,):
-            raise RuntimeError(f"{bias_name} must have shape ({name},) = ({gates * H},), got {list(b.shape)}")
+    _check_input_weights(w_ih, b_ih, b_hh, gates, H)
     B = input.shape[0]
     if input.shape[1] != w_ih.shape[1]:
         raise RuntimeError(f"input has inconsistent input_size: got {input.shape[1]} expected {w_ih.shape[1]}")
     if len({state is None for state in states}) > 1:  # the LSTM's (h, c): both or neither
-        raise ValueError(f"hx must be None or a tuple ({', '.join(spec.states)}) of {len(states)} tensors")
+        raise ValueError(f"hx must be None or a tuple ({', '.join(spec.states)}) of two tensors")
     for i, state in enumerate(states):
         if state is None:
             continue
@@ -126,11 +110,7 @@ def check_step_args(cell, input, states, w_ih, w_hh, b_ih, b_hh):
             raise RuntimeError(f"Input batch size {B} doesn't match hidden{i} batch size {state.shape[0]}")
         if state.shape[1] != H:
             raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {state.shape[1]}, expected {H}")
-        if state.device != input.device:
-            raise RuntimeError(
-                "Input and hidden tensors are not at the same device, found input tensor at "
-                f"{input.device} and hidden tensor at {state.device}"
-            )
+        _check_state_device(state, input)
     check_params_like(input, (w_ih, w_hh, b_ih, b_hh))
     # RuntimeError, as torch's cell ops raise
     if input.dtype != w_ih.dtype:
@@ -141,6 +121,26 @@ def check_step_args(cell, input, states, w_ih, w_hh, b_ih, b_hh):
     for i, state in enumerate(states[1:], 1):  # the LSTM's c may be of a wider floating dtype
         if state is not None and not state.is_floating_point():
             raise RuntimeError(f"hidden{i} must have a floating dtype, got {state.dtype}")
+
+
+def _check_input_weights(w_ih, b_ih, b_hh, gates, H):
+    """W_ih (gates*H, I) and the biases (gates*H,) each, or both None: torch's exception types."""
+    name = f"{gates}*hidden_size" if gates > 1 else "hidden_size"
+    if w_ih.dim() != 2 or w_ih.shape[0] != gates * H:
+        raise RuntimeError(f"weight_ih must have shape ({name}, input_size) = ({gates}*{H}, I), got {list(w_ih.shape)}")
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("bias_ih and bias_hh must both be given or both be None")
+    for bias_name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
+        if b is not None and b.shape != (gates * H,):
+            raise RuntimeError(f"{bias_name} must have shape ({name},) = ({gates * H},), got {list(b.shape)}")
+
+
+def _check_state_device(state, input):
+    if state.device != input.device:
+        raise RuntimeError(
+            "Input and hidden tensors are not at the same device, found input tensor at "
+            f"{input.device} and hidden tensor at {state.device}"
+        )
 
 
 def check_lengths(lengths, T, B, device):

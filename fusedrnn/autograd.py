@@ -12,6 +12,13 @@ Backward: dG (gradient of the pre-activations) from fusedrnn.kernels.recurrence.
 ``h_prev(t)`` is the output of the step before, or h0 at a row's first step; ``dG_first``
 is dG at each row's first step. All reductions are GEMMs or sums: deterministic, no atomics.
 
+The GRU (``CellSpec.split_gate_grads``): Gx folds b_ih + (b_hr, b_hz, 0) and b_hn enters the
+step (``reference.gru_bias_split``); the step saves hn = W_hn h + b_hn beside the gates. Its
+dG has two sides that differ in the n slot: the kernel returns the recurrent side's
+(r * da_n there) in d_gates, for dW_hh, db_hh and dh_0 (plus the part of dh_0 that came
+through z * h, carried in the kernel as the LSTM's dc), and the input side's n slot (da_n)
+apart, which then replaces d_gates' n slot for dX, dW_ih and db_ih.
+
 The two launches run as custom operators, ``torch.ops.fusedrnn.recurrence_fwd`` (the Gx GEMM and
 the forward recurrence) and ``torch.ops.fusedrnn.recurrence_bwd``, the cell (its
 ``CellSpec.name``) their first argument: torch.compile keeps them opaque and traces the rest

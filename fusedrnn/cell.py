@@ -283,6 +283,12 @@ def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *, bac
 def _h_only_step(cell, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, backend):
     """:func:`rnn_cell` and :func:`gru_cell`: one step of a cell whose only state is h."""
     check_backend(backend)
+    if autocast_enabled(input.device.type):
+        if uses_torch_cpu(input.device, backend):  # torch's op under torch's own autocast rule
+            return getattr(torch._VF, f"{cell}_cell")(input, hx if hx is not None else input.new_zeros(
+                input.shape[0], weight_hh.shape[1]), weight_ih, weight_hh, bias_ih, bias_hh)  # fmt: skip
+        # as the layers: every floating argument in the autocast dtype, the step without autocast
+        return F._without_autocast(_h_only_step, cell, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, backend)
     check_step_args(cell, input, (hx,), weight_ih, weight_hh, bias_ih, bias_hh)
     if uses_torch_cpu(input.device, backend):
         if hx is None:

@@ -8,11 +8,12 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from fusedrnn.kernels.cells import CELLS
 from fusedrnn.kernels.reference import gru_reference, lstm_reference, rnn_reference
 
-from fusedrnn._checks import (  # noqa: F401  (BACKENDS, KERNEL_DTYPES: this module's API as before)
+from fusedrnn._checks import (  # noqa: F401  (BACKENDS, KERNEL_DTYPES, check_params_like: this module's API as before)
     BACKENDS,
     KERNEL_DTYPES,
     check_kernels_can_run,
     check_lengths,
+    check_params_like,
     check_sequence_args,
 )
 
@@ -270,9 +271,9 @@ def gru_layers(input, hx, weights, *, num_layers=1, bidirectional=False, dropout
 
 
 def _kernels_run(cell):
-    """Whether the recurrence kernels run ``cell`` yet. Not the GRU's (issue 21): under
-    "auto" it takes the reference path on CUDA until they do; "triton" raises the
-    Function's NotImplementedError."""
+    """Whether the recurrence kernels run ``cell`` (``autograd.implements``: every cell of
+    kernels/cells.py does). A cell they do not run takes the reference path under "auto";
+    "triton" raises the Function's NotImplementedError."""
     from fusedrnn.autograd import implements
 
     return implements(cell)
@@ -420,7 +421,7 @@ def _dropout_time_major(layer_output, p, batch_first):
 def _without_autocast(fn, *args, **kwargs):
     """Call fn with autocast off and floating tensor arguments cast to the autocast dtype
     (float64 excepted), as autocast treats torch.nn.LSTM: its results come out in that dtype."""
-    device_type = args[0].device.type
+    device_type = next(a for a in args if isinstance(a, torch.Tensor)).device.type  # (a cell's name may come first)
     dtype = torch.get_autocast_dtype(device_type)
 
     def cast(value):

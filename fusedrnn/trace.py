@@ -1,6 +1,8 @@
 """``python -m fusedrnn trace``: every gate, ``c`` and ``h`` of a small LSTM, step by step
-(``--cell rnn``: each step's pre-activation and ``h`` of a torch.nn.RNN, then the gradients
-of sum(h_T) by hand-derived BPTT against torch's autograd, parameter by parameter).
+(``--cell rnn``: each step's pre-activation and ``h`` of a torch.nn.RNN; ``--cell gru``: each
+step's reset and update gates, ``W_hn h + b_hn``, candidate and ``h`` of a torch.nn.GRU; then
+for both the gradients of sum(h_T) by hand-derived BPTT against torch's autograd, parameter
+by parameter).
 
 For each step it prints each gate's pre-activation ("raw computation") and activation, the
 new cell state and the new hidden state, in the order of the hand-written notebooks (forget,
@@ -58,7 +60,8 @@ OUTPUT_KEYS = {"W_y", "b_y"}
 
 
 def add_arguments(parser):
-    parser.add_argument("--cell", choices=["lstm", "rnn"], default="lstm", help="torch.nn.LSTM or torch.nn.RNN")
+    parser.add_argument("--cell", choices=["lstm", "rnn", "gru"], default="lstm",
+                        help="torch.nn.LSTM, torch.nn.RNN or torch.nn.GRU")  # fmt: skip
     parser.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="the RNN's (--cell rnn)")
     parser.add_argument("--example", action="store_true", help="the numerical example notebook's weights and input")
     parser.add_argument("--weights", metavar="FILE", help="JSON weights, torch's or the notebooks' layout")
@@ -226,21 +229,25 @@ def check_against_module(x, state, steps, backend):
 RNN_KEYS = TORCH_KEYS  # torch.nn.RNN's names: weight_ih_l0 (H, I), weight_hh_l0 (H, H), biases (H,)
 
 
-def rnn_weights(weights, input_size):
-    """torch.nn.RNN's one-layer state dict (float64) from JSON in torch's layout; biases
-    default to zero."""
+def rnn_weights(weights, input_size, gates=1):
+    """torch.nn.RNN's (``gates`` 1) or torch.nn.GRU's (3) one-layer state dict (float64) from
+    JSON in torch's layout; biases default to zero."""
+    kind = "RNN" if gates == 1 else "GRU"
     unknown = set(weights) - RNN_KEYS
     missing = {"weight_ih_l0", "weight_hh_l0"} - set(weights)
     if unknown or missing:
-        raise ValueError(f"RNN weights are torch's {sorted(RNN_KEYS)} (biases optional); unknown {sorted(unknown)}, "
+        raise ValueError(f"{kind} weights are torch's {sorted(RNN_KEYS)} (biases optional); unknown {sorted(unknown)}, "
                          f"missing {sorted(missing)}")  # fmt: skip
     state = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in weights.items()}
-    H = state["weight_hh_l0"].shape[0]
-    if state["weight_hh_l0"].shape != (H, H) or state["weight_ih_l0"].shape != (H, input_size):
-        raise ValueError(f"expected weight_hh_l0 (H, H) and weight_ih_l0 (H, {input_size}) for the input, got "
+    if state["weight_hh_l0"].dim() != 2:
+        raise ValueError(f"weight_hh_l0 must be a matrix, got shape {tuple(state['weight_hh_l0'].shape)}")
+    H = state["weight_hh_l0"].shape[1]
+    rows = f"{gates}H" if gates > 1 else "H"
+    if state["weight_hh_l0"].shape != (gates * H, H) or state["weight_ih_l0"].shape != (gates * H, input_size):
+        raise ValueError(f"expected weight_hh_l0 ({rows}, H) and weight_ih_l0 ({rows}, {input_size}) for the input, got "
                          f"{tuple(state['weight_hh_l0'].shape)} and {tuple(state['weight_ih_l0'].shape)}")  # fmt: skip
     for name in ("bias_ih_l0", "bias_hh_l0"):
-        state.setdefault(name, torch.zeros(H, dtype=torch.float64))
+        state.setdefault(name, torch.zeros(gates * H, dtype=torch.float64))
     return state
 
 
@@ -267,20 +274,56 @@ def trace_rnn(x, state, nonlinearity, decimals=4):
     return lines, torch.stack(hs)
 
 
-def rnn_gradient_lines(x, state, nonlinearity, decimals):
-    """The gradients of sum(h_T) by the hand-derived BPTT (``RNNEquations``) and by autograd
-    through torch.nn.RNN, per parameter: the question of the notebook whose hand gradients of
-    an nn.RNN did not match. Returns (lines, max |difference|)."""
-    from fusedrnn.kernels.reference import rnn_layers_reference_backward
+def trace_gru(x, state, decimals=4):
+    """The GRU's step-by-step print-out (torch's gate order r, z, n) as lines, and its h_t
+    stacked (T, H), from zero state: ``GRUEquations``' forward, printed."""
+    import numpy as np
 
-    H, I = state["weight_ih_l0"].shape
-    rnn = torch.nn.RNN(I, H, nonlinearity=nonlinearity, dtype=torch.float64)
+    def show(t):
+        return str(np.round(t.numpy().flatten(), decimals))
+
+    w_ih, w_hh = state["weight_ih_l0"], state["weight_hh_l0"]
+    h = torch.zeros(w_hh.shape[1], dtype=torch.float64)
+    lines = ["=== GRU Forward Pass Debug Details ===", f"Initial hidden state (h0): {show(h)}"]
+    hs = []
+    for t, x_t in enumerate(x):
+        zx_r, zx_z, zx_n = (x_t @ w_ih.t() + state["bias_ih_l0"]).chunk(3)
+        zh_r, zh_z, zh_n = (h @ w_hh.t() + state["bias_hh_l0"]).chunk(3)
+        r, z = torch.sigmoid(zx_r + zh_r), torch.sigmoid(zx_z + zh_z)
+        n = torch.tanh(zx_n + r * zh_n)
+        h = (1 - z) * n + z * h
+        hs.append(h)
+        lines += ["", f"[Time Step {t + 1}]", f"Input x[{t}]: {x_t.numpy().flatten()}",
+                  f"  Reset Gate  r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr): {show(r)}",
+                  f"  Update Gate z = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz): {show(z)}",
+                  f"  h W_hn^T + b_hn: {show(zh_n)}",
+                  f"  Candidate   n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn)): {show(n)}",
+                  f"  h = (1 - z) * n + z * h: {show(h)}", "-" * 50]  # fmt: skip
+    return lines, torch.stack(hs)
+
+
+def rnn_gradient_lines(x, state, nonlinearity, decimals, cell="rnn"):
+    """The gradients of sum(h_T) by the hand-derived BPTT (``RNNEquations``, or for ``cell``
+    "gru" ``GRUEquations``) and by autograd through torch.nn.RNN (torch.nn.GRU), per
+    parameter: the question of the notebook whose hand gradients of an nn.RNN did not match.
+    Returns (lines, max |difference|)."""
+    from fusedrnn.kernels.reference import gru_layers_reference_backward, rnn_layers_reference_backward
+
+    H, I = state["weight_hh_l0"].shape[1], state["weight_ih_l0"].shape[1]
+    if cell == "gru":
+        rnn = torch.nn.GRU(I, H, dtype=torch.float64)
+    else:
+        rnn = torch.nn.RNN(I, H, nonlinearity=nonlinearity, dtype=torch.float64)
     rnn.load_state_dict(state)
     _, h_n = rnn(x[:, None])
     h_n.sum().backward()
-    by_hand = rnn_layers_reference_backward(x[:, None], None, rnn._flat_weights, None, torch.ones_like(h_n),
-                                            nonlinearity=nonlinearity)  # fmt: skip
-    lines = ["", "Gradients of sum(h_T): hand-derived BPTT (fusedrnn.kernels.reference) vs torch.nn.RNN autograd"]
+    if cell == "gru":
+        by_hand = gru_layers_reference_backward(x[:, None], None, rnn._flat_weights, None, torch.ones_like(h_n))
+    else:
+        by_hand = rnn_layers_reference_backward(x[:, None], None, rnn._flat_weights, None, torch.ones_like(h_n),
+                                                nonlinearity=nonlinearity)  # fmt: skip
+    lines = ["", f"Gradients of sum(h_T): hand-derived BPTT (fusedrnn.kernels.reference) vs torch.nn.{cell.upper()} "
+             "autograd"]  # fmt: skip
     worst = 0.0
     for name, g in zip(rnn._flat_weights_names, by_hand["weights"]):
         theirs = getattr(rnn, name).grad
@@ -292,37 +335,44 @@ def rnn_gradient_lines(x, state, nonlinearity, decimals):
 
 
 def main_rnn(args, x, weights, generator):
-    """``--cell rnn``: trace, the module cross-check, the gradients' check."""
+    """``--cell rnn`` or ``gru``: trace, the module cross-check, the gradients' check."""
     import fusedrnn
 
+    gru = args.cell == "gru"
+    gates = 3 if gru else 1
     if weights is None:
         I, H = x.shape[1], args.hidden_size
-        bound = H**-0.5  # torch.nn.RNN's initialisation
+        bound = H**-0.5  # torch.nn.RNN's and GRU's initialisation
+        G = gates * H
         weights = {name: (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-                   for name, shape in [("weight_ih_l0", (H, I)), ("weight_hh_l0", (H, H)), ("bias_ih_l0", (H,)),
-                                       ("bias_hh_l0", (H,))]}  # fmt: skip
+                   for name, shape in [("weight_ih_l0", (G, I)), ("weight_hh_l0", (G, H)), ("bias_ih_l0", (G,)),
+                                       ("bias_hh_l0", (G,))]}  # fmt: skip
     try:
-        state = rnn_weights(weights, x.shape[1])
+        state = rnn_weights(weights, x.shape[1], gates)
     except ValueError as error:
         raise UsageError(f"--weights: {error}" if args.weights else str(error)) from None
-    lines, hs = trace_rnn(x, state, args.nonlinearity, args.decimals)
+    lines, hs = trace_gru(x, state, args.decimals) if gru else trace_rnn(x, state, args.nonlinearity, args.decimals)
     print("=" * 60)
-    print(f"RNN ({args.nonlinearity}) step by step (fusedrnn)")
+    print("GRU step by step (fusedrnn)" if gru else f"RNN ({args.nonlinearity}) step by step (fusedrnn)")
     print("=" * 60, "\n")
     print("\n".join(lines))
     dtype = torch.float32 if args.backend == "triton" else torch.float64
-    H, I = state["weight_ih_l0"].shape
-    module = fusedrnn.RNN(I, H, nonlinearity=args.nonlinearity, backend=args.backend).to(dtype)
+    H, I = state["weight_hh_l0"].shape[1], state["weight_ih_l0"].shape[1]
+    if gru:
+        module = fusedrnn.GRU(I, H, backend=args.backend).to(dtype)
+    else:
+        module = fusedrnn.RNN(I, H, nonlinearity=args.nonlinearity, backend=args.backend).to(dtype)
     module.load_state_dict({k: v.to(dtype) for k, v in state.items()})
     with torch.no_grad():
         output, _ = module(x.to(dtype)[:, None])
     h_diff = (output[:, 0].double() - hs).abs().max().item()
     tolerance = 1e-5 if args.backend == "triton" else 1e-12
-    grad_lines, grad_diff = rnn_gradient_lines(x, state, args.nonlinearity, args.decimals)
+    grad_lines, grad_diff = rnn_gradient_lines(x, state, args.nonlinearity, args.decimals, args.cell)
     print("\n".join(grad_lines))
     agrees = h_diff <= tolerance and grad_diff <= 1e-12
-    print(f"\nfusedrnn.RNN (backend={args.backend!r}, {dtype}) on the same weights and input: max |h_t - trace| = "
-          f"{h_diff:.1e}; BPTT vs autograd: {grad_diff:.1e}: {'agrees' if agrees else 'DISAGREES'}")  # fmt: skip
+    print(f"\nfusedrnn.{type(module).__name__} (backend={args.backend!r}, {dtype}) on the same weights and input: "
+          f"max |h_t - trace| = {h_diff:.1e}; BPTT vs autograd: {grad_diff:.1e}: "
+          f"{'agrees' if agrees else 'DISAGREES'}")  # fmt: skip
     return 0 if agrees else 1
 
 
@@ -332,9 +382,9 @@ def main(args):
 
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
     generator = torch.Generator().manual_seed(args.seed)
-    if args.cell == "rnn":
+    if args.cell in ("rnn", "gru"):
         if args.example:
-            raise UsageError("--example is the LSTM notebook's; with --cell rnn give --weights or --input")
+            raise UsageError(f"--example is the LSTM notebook's; with --cell {args.cell} give --weights or --input")
         x = (parse_sequence(args.input) if args.input is not None
              else torch.randn(args.seq_len, args.input_size, generator=generator, dtype=torch.float64))  # fmt: skip
         weights = None

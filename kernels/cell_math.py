@@ -43,7 +43,8 @@ def cell_update(pre, c, CELL: tl.constexpr):
 @triton.jit
 def gate_activation(pre, gate: tl.constexpr, CELL: tl.constexpr):
     """What the backward keeps of gate ``gate``'s pre-activation: the LSTM's activation (tanh
-    for g, sigmoid for the others); the RNN's pre-activation itself."""
+    for g, sigmoid for the others); the GRU's r and z activations and Gx_n itself (the n slot
+    holds it); the RNN's pre-activation itself."""
     if CELL == "lstm":
         if gate == 2:
             return tanh(pre)

@@ -19,8 +19,9 @@ class CellSpec:
     - ``gates``: gate blocks of H rows in ``W_ih`` and ``W_hh`` (torch's layout): the width
       of the input projection ``Gx`` and of the recurrent product, ``gates * H``.
     - ``states``: the states a step carries, ``h`` first (``c`` is the LSTM's, kept in fp32).
-    - ``saved_tiles``: the H-wide tiles the forward step saves for the backward, written over
-      ``Gx`` (the LSTM's four pre-activations; its fp32 ``c`` is a state and saved apart).
+    - ``saved_tiles``: the H-wide tiles the forward step saves for the backward: ``gates`` of
+      them written over ``Gx`` (the LSTM's four pre-activations; its fp32 ``c`` is a state and
+      saved apart), and any beyond those in a buffer of their own (the GRU's fourth, hn).
     - ``folded_biases``: the biases added into ``Gx`` by the input GEMM; the others are added
       inside the step.
     - ``projection``: whether the cell takes torch's ``proj_size`` (``h = W_hr m``).

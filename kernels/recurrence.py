@@ -204,7 +204,7 @@ def _recurrence_fwd_kernel(
         b_hn = tl.load(p_b_hn + offs_h, mask=mask_h, other=0.0).to(tl.float32)
         # The GRU's z * h reads h_{t-1} on the program's own units: the h it wrote last step,
         # kept in registers as c is (reloading it each step from memory took the sm_90 build
-        # from 147 registers to 255 and 880 B of spills). A launch that starts later reads it
+        # from 144 registers to 255 and 880 B of spills). A launch that starts later reads it
         # as the step's h_{t-1} would be read: h0 where the row has not started, else out.
         _, t_start_prev = _step_time(s_start, T, REVERSE)
         start_from_h0 = s_start == 0
@@ -688,11 +688,18 @@ def recurrence_bwd(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, le
     c0 = c0.contiguous() if c_states else None
     has_proj = w_hr is not None
     w_hr = w_hr.contiguous() if has_proj else w_hh  # unused pointer without a projection
-    d_gates, d_c, d_h, d_gx_n = backward_outputs(cell, gates, d_cn, P, has_proj, d_gates_into_gates, hn)
-    if d_gx_n is not None:
+    if _saves_hn(cell):
         if hn is None or out is None or h0 is None:
             raise ValueError(f"the {cell.name} cell's backward needs the forward's hn, out and h0")
+        if hn.shape != (T, B, H) or hn.dtype != torch.float32 or not hn.is_contiguous() or hn.device != gates.device:
+            raise ValueError(f"expected hn as the forward returned it: ({T}, {B}, {H}) fp32, contiguous")
+        if out.shape != (T, B, P) or out.stride(2) != 1 or tuple(h0.shape) != (B, P):
+            raise ValueError(f"expected the forward's out ({T}, {B}, {P}) and h0 ({B}, {P})")
+        for t in (out, h0):  # read through one pointer type (a compiled `if` picks between them)
+            if t.dtype != gates.dtype or t.device != gates.device:
+                raise ValueError(f"expected out and h0 in {gates.dtype} on {gates.device}, got {t.dtype} on {t.device}")
         h0 = h0.contiguous()
+    d_gates, d_c, d_h, d_gx_n = backward_outputs(cell, gates, d_cn, P, has_proj, d_gates_into_gates, hn)
     arguments = dict(
         p_gates=gates, p_c=c, p_c0=c0, p_w_hh=w_hh, p_w_hr=w_hr, p_lengths=lengths, p_dy=d_out, p_dhn=d_hn,
         p_dh=d_h, p_dgates=d_gates, p_dc=d_c, p_hn=hn, p_dgx_n=d_gx_n, p_out=out, p_h0=h0,

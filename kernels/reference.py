@@ -168,12 +168,25 @@ def rnn_reference(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh
     gx = x @ w_ih.t()
     if b_ih is not None:
         gx = gx + (b_ih + b_hh)
+    w_hh_t = w_hh.to(acc_dtype).t()
+
+    def step(gx_t, h):
+        return act(gx_t + h @ w_hh_t)
+
+    return _h_only_steps(x, gx, h0, H, step, reverse, lengths)
+
+
+def _h_only_steps(x, gx, h0, H, step, reverse, lengths):
+    """The time loop of a cell whose one state is h (the RNN's, the GRU's): ``step(gx_t, h)``
+    from this step's input projection and h_{t-1}, both in at least fp32, returns h_t, which
+    is rounded to x's dtype as the kernels store it; lengths as ``lstm_reference``'s."""
+    T, B, _ = x.shape
+    acc_dtype = torch.promote_types(x.dtype, torch.float32)
     gx = gx.unbind(0)  # one tensor per step (see lstm_reference)
     h = h0 if h0 is not None else x.new_zeros(B, H)
-    w_hh_t = w_hh.to(acc_dtype).t()
     outputs = [None] * T
     for t in reversed(range(T)) if reverse else range(T):
-        h_new = act(gx[t].to(acc_dtype) + h.to(acc_dtype) @ w_hh_t).to(x.dtype)
+        h_new = step(gx[t].to(acc_dtype), h.to(acc_dtype)).to(x.dtype)
         if lengths is not None:
             active = (t < lengths).to(x.device)[:, None]
             h_new = torch.where(active, h_new, h)
@@ -210,16 +223,6 @@ def gru_step(gx, rec, h, b_hn):
     return (1 - z) * n + z * h
 
 
-def gru_cell_reference(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
-    """One step, as ``torch.nn.GRUCell``: x (B, I), h (B, H). Returns h' in x's dtype."""
-    acc_dtype = torch.promote_types(x.dtype, torch.float32)
-    folded, b_hn = gru_bias_split(b_ih, b_hh)
-    gx = x @ w_ih.t() + folded if folded is not None else x @ w_ih.t()
-    h = h.to(acc_dtype)
-    rec = h @ w_hh.to(acc_dtype).t()
-    return gru_step(gx.to(acc_dtype), rec, h, b_hn.to(acc_dtype) if b_hn is not None else None).to(x.dtype)
-
-
 def gru_reference(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reverse=False, lengths=None):
     """One layer, one direction of ``torch.nn.GRU``, time-major, in the numerics of
     ``lstm_reference`` (the input projection with the folded biases in the input dtype, the
@@ -239,21 +242,12 @@ def gru_reference(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reverse=False, len
     if folded is not None:
         gx = gx + folded
         b_hn = b_hn.to(acc_dtype)
-    gx = gx.unbind(0)  # one tensor per step (see lstm_reference)
-    h = h0 if h0 is not None else x.new_zeros(B, H)
     w_hh_t = w_hh.to(acc_dtype).t()
-    outputs = [None] * T
-    for t in reversed(range(T)) if reverse else range(T):
-        h_acc = h.to(acc_dtype)
-        h_new = gru_step(gx[t].to(acc_dtype), h_acc @ w_hh_t, h_acc, b_hn).to(x.dtype)
-        if lengths is not None:
-            active = (t < lengths).to(x.device)[:, None]
-            h_new = torch.where(active, h_new, h)
-            outputs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
-        else:
-            outputs[t] = h_new
-        h = h_new
-    return torch.stack(outputs), h
+
+    def step(gx_t, h):
+        return gru_step(gx_t, h @ w_hh_t, h, b_hn)
+
+    return _h_only_steps(x, gx, h0, H, step, reverse, lengths)
 
 
 # ----------------------------------------------------------------------------------------
@@ -545,12 +539,19 @@ def rnn_layers_reference_backward(
     in float64. x (T, B, I) time-major; h0 (L*D, B, H) or None; ``weights`` in
     ``torch.nn.RNN._flat_weights`` order; grad_output (T, B, D*H), grad_h_n (L*D, B, H), each
     None for zeros. Returns ``{"input", "h0" (None without h0), "weights"}``."""
+    return _h_only_stack_backward(lambda w_hh, b_hh: RNNEquations(w_hh, b_hh, nonlinearity), x, h0, weights,
+                                  grad_output, grad_h_n, num_layers, bidirectional, lengths)  # fmt: skip
+
+
+def _h_only_stack_backward(equations, x, h0, weights, grad_output, grad_h_n, num_layers, bidirectional, lengths):
+    """``_stack_reference_backward`` for a cell whose one state is h: ``equations(w_hh, b_hh)``
+    builds a layer's cell; weights in torch's ``_flat_weights`` order (w_ih, w_hh[, b_ih, b_hh])."""
     directions = 2 if bidirectional else 1
     has_bias = len(weights) // (num_layers * directions) == 4
     names = ["weight_ih", "weight_hh"] + ["bias_ih", "bias_hh"] * has_bias
 
     def make_cell(w):
-        return RNNEquations(w[1], w[3] if has_bias else None, nonlinearity)
+        return equations(w[1], w[3] if has_bias else None)
 
     grads = _stack_reference_backward(
         make_cell, names, x, (h0,) if h0 is not None else None, weights, grad_output, (grad_h_n,),
@@ -627,16 +628,5 @@ def gru_layers_reference_backward(
     """The gradients of a stack of GRU layers, as ``torch.nn.GRU`` (without dropout) or
     ``fusedrnn.functional.gru_layers`` compute it, by hand-derived BPTT (``GRUEquations``), in
     float64; arguments and result as ``rnn_layers_reference_backward``'s."""
-    directions = 2 if bidirectional else 1
-    has_bias = len(weights) // (num_layers * directions) == 4
-    names = ["weight_ih", "weight_hh"] + ["bias_ih", "bias_hh"] * has_bias
-
-    def make_cell(w):
-        return GRUEquations(w[1], w[3] if has_bias else None)
-
-    grads = _stack_reference_backward(
-        make_cell, names, x, (h0,) if h0 is not None else None, weights, grad_output, (grad_h_n,),
-        num_layers=num_layers, directions=directions, lengths=lengths,
-    )  # fmt: skip
-    return {"input": grads["input"], "h0": grads["states0"][0] if h0 is not None else None,
-            "weights": grads["weights"]}  # fmt: skip
+    return _h_only_stack_backward(GRUEquations, x, h0, weights, grad_output, grad_h_n, num_layers, bidirectional,
+                                  lengths)  # fmt: skip

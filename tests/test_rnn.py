@@ -121,8 +121,13 @@ KERNEL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case", KERNEL_CASES, ids=["stacked-bidirectional", "batch-first-no-bias"])
+# relu differs from tanh in its activation only (tests/kernels/test_recurrence_rnn.py runs both
+# cells in every strategy): one layout for it here.
+KERNEL_VARIANTS = [(v, c) for v in VARIANTS for c in range(len(KERNEL_CASES)) if (v, c) != ("relu", 0)]
+
+
+@pytest.mark.parametrize("variant, case", [(v, KERNEL_CASES[c]) for v, c in KERNEL_VARIANTS],
+                         ids=[f"{v}-{['stacked-bidirectional', 'batch-first-no-bias'][c]}" for v, c in KERNEL_VARIANTS])
 def test_kernels_match_the_float64_reference(case, variant, strategy):
     """fp32 kernels in every strategy, batched with h0, packed unsorted, and lengths, against
     the reference in float64 at 1e-5: outputs and every gradient."""
@@ -476,3 +481,33 @@ def test_compiled_module_with_h0_and_lengths_matches_eager_outputs_and_gradients
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}: {m}")
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("variant", ["tanh", "gru"])
+@pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
+def test_autocast_layers_and_cells(variant, backend):
+    """Under autocast (bf16): on CPU "auto" is torch's forward and cell op, the same bits;
+    the reference and the kernels cast every floating argument to the autocast dtype, as
+    fusedrnn.LSTM does, so results come out in it, close to torch's in float32; a bf16 input
+    to a cell with float32 weights runs, as in torch."""
+    device = DEVICE if backend == "triton" else "cpu"
+    theirs, ours = pair(variant, backend, torch.float32, device, num_layers=2)
+    torch_cell, our_cell = cell_pair(variant, backend, torch.float32, device)
+    x = torch.randn(4, 3, I, device=device)
+    with torch.autocast(device.split(":")[0] if isinstance(device, str) else device.type, dtype=torch.bfloat16):
+        y, h_n = ours(x)
+        y_lengths, _ = ours(x, lengths=torch.tensor([4, 2, 3]))  # CPU "auto": torch's op on the packed batch
+        h_cell = our_cell(x[0])
+        h_cell16 = our_cell(x[0].bfloat16())
+        y_ref, h_ref = theirs(x)
+        h_cell_ref = torch_cell(x[0])
+    # lengths= follows fusedrnn's autocast rule (the autocast dtype), on CPU too, where torch's
+    # own GRU op stays in float32 (and its LSTM on packed input)
+    assert y_lengths.dtype == torch.bfloat16
+    if backend == "auto" and device == "cpu":
+        assert torch.equal(y, y_ref) and torch.equal(h_n, h_ref) and torch.equal(h_cell, h_cell_ref)
+        return
+    assert y.dtype == h_n.dtype == h_cell.dtype == h_cell16.dtype == torch.bfloat16
+    exact_y, exact_h = theirs(x)
+    for name, got, want in (("output", y, exact_y), ("h_n", h_n, exact_h), ("cell", h_cell, torch_cell(x[0]))):
+        assert_close(got.double().cpu(), want.detach().double().cpu(), rel=2e-2, name=name)

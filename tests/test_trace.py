@@ -174,6 +174,26 @@ def test_rnn_trace_prints_each_step_and_the_gradients_and_agrees(capsys):
     assert "h = relu(z)" in capsys.readouterr().out
 
 
+def test_gru_trace_prints_each_gate_and_the_gradients_and_agrees(capsys):
+    """--cell gru: r, z, W_hn h + b_hn, n and h per step, against torch.nn.GRU's trajectory
+    (the module cross-check) and its autograd gradients; the kernels agree too."""
+    import torch
+
+    from fusedrnn.__main__ import main
+    from fusedrnn.trace import rnn_weights, trace_gru
+
+    assert main(["trace", "--cell", "gru", "-H", "2", "--input", "1; 2; 3"]) == 0
+    out = capsys.readouterr().out
+    assert "[Time Step 3]" in out and "Reset Gate  r = sigmoid" in out and "Candidate   n = tanh" in out
+    assert "bias_hh_l0: BPTT" in out and out.rstrip().endswith("agrees")
+    assert main(["trace", "--cell", "gru", "--backend", "triton"]) == 0
+    assert "fusedrnn.GRU (backend='triton'" in capsys.readouterr().out
+    gru = torch.nn.GRU(2, 3, dtype=torch.float64)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    _, hs = trace_gru(x, rnn_weights({k: v.tolist() for k, v in gru.state_dict().items()}, 2, gates=3))
+    torch.testing.assert_close(hs, gru(x[:, None])[0][:, 0].detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_the_rnn_notebook_s_gradient_question_answered():
     """The seed notebook whose hand gradients of nn.RNN(1, 2) did not match torch's: its chain
     multiplies (1 - tanh(z_3)^2) @ W_hh by (1 - tanh(z_2)^2) elementwise, dropping the
