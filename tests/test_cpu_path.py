@@ -140,6 +140,22 @@ def test_autocast_bf16_is_torch_s():
     assert_equal(got, expected)
 
 
+def test_lengths_under_autocast_run_torch_s_op_on_the_packed_batch():
+    """lengths= under CPU autocast: torch's op on the packed batch, in the autocast dtype (the
+    stack driver once passed the cell's name where the autocast wrapper looked for a tensor)."""
+    ours, theirs = pair(num_layers=2)
+    x = torch.randn(5, 3, ours.input_size)
+    lengths = torch.tensor([5, 2, 4])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h_n, c_n) = ours(x, lengths=lengths)
+    assert y.dtype == h_n.dtype == torch.bfloat16
+    with torch.no_grad():
+        packed = pack_padded_sequence(x.bfloat16(), lengths, enforce_sorted=False)
+        want, (h_want, _) = theirs.to(torch.bfloat16)(packed)  # the same weights, in the autocast dtype
+    torch.testing.assert_close(y, pad_packed_sequence(want, total_length=5)[0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(h_n, h_want, rtol=2e-2, atol=2e-2)
+
+
 def test_functional_layer_and_reverse_match_the_reference():
     """fusedrnn.functional.lstm on CPU: torch's op, the reverse direction on the flipped
     sequence; reverse with lengths stays on the reference."""
