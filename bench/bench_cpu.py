@@ -68,6 +68,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
+from fusedrnn.kernels.cells import torch_layer
 from fusedrnn.kernels.tuning import dtype_name
 
 PROVIDERS = ["torch", "fusedrnn-auto", "reference-eager"]
@@ -151,7 +152,8 @@ def build(provider, kind, H, dtype, cell="lstm"):
         options.update(backend="auto" if provider == "fusedrnn-auto" else "reference")
     if cell.startswith("rnn_"):
         options.update(nonlinearity=cell.removeprefix("rnn_"))
-    layer_class, cell_class = {"lstm": ("LSTM", "LSTMCell"), "gru": ("GRU", "GRUCell")}.get(cell, ("RNN", "RNNCell"))
+    layer_class = torch_layer(cell)
+    cell_class = layer_class + "Cell"
     if kind == "cell":
         return getattr(library, cell_class)(H, H, **options)
     if kind == "projection":

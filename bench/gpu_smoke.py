@@ -331,7 +331,7 @@ def check_case(case, emit, index):
 
     import fusedrnn
     from fusedrnn.kernels import planner, recurrence, step_graphs
-    from fusedrnn.kernels.cells import CELLS
+    from fusedrnn.kernels.cells import CELLS, torch_layer
     from fusedrnn.testing import error_stats, module_forward_backward, no_worse_than_bound
 
     device = torch.device("cuda" if _cuda() else "cpu")
@@ -348,7 +348,7 @@ def check_case(case, emit, index):
         kwargs.update(proj_size=P)
     elif cell.startswith("rnn_"):
         kwargs.update(nonlinearity=cell.removeprefix("rnn_"))
-    name = {"lstm": "LSTM", "gru": "GRU"}.get(cell, "RNN")
+    name = torch_layer(cell)
     ours_module, torch_module = getattr(fusedrnn, name), getattr(torch.nn, name)
     torch.manual_seed(index)
     exact_module = ours_module(I, H, backend="reference", dtype=torch.float64, device=device, **kwargs)

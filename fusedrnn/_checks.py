@@ -12,7 +12,7 @@ sizes ``W_ih``, ``W_hh`` and the biases, the states name ``hx``'s tensors.
 
 import torch
 
-from fusedrnn.kernels.cells import CELLS
+from fusedrnn.kernels.cells import CELLS, torch_layer
 
 BACKENDS = ("auto", "triton", "reference")
 # dtypes the Triton kernels compute; others (float64) take the reference path under "auto".
@@ -33,8 +33,8 @@ def check_sequence_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_first
     name = f"{gates}*hidden_size" if gates > 1 else "hidden_size"
     check_backend(backend)
     if input.dim() != 3:
-        function = cell.removesuffix("_tanh").removesuffix("_relu")  # lstm, rnn, gru
-        module = function.upper()
+        module = torch_layer(cell)
+        function = module.lower()
         raise ValueError(
             f"fusedrnn.functional.{function}: expected a 3-D input, got {input.dim()}-D "
             f"(the module fusedrnn.{module} also takes unbatched 2-D input)"
@@ -85,8 +85,7 @@ def check_step_args(cell, input, states, w_ih, w_hh, b_ih, b_hh):
     spec = CELLS[cell]
     gates = spec.gates
     name = f"{gates}*hidden_size" if gates > 1 else "hidden_size"
-    layer = cell.removesuffix("_tanh").removesuffix("_relu")  # lstm, rnn, gru
-    function, module = f"{layer}_cell", f"{layer.upper()}Cell"
+    function, module = f"{torch_layer(cell).lower()}_cell", f"{torch_layer(cell)}Cell"
     if input.dim() != 2:
         raise ValueError(
             f"fusedrnn.cell.{function}: expected a 2-D input (B, I), got {input.dim()}-D "

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from fusedrnn._double_backward import tie_to_double_backward_error
 from fusedrnn.kernels import recurrence
-from fusedrnn.kernels.cells import CELLS
+from fusedrnn.kernels.cells import CELLS, GRU
 from fusedrnn.kernels.reference import gru_bias_split, valid_steps
 
 
@@ -165,17 +165,14 @@ def first_and_last_steps(T, B, lengths, reverse, device):
     return (ends, zeros) if reverse else (zeros, ends)
 
 
-GRU_LIKE = dict(folded_biases=("b_ih", "b_hr", "b_hz"), split_gate_grads=True, saved_tiles=4, gates=3)
-
-
 def implements(cell):
     """Whether RecurrenceFunction runs ``cell`` (a CELLS name): either both biases folded into
     Gx (one summed gradient for each), one gate-gradient tensor, the pre-activations saved
-    over Gx; or the GRU's layout (``GRU_LIKE``: b_hn inside the step, the n slot's two
+    over Gx; or exactly the GRU's description (b_hn inside the step, the n slot's two
     gradients, hn saved beside the gates). Any other description needs more here first."""
     spec = CELLS[cell]
     simple = spec.folded_biases == ("b_ih", "b_hh") and not spec.split_gate_grads and spec.saved_tiles == spec.gates
-    return simple or all(getattr(spec, k) == v for k, v in GRU_LIKE.items()) and spec.name == "gru"
+    return simple or spec == GRU
 
 
 class RecurrenceFunction(torch.autograd.Function):

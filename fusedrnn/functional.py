@@ -215,7 +215,7 @@ def _h_only_layer(cell, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, *, ba
     check_sequence_args(input, hx, None, weight_ih, weight_hh, bias_ih, bias_hh, None, batch_first, backend, cell=cell)
     T, batch_size = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
     lengths = check_lengths(lengths, T, batch_size, input.device)
-    if use_kernels(input, backend) and batch_size > 0 and (backend == "triton" or _kernels_run(cell)):
+    if use_kernels(input, backend) and batch_size > 0:
         check_kernels_can_run(input)
         from fusedrnn.autograd import RecurrenceFunction
 
@@ -268,15 +268,6 @@ def gru_layers(input, hx, weights, *, num_layers=1, bidirectional=False, dropout
         "gru", input, hx, weights, num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
         training=training, batch_first=batch_first, lengths=lengths, backend=backend,
     )  # fmt: skip
-
-
-def _kernels_run(cell):
-    """Whether the recurrence kernels run ``cell`` (``autograd.implements``: every cell of
-    kernels/cells.py does). A cell they do not run takes the reference path under "auto";
-    "triton" raises the Function's NotImplementedError."""
-    from fusedrnn.autograd import implements
-
-    return implements(cell)
 
 
 def _h_only_layers(cell, input, hx, weights, *, num_layers, bidirectional, dropout, training, batch_first, lengths,

@@ -65,3 +65,9 @@ GRU = CellSpec(
 )  # fmt: skip
 
 CELLS = {cell.name: cell for cell in (LSTM, RNN_TANH, RNN_RELU, GRU)}
+
+
+def torch_layer(cell_name):
+    """torch.nn's layer class name of a cell: "LSTM", "RNN" (both nonlinearities) or "GRU";
+    its cell module is this + "Cell"."""
+    return "RNN" if cell_name.startswith("rnn_") else cell_name.upper()
