@@ -93,8 +93,14 @@ def sync_buffer(strategy, B, config, like):
 
 
 _BARRIER_TIMEOUT = (
-    "fusedrnn: a grid barrier of the persistent LSTM kernel timed out: not every program of the "
+    "fusedrnn: a grid barrier of the persistent kernel timed out: not every program of the "
     "grid was resident, and the launch's results are garbage."
+)
+# The device-side assert's message: torch._assert_async refuses (on CUDA, even when the
+# assertion holds) a message of 255 characters or more.
+_BARRIER_TIMEOUT_ASYNC = (
+    "fusedrnn: a grid barrier of the persistent kernel timed out; the CUDA context is lost: "
+    "restart the process and use fusedrnn.kernels.planner.launch_strategy('per-step')."
 )
 
 
@@ -109,9 +115,5 @@ def check_barriers(sync):
         if int(sync[-1]) != 0:
             raise RuntimeError(_BARRIER_TIMEOUT)
         return
-    torch._assert_async(
-        sync[-1] == 0,
-        _BARRIER_TIMEOUT + " The CUDA context is lost: restart the process and use "
-        "fusedrnn.kernels.planner.launch_strategy('per-step').",
-    )
+    torch._assert_async(sync[-1] == 0, _BARRIER_TIMEOUT_ASYNC)
 
