@@ -52,12 +52,34 @@ def store_gate_tiles(p_g, H, tiles, mask, GATES: tl.constexpr):
 
 
 @triton.jit
-def load_weight_tiles(p_w, gate_rows, mask_w, DOT_DTYPE: tl.constexpr, GATES: tl.constexpr):
+def dot_operand(x, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """x as an operand of tl.dot: cast to DOT_DTYPE and, for a float32 dot in TF32, rounded
+    to the nearest TF32 value (ties away from zero, what cuBLAS's and cuDNN's cvt.rna give).
+
+    Why: the tensor cores read an fp32 operand's top 19 bits, and Triton 3.6 passes fp32
+    operands to them unrounded, so a TF32 tl.dot truncates. On an H200 (2026-12-04) that left
+    the kernels' fp32-TF32 errors at 2 to 3 times cuDNN's and cuBLAS's, most in the backward's
+    dh chain (bench/NOTES.md, v1.9). Rounded here, the hardware's truncation is exact; under the
+    interpreter, which multiplies in fp32, the dot then models TF32's rounding. NaN is kept
+    (the bit arithmetic would wrap some NaNs to zero); a finite value that rounds past the
+    largest float becomes inf, as cvt.rna gives."""
+    x = x.to(DOT_DTYPE)
+    if DOT_DTYPE == tl.float32 and INPUT_PRECISION == "tf32":
+        bits = x.to(tl.int32, bitcast=True)
+        rounded = ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)  # 13 low mantissa bits
+        x = tl.where(x != x, x, rounded)
+    return x
+
+
+@triton.jit
+def load_weight_tiles(p_w, gate_rows, mask_w, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                      GATES: tl.constexpr):  # fmt: skip
     """Every gate's tile of W at p_w, gate_rows elements apart, as dot operands (a tuple):
     the weights a program holds across the steps (W_RESIDENT)."""
     tiles = ()
     for gate in tl.static_range(GATES):
-        tiles = tiles + (tl.load(p_w + gate * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE),)
+        w = tl.load(p_w + gate * gate_rows, mask=mask_w, other=0.0)
+        tiles = tiles + (dot_operand(w, DOT_DTYPE, INPUT_PRECISION),)
     return tiles
 
 
@@ -86,13 +108,13 @@ def gates_matmul(acc, p_a, mask_a, p_w, stride_w, mask_u, H, K, BLOCK_K: tl.cons
         # the barrier's acquire; .cg keeps it out of L1, where it is never reused.
         b_a = tl.load(p_a[:, None] + offs_kk[None, :], mask=mask_a[:, None] & mask_k[None, :], other=0.0,
                       cache_modifier=".cg")
-        b_a = b_a.to(DOT_DTYPE)
+        b_a = dot_operand(b_a, DOT_DTYPE, INPUT_PRECISION)
         # W tile transposed to (BLOCK_K, units): element [k, u] = W[gate*H + u, k].
         p_wk = p_w[None, :] + offs_kk[:, None]
         mask_w = mask_k[:, None] & mask_u[None, :]
         summed = ()
         for gate in tl.static_range(GATES):
-            b_w = tl.load(p_wk + gate * gate_rows, mask=mask_w, other=0.0).to(DOT_DTYPE)
+            b_w = dot_operand(tl.load(p_wk + gate * gate_rows, mask=mask_w, other=0.0), DOT_DTYPE, INPUT_PRECISION)
             summed = summed + (acc[gate] + tl.dot(b_a, b_w, input_precision=INPUT_PRECISION),)
         acc = summed
     return acc

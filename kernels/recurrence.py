@@ -53,6 +53,7 @@ import triton.language as tl
 
 from . import launch, planner
 from ._helpers import (
+    dot_operand,
     empty_output,
     gates_matmul,
     load_gate_tiles,
@@ -101,7 +102,8 @@ def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K:
                       mask=mask_a[:, None] & mask_k[None, :], other=0.0, cache_modifier=".cg")
         b_b = tl.load(p_b[None, :] + offs_kk[:, None].to(tl.int64) * stride_bk,
                       mask=mask_k[:, None] & mask_b[None, :], other=0.0)
-        acc += tl.dot(b_a.to(DOT_DTYPE), b_b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
+        b_a = dot_operand(b_a, DOT_DTYPE, INPUT_PRECISION)
+        acc += tl.dot(b_a, dot_operand(b_b, DOT_DTYPE, INPUT_PRECISION), input_precision=INPUT_PRECISION)
     return acc
 
 
@@ -222,7 +224,7 @@ def _recurrence_fwd_kernel(
         mask_kw = offs_kw < P
         p_w = p_w_hh + offs_h[None, :].to(tl.int64) * stride_w + offs_kw[:, None]
         mask_w = mask_kw[:, None] & mask_h[None, :]
-        w_held = load_weight_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE, GATES)
+        w_held = load_weight_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE, INPUT_PRECISION, GATES)
 
     n_synced, spins_left = 0, max_spins
     for s in range(s_start, s_end):
@@ -248,7 +250,7 @@ def _recurrence_fwd_kernel(
                 # All of h_{t-1} (other programs wrote it: from L2, .cg) against the held W.
                 p_hk = p_hprev[:, None] + offs_kw[None, :]
                 b_h = tl.load(p_hk, mask=mask_b[:, None] & mask_kw[None, :], other=0.0, cache_modifier=".cg")
-                b_h = b_h.to(DOT_DTYPE)
+                b_h = dot_operand(b_h, DOT_DTYPE, INPUT_PRECISION)
                 summed = ()
                 for gate in tl.static_range(GATES):
                     summed = summed + (acc[gate] + tl.dot(b_h, w_held[gate], input_precision=INPUT_PRECISION),)
@@ -391,7 +393,7 @@ def _recurrence_bwd_kernel(
         mask_kw = offs_kw < H
         p_w = p_w_hh + offs_kw[:, None].to(tl.int64) * stride_w + offs_p[None, :]
         mask_w = mask_kw[:, None] & mask_p[None, :]
-        w_held = load_weight_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE, GATES)
+        w_held = load_weight_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE, INPUT_PRECISION, GATES)
 
     # Steps run backwards: s = s_end - 1, ..., s_start.
     n_synced, spins_left = 0, max_spins
@@ -430,7 +432,8 @@ def _recurrence_bwd_kernel(
                     mask_dgk = mask_b[:, None] & mask_kw[None, :]
                     for gate in tl.static_range(GATES):
                         b_dg = tl.load(p_dgk + gate * H, mask=mask_dgk, other=0.0, cache_modifier=".cg")
-                        dh += tl.dot(b_dg.to(DOT_DTYPE), w_held[gate], input_precision=INPUT_PRECISION)
+                        b_dg = dot_operand(b_dg, DOT_DTYPE, INPUT_PRECISION)
+                        dh += tl.dot(b_dg, w_held[gate], input_precision=INPUT_PRECISION)
                 elif DH_SPLIT > 1:
                     # The K slices' partial sums (the phase before), added in slice order: the
                     # same sum on every run, where atomics would not be.

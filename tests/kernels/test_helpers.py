@@ -1,0 +1,95 @@
+"""The kernels' shared device helpers (kernels/_helpers.py) on their own."""
+
+import math
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from helpers import DEVICE, backward_all, cast, random_cotangents, random_problem
+
+from fusedrnn import functional as F
+from fusedrnn.kernels import _helpers
+from fusedrnn.testing import error_stats
+
+
+@triton.jit
+def _dot_operand_kernel(p_x, p_out, n, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                        BLOCK: tl.constexpr):  # fmt: skip
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(p_x + offs, mask=mask, other=0.0)
+    tl.store(p_out + offs, _helpers.dot_operand(x, DOT_DTYPE, INPUT_PRECISION), mask=mask)
+
+
+def dot_operand(x, input_precision):
+    out = torch.full_like(x, 12345.0)
+    _dot_operand_kernel[(triton.cdiv(x.numel(), 128),)](x, out, x.numel(), tl.float32, input_precision, 128)
+    return out
+
+
+def tf32_nearest(value):
+    """The TF32 value nearest to a normal float (10 stored mantissa bits), ties away from zero,
+    from its float64 mantissa: an oracle independent of the kernel's bit arithmetic."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    mantissa, exponent = math.frexp(abs(value))  # mantissa in [0.5, 1): 11 significant bits kept
+    rounded = math.floor(mantissa * 2**11 + 0.5)
+    return math.copysign(math.ldexp(rounded, exponent - 11), value)
+
+
+def test_dot_operand_rounds_fp32_to_the_nearest_tf32_ties_away_from_zero():
+    ulp = 2.0**-10  # a TF32 ulp at 1.0
+    ties = [1 + ulp / 2, 1 + 3 * ulp / 2, -(1 + ulp / 2), 4 * (1 + ulp / 2)]  # exact halfway points: away from 0
+    near = [1 + ulp / 2 - 2.0**-23, 1 + ulp / 2 + 2.0**-23, 1 + 0.3 * ulp, 1 + 0.7 * ulp]
+    random = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 10.0 ** torch.randint(-20, 20, (1000,))
+    values = torch.tensor(ties + near + [0.0, -0.0, 2.0**-120], dtype=torch.float32)
+    values = torch.cat([values, random.float()])
+    ours = dot_operand(values.to(DEVICE), "tf32").cpu()
+    expected = torch.tensor([tf32_nearest(v) for v in values.tolist()], dtype=torch.float32)
+    assert torch.equal(ours, expected)
+    assert ours[:4].tolist() == [1 + ulp, 1 + 2 * ulp, -(1 + ulp), 4 * (1 + ulp)]
+    assert ours[4:8].tolist() == [1.0, 1 + ulp, 1.0, 1 + ulp]
+    assert torch.equal(ours[9].view(torch.int32), torch.tensor(-0.0).view(torch.int32))  # -0 keeps its sign
+
+
+def test_dot_operand_keeps_inf_and_nan_and_rounds_past_the_largest_float_to_inf():
+    largest = torch.finfo(torch.float32).max
+    values = torch.tensor([math.inf, -math.inf, math.nan, -math.nan, largest, -largest], dtype=torch.float32)
+    # NaNs with every mantissa bit set: plain bit arithmetic would carry them into the sign or zero.
+    all_ones = torch.tensor([0x7FFFFFFF, -1], dtype=torch.int32).view(torch.float32)
+    ours = dot_operand(torch.cat([values, all_ones]).to(DEVICE), "tf32").cpu()
+    assert ours[:2].tolist() == [math.inf, -math.inf]
+    assert torch.isnan(ours[2:4]).all() and torch.isnan(ours[6:]).all()
+    assert ours[4:6].tolist() == [math.inf, -math.inf]  # as cvt.rna.tf32.f32: no saturation
+
+
+@pytest.mark.parametrize("input_precision", ["ieee", "tf32x3"])
+def test_dot_operand_leaves_fp32_alone_outside_tf32(input_precision):
+    values = torch.randn(300, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    assert torch.equal(dot_operand(values, input_precision), values)
+
+
+def lstm_forward_backward(tensors):
+    params = [tensors[n] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    backend = "reference" if tensors["input"].dtype == torch.float64 else "triton"
+    outputs = F.lstm(tensors["input"], (tensors["h0"], tensors["c0"]), *params, backend=backend)
+    output, (h_n, c_n) = outputs
+    backward_all((output, h_n, c_n), random_cotangents(output, h_n, c_n))
+    return {"output": output, **{f"grad {n}": t.grad for n, t in tensors.items()}}
+
+
+def test_fp32_recurrence_in_tf32_rounds_its_dot_operands(strategy):
+    """With cuDNN's TF32 switch on, the recurrence kernels' fp32 dots take TF32 operands, on a
+    GPU and (through dot_operand) under the interpreter alike: an error of TF32's size, where
+    IEEE fp32 stays near fp32's, and no larger (the recurrent dot is the only TF32 part here:
+    the conftest keeps the input projection's cuBLAS GEMM in IEEE fp32)."""
+    oracle = random_problem(6, 3, 5, 40)
+    expected = lstm_forward_backward(oracle)
+    errors = {}
+    for tf32 in (False, True):
+        torch.backends.cudnn.allow_tf32 = tf32  # restored by the conftest's ieee_fp32
+        actual = lstm_forward_backward(cast(oracle, dtype=torch.float32, device=DEVICE))
+        errors[tf32] = {n: error_stats(actual[n], expected[n]).rel for n in expected}
+    assert max(errors[False].values()) < 1e-5, errors[False]
+    assert 1e-5 < max(errors[True].values()) < 3e-3, errors[True]
