@@ -115,8 +115,8 @@ def check_backend(args, backend):
     cotangents = [torch.randn_like(t) for t in (y, *(final if lstm else (final,)))]
 
     def on_device(t):
-        if isinstance(t, PackedSequence):
-            return t._replace(data=t.data.to(device, dtype))
+        # A tensor or a PackedSequence, whose .to moves its sorted and unsorted indices along
+        # with the data (torch's permute_hidden indexes the state with them on its device).
         return t.to(device, dtype)
 
     want = module_forward_backward(exact, x, hx, cotangents)

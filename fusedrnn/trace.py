@@ -78,7 +78,8 @@ def add_arguments(parser):
         "--backend",
         choices=["auto", "triton", "reference"],
         default="auto",
-        help="fusedrnn.LSTM's path for the cross-check ('triton': the kernels, interpreted on CPU, in float32)",
+        help="fusedrnn.LSTM's path for the cross-check ('triton': the kernels in float32, on CUDA when there is one, "
+        "else interpreted on CPU)",
     )
 
 
@@ -210,19 +211,26 @@ def format_trace(x, steps, decimals=4, output_layer=None):
     return lines
 
 
+def kernel_device(backend):
+    """Where the cross-check runs fusedrnn's module: the kernels ('triton') on CUDA when there
+    is one (``main`` switches the interpreter on only when there is none), else on CPU."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
 def check_against_module(x, state, steps, backend):
     """Runs fusedrnn.LSTM on the same weights and input; returns (path, max |h diff|, |c diff|)."""
     import fusedrnn
 
     dtype = torch.float32 if backend == "triton" else torch.float64  # the kernels take no float64
+    device = kernel_device(backend)
     I, H = state["weight_ih_l0"].shape[1], state["weight_hh_l0"].shape[1]
-    lstm = fusedrnn.LSTM(I, H, backend=backend).to(dtype)
+    lstm = fusedrnn.LSTM(I, H, backend=backend).to(device, dtype)
     lstm.load_state_dict({k: v.to(dtype) for k, v in state.items()})
     with torch.no_grad():
-        output, (_, c_n) = lstm(x.to(dtype)[:, None])
+        output, (_, c_n) = lstm(x.to(device, dtype)[:, None])
     traced_h = torch.stack([s["h"] for s in steps])
-    h_diff = (output[:, 0].double() - traced_h).abs().max().item()
-    c_diff = (c_n[0, 0].double() - steps[-1]["c"]).abs().max().item()
+    h_diff = (output[:, 0].cpu().double() - traced_h).abs().max().item()
+    c_diff = (c_n[0, 0].cpu().double() - steps[-1]["c"]).abs().max().item()
     return f"backend={backend!r}, {dtype}", h_diff, c_diff
 
 
@@ -357,15 +365,16 @@ def main_rnn(args, x, weights, generator):
     print("=" * 60, "\n")
     print("\n".join(lines))
     dtype = torch.float32 if args.backend == "triton" else torch.float64
+    device = kernel_device(args.backend)
     H, I = state["weight_hh_l0"].shape[1], state["weight_ih_l0"].shape[1]
     if gru:
-        module = fusedrnn.GRU(I, H, backend=args.backend).to(dtype)
+        module = fusedrnn.GRU(I, H, backend=args.backend).to(device, dtype)
     else:
-        module = fusedrnn.RNN(I, H, nonlinearity=args.nonlinearity, backend=args.backend).to(dtype)
+        module = fusedrnn.RNN(I, H, nonlinearity=args.nonlinearity, backend=args.backend).to(device, dtype)
     module.load_state_dict({k: v.to(dtype) for k, v in state.items()})
     with torch.no_grad():
-        output, _ = module(x.to(dtype)[:, None])
-    h_diff = (output[:, 0].double() - hs).abs().max().item()
+        output, _ = module(x.to(device, dtype)[:, None])
+    h_diff = (output[:, 0].cpu().double() - hs).abs().max().item()
     tolerance = 1e-5 if args.backend == "triton" else 1e-12
     grad_lines, grad_diff = rnn_gradient_lines(x, state, args.nonlinearity, args.decimals, args.cell)
     print("\n".join(grad_lines))

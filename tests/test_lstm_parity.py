@@ -38,7 +38,8 @@ def to_device(value):
     if value is None:
         return None
     if isinstance(value, torch.nn.utils.rnn.PackedSequence):
-        return value._replace(data=value.data.to(DEVICE, torch.float32))
+        # PackedSequence.to moves sorted_indices and unsorted_indices with the data.
+        return value.to(DEVICE, torch.float32)
     if isinstance(value, tuple):
         return tuple(map(to_device, value))
     return value.to(DEVICE, torch.float32)

@@ -110,7 +110,7 @@ def test_torch_layout_file_and_input(tmp_path, capsys):
 
 
 def test_kernel_cross_check(capsys):
-    # fusedrnn.LSTM's Triton path (interpreted on CPU) agrees with the traced steps.
+    # fusedrnn.LSTM's Triton path (on CUDA when there is one, else interpreted on CPU) agrees with the traced steps.
     assert main(["trace", "--example", "--backend", "triton"]) == 0
     assert "backend='triton'" in capsys.readouterr().out
 

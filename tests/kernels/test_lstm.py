@@ -159,7 +159,8 @@ def test_gates_take_their_own_gradient_only_when_the_graph_is_freed(case, strate
     T, B = case[:2]
     tensors = cast(extended_problem(*case, batch_first=True), dtype=torch.float32, device=DEVICE)
     output, h_n, c_n = run_extended(tensors, "triton", batch_first=True, reverse=True, lengths=lengths_for(T, B))
-    cotangents = random_cotangents(output, h_n, c_n)
+    # On the outputs' device (autograd casts a gradient's dtype, but not its device).
+    cotangents = [d.to(o.device, o.dtype) for o, d in zip((output, h_n, c_n), random_cotangents(output, h_n, c_n))]
     torch.autograd.backward((output, h_n, c_n), cotangents, retain_graph=True)
     first = {name: t.grad.clone() for name, t in tensors.items()}
     torch.autograd.backward((output, h_n, c_n), cotangents)

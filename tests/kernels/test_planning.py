@@ -6,16 +6,19 @@ follows, so that a kept plan is always the one that would be made afresh."""
 import pytest
 import torch
 import triton
+from helpers import DEVICE
 
 from fusedrnn.kernels import planner, recurrence, tuning
 from fusedrnn.kernels._helpers import MIN_DOT, cdiv, padded
 from fusedrnn.kernels.cells import LSTM
 
-CPU = torch.device("cpu")
+# Where the kernels run, as the launches pass it: CPU tensors under the interpreter (no CUDA),
+# else the GPU. A compiled kernel never plans for CPU tensors (they are refused before).
+KERNEL_DEVICE = torch.device(DEVICE)
 
 
 def plans(B=2, H=32, P=None, dtype=torch.float32, backward=False):
-    return planner.plans(LSTM, B, H, P, dtype, CPU, recurrence._recurrence_bwd_kernel if backward else recurrence._recurrence_fwd_kernel, backward)
+    return planner.plans(LSTM, B, H, P, dtype, KERNEL_DEVICE, recurrence._recurrence_bwd_kernel if backward else recurrence._recurrence_fwd_kernel, backward)
 
 
 def test_a_repeated_call_reuses_its_plan_and_a_new_shape_gets_its_own():
@@ -33,7 +36,9 @@ def test_kept_plans_follow_the_forced_strategy_tf32_limits_and_tables(monkeypatc
     assert plans()[0][1]["INPUT_PRECISION"] == "tf32"
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert plans()[0][1]["INPUT_PRECISION"] == "ieee"
-    with planner.launch_strategy("per-step"):
+    # One modelled SM: every grid fills the GPU, so the per-step rule takes the unit block that
+    # reads least, the widest, on any device (a GPU's SM count, unmodelled, would take 16).
+    with planner.launch_strategy("per-step"), planner.override_limits(modelled_sms=1):
         assert plans(H=64)[0][1]["BLOCK_H"] == 64
         with planner.override_limits(per_step_block_units=16):  # as the strategy fixture lowers it
             assert plans(H=64)[0][1]["BLOCK_H"] == 16
