@@ -40,6 +40,7 @@ tiny shapes, with one program per barrier, so the script cannot rot.
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,8 +59,11 @@ TINY_CAPS = dict(env=60, barrier=60, correct=300, tests=240, speed=240)
 CORRECT_WORKERS = 4  # processes compiling and checking cases side by side
 TEST_SHARDS = 8
 # The command a session gives the device tool: one line, from the repository root.
+# `python -m pip`, not `pip`: on the H200 image `pip` is the system Python's, so the
+# package landed where the venv's python never looked and every section failed on its
+# import (2026-12-04).
 ONE_LINE = (
-    'pip install -q --no-deps --no-build-isolation -e . && python bench/gpu_smoke.py "$OUT" --commit HASH'
+    'python -m pip install -q --no-deps --no-build-isolation -e . && python bench/gpu_smoke.py "$OUT" --commit HASH'
 )
 EPILOG = f"""The one-line command for the device tool (HASH: `git rev-parse HEAD` of the checkout
 it copies, which has no .git there):
@@ -303,9 +307,10 @@ def section_correct(args, emit):
     # A timed-out barrier raises after about a second, in this process, as in the tests.
     barrier.BARRIER_ERROR_CHECK, barrier.BARRIER_MAX_SPINS = "host", SMOKE_SPINS
     cases = correct_cases(args.tiny)
+    chosen = re.compile(args.select.get("correct", ""))
     k, n = args.part
     for index, case in enumerate(cases):
-        if index % n != k - 1 or index <= args.resume_after:
+        if index % n != k - 1 or index <= args.resume_after or not chosen.search(case["name"]):
             continue
         emit(kind="case-start", index=index, case=case["name"])
         if os.environ.get("FUSEDRNN_SMOKE_CRASH") == str(index):  # test hook: a worker dies mid-case
@@ -438,6 +443,8 @@ def section_tests(args, emit):
     # The tiny run (CI) takes the barrier tests only: the whole suite runs in CI anyway. On a
     # GPU all but the ahead-of-time sm_90 builds, which CI runs on its CPU (100 s in one shard).
     select = ["-k", "test_barrier_counts" if args.tiny else "not test_kernels_compile_for_sm90"]
+    if "tests" in args.select:
+        select = ["-k", args.select["tests"]]
     # the script runs python3: this interpreter's, whether or not its venv is activated
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = dict(os.environ, SHARD_TIMEOUT=str(int(max(30, args.caps["tests"] - 30))), PATH=path)
@@ -477,6 +484,8 @@ def section_speed(args, emit):
         command += ["--bench-grid=ci", "-k", "inference and (auto or cudnn or floor)"]
     else:
         command += ["--bench-grid=smoke", "--benchmark-columns=median,rounds"]
+    if "speed" in args.select:
+        command += ["-k", args.select["speed"]]
     command += ["--benchmark-enable"]  # else pytest-benchmark writes no JSON
     command += [f"--benchmark-json={results}"]
     # bench_lstm.py appends each row here as it is measured: a run cut short keeps its rows
@@ -493,7 +502,10 @@ def section_speed(args, emit):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    rows = [bench["extra_info"] for bench in json.loads(results.read_text())["benchmarks"]] if results.exists() else []
+    try:  # pytest stopped while writing it leaves an empty or cut file: the rows file has them
+        rows = [bench["extra_info"] for bench in json.loads(results.read_text())["benchmarks"]]
+    except (OSError, ValueError, KeyError):
+        rows = []
     rows = rows or read_rows(row_file)
     table = speed_table(rows)
     (work / "speed-table.txt").write_text(table + "\n")
@@ -539,6 +551,7 @@ def run_section_process(args, name, part=(1, 1), resume_after=-1, cap=None):
                "--part", f"{part[0]}/{part[1]}", "--resume-after", str(resume_after), "--cap", f"{name}={cap}"]  # fmt: skip
     if args.tiny:
         command.append("--tiny")
+    command += [f"--select={section}={expr}" for section, expr in args.select.items()]
     log = open(work / f"{name}{suffix}.log", "a")
     return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -605,6 +618,19 @@ def _failure_name(row):
     return " ".join(str(row[k]) for k in ("kind", "case", "strategy", "grid", "test", "error") if row.get(k) is not None)
 
 
+def import_problem():
+    """Why this interpreter cannot import this checkout's fusedrnn, or None. Checked before any
+    section: each section imports it, and a failed import costs a device call its whole run."""
+    probe = subprocess.run([sys.executable, "-c", "import fusedrnn.kernels; print(fusedrnn.__file__)"], cwd=BENCH_DIR,
+                           capture_output=True, text=True)  # fmt: skip
+    found = Path(probe.stdout.strip()).resolve() if probe.returncode == 0 else None
+    if found is not None and found.is_relative_to(ROOT):
+        return None
+    seen = f"it imports {found}" if found else (probe.stderr.strip().splitlines() or ["no output"])[-1]
+    return (f"gpu_smoke: {sys.executable} does not import fusedrnn from {ROOT} ({seen}); install it into this "
+            f"interpreter: {sys.executable} -m pip install --no-deps --no-build-isolation -e {ROOT}")
+
+
 def pack(work, out):
     tmp = out / "gpu-smoke.tar.gz.tmp"
     with tarfile.open(tmp, "w:gz") as tar:
@@ -623,7 +649,11 @@ def main_driver(args):
         print(text, flush=True)
         console.write(text + "\n")
 
-    summary = dict(commit=args.commit, tiny=args.tiny, sections={})
+    problem = import_problem()
+    if problem:
+        say(problem)
+        return 2
+    summary = dict(commit=args.commit, tiny=args.tiny, select=args.select, sections={})
     say(f"gpu_smoke: commit {args.commit}, sections {', '.join(args.sections)}")
     for name in args.sections:
         cap = args.caps[name]
@@ -651,6 +681,9 @@ def parse_args(argv=None):
                         help="the checkout's commit (no .git on the device)")  # fmt: skip
     parser.add_argument("--sections", default=",".join(SECTIONS), type=lambda s: [x for x in s.split(",") if x],
                         help=f"comma-separated, of {', '.join(SECTIONS)} (default: all, in this order)")  # fmt: skip
+    parser.add_argument("--select", action="append", default=[], metavar="SECTION=EXPR",
+                        help="run part of a section: correct (a regular expression searched in case names), "
+                             "tests (pytest -k, instead of the default), speed (pytest -k on the smoke grid)")  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, for CPU under TRITON_INTERPRET=1 (CI)")
     parser.add_argument("--cap", action="append", default=[], metavar="[SECTION=]SECONDS",
                         help="time cap of every section, or of one (repeatable); default: bench/NOTES.md's plan")  # fmt: skip
@@ -673,6 +706,12 @@ def parse_args(argv=None):
         except ValueError:
             parser.error(f"--cap {value}: expected SECONDS or SECTION=SECONDS")
     args.caps = caps
+    raw, args.select = args.select, {}
+    for value in raw:
+        name, sep, expr = value.partition("=")
+        if not sep or name not in ("correct", "tests", "speed"):
+            parser.error(f"--select {value}: expected correct=REGEX, tests=EXPR or speed=EXPR")
+        args.select[name] = expr
     return args
 
 
