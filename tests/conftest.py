@@ -11,7 +11,24 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from fusedrnn.kernels import _helpers  # noqa: E402
+# Every @triton.jit module now, while TRITON_INTERPRET is what this process started with: a
+# kernel module first imported inside a test that set it (`check`/`trace --device cpu` do,
+# in-process) would stay interpreted for every later test, and on a CUDA machine the mix of
+# interpreted kernels and compiled triton.language helpers failed every kernel launch
+# ("Cannot call @triton.jit'd outside of the scope of a kernel", H200, 2026-12-04).
+import fusedrnn.cell  # noqa: E402, F401
+from fusedrnn.kernels import _helpers, lstm_cell, recurrence  # noqa: E402, F401
+
+
+@pytest.fixture(autouse=True)
+def triton_interpret_unchanged():
+    """TRITON_INTERPRET as it was before the test (see the imports above)."""
+    before = os.environ.get("TRITON_INTERPRET")
+    yield
+    if before is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = before
 
 
 @pytest.fixture(autouse=True)
