@@ -105,3 +105,27 @@ def test_speed_table_gives_cudnn_time_over_ours():
     lines = gpu_smoke.speed_table(rows).splitlines()
     assert lines[0].split("\t") == ["mode", "dtype", "B", "H", "cudnn ms", "fusedrnn-auto", "fusedrnn-persistent"]
     assert lines[1].split("\t") == ["inference", "bfloat16", "8", "512", "2.000", "1.000 (2.00x)", "-"]
+
+
+def test_select_runs_part_of_a_section_and_reaches_its_worker(tmp_path):
+    proc, summary = smoke(tmp_path, "--sections", "correct", "--select", "correct=^rnn_")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert summary["select"] == {"correct": "^rnn_"}
+    cases = {r["case"] for r in gpu_smoke.section_rows(tmp_path / "gpu-smoke", "correct") if r["kind"] == "correct"}
+    assert cases == {c["name"] for c in gpu_smoke.correct_cases(tiny=True) if c["name"].startswith("rnn_")}
+
+
+@pytest.mark.parametrize("value", ["nosuch=x", "correct", "correct=(unclosed"])
+def test_select_refuses_what_it_cannot_run(value, capsys):
+    with pytest.raises(SystemExit):
+        gpu_smoke.parse_args(["out", "--select", value])
+    assert "--select" in capsys.readouterr().err
+
+
+def test_an_interpreter_without_this_checkout_stops_before_any_section(tmp_path, monkeypatch):
+    """The first H200 call installed with the image's `pip`, another Python's: every section
+    then failed on its import. The driver now says so first and runs nothing."""
+    assert gpu_smoke.import_problem() is None  # this interpreter imports this checkout
+    monkeypatch.setattr(gpu_smoke.sys, "executable", sys.executable + "-missing")
+    problem = gpu_smoke.import_problem()
+    assert problem is not None and "could not import fusedrnn" in problem

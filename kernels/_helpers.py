@@ -66,7 +66,9 @@ def dot_operand(x, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     x = x.to(DOT_DTYPE)
     if DOT_DTYPE == tl.float32 and INPUT_PRECISION == "tf32":
         bits = x.to(tl.int32, bitcast=True)
-        rounded = ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)  # 13 low mantissa bits
+        # Only NaN patterns can carry past the sign bit: no overflow check (TRITON_DEBUG would
+        # assert on them); 13 low mantissa bits cleared.
+        rounded = (tl.add(bits, 0x1000, sanitize_overflow=False) & -0x2000).to(tl.float32, bitcast=True)
         x = tl.where(x != x, x, rounded)
     return x
 

@@ -109,9 +109,14 @@ def test_torch_layout_file_and_input(tmp_path, capsys):
     assert "agrees" in printed
 
 
-def test_kernel_cross_check(capsys):
-    # fusedrnn.LSTM's Triton path (on CUDA when there is one, else interpreted on CPU) agrees with the traced steps.
-    assert main(["trace", "--example", "--backend", "triton"]) == 0
+@pytest.mark.parametrize("cell", ["lstm", "rnn", "gru"])
+def test_kernel_cross_check(cell, capsys):
+    # fusedrnn's Triton path (on CUDA when there is one, else interpreted on CPU) agrees with
+    # the traced steps, also from torch's default TF32 switch (on), which a fresh process has
+    # and the conftest turns off (it restores it after the test).
+    torch.backends.cudnn.allow_tf32 = True
+    argv = ["--example"] if cell == "lstm" else ["--cell", cell]
+    assert main(["trace", *argv, "--backend", "triton"]) == 0
     assert "backend='triton'" in capsys.readouterr().out
 
 

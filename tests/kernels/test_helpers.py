@@ -64,6 +64,26 @@ def test_dot_operand_keeps_inf_and_nan_and_rounds_past_the_largest_float_to_inf(
     assert ours[4:6].tolist() == [math.inf, -math.inf]  # as cvt.rna.tf32.f32: no saturation
 
 
+@triton.jit
+def _dot_kernel(p_a, p_b, p_out, INPUT_PRECISION: tl.constexpr):
+    offs = tl.arange(0, 16)
+    tile = offs[:, None] * 16 + offs[None, :]
+    a = _helpers.dot_operand(tl.load(p_a + tile), tl.float32, INPUT_PRECISION)
+    b = _helpers.dot_operand(tl.load(p_b + tile), tl.float32, INPUT_PRECISION)
+    tl.store(p_out + tile, tl.dot(a, b, input_precision=INPUT_PRECISION))
+
+
+@pytest.mark.parametrize("input_precision, product", [("tf32", 1 + 2.0**-10), ("ieee", 1 + 0.75 * 2.0**-10)])
+def test_a_tf32_dot_of_rounded_operands_is_exact(input_precision, product):
+    """1 + 0.75 ulp(TF32) times ones, 16 terms: rounded first, every product is 1 + 1 ulp and the
+    sum exact, on a GPU (whose tensor cores would truncate the operand to 1) and under the
+    interpreter alike; IEEE keeps the operand."""
+    a = torch.full((16, 16), 1 + 0.75 * 2.0**-10, device=DEVICE)
+    out = torch.full_like(a, math.nan)
+    _dot_kernel[(1,)](a, torch.ones_like(a), out, input_precision)
+    assert torch.equal(out, torch.full_like(a, 16 * product))
+
+
 @pytest.mark.parametrize("input_precision", ["ieee", "tf32x3"])
 def test_dot_operand_leaves_fp32_alone_outside_tf32(input_precision):
     values = torch.randn(300, generator=torch.Generator().manual_seed(1)).to(DEVICE)
@@ -83,7 +103,9 @@ def test_fp32_recurrence_in_tf32_rounds_its_dot_operands(strategy):
     """With cuDNN's TF32 switch on, the recurrence kernels' fp32 dots take TF32 operands, on a
     GPU and (through dot_operand) under the interpreter alike: an error of TF32's size, where
     IEEE fp32 stays near fp32's, and no larger (the recurrent dot is the only TF32 part here:
-    the conftest keeps the input projection's cuBLAS GEMM in IEEE fp32)."""
+    the conftest keeps the input projection's cuBLAS GEMM in IEEE fp32). It shows that the
+    switch reaches the kernels, not that every dot rounds (one unrounded dot among rounded
+    ones would pass): the GPU's cuDNN comparisons (tests/test_modules.py) judge that."""
     oracle = random_problem(6, 3, 5, 40)
     expected = lstm_forward_backward(oracle)
     errors = {}
