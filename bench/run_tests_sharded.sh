@@ -25,9 +25,12 @@ cores=$(nproc 2>/dev/null || echo "$shards")
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((cores / shards > 0 ? cores / shards : 1))}
 
 # path::function ids, in collection order: a function's id selects all its parametrisations
-# (whose ids may hold spaces, which would not survive the command line below)
-python3 -m pytest tests --collect-only -q -p no:cacheprovider "$@" 2>/dev/null | grep '::' | sed 's/\[.*//' \
-  | awk '!seen[$0]++' > "$out/tests-functions.txt"
+# (whose ids may hold spaces, which would not survive the command line below). The tests
+# marked `cuda` (what CPU CI skips) come first, so that a shard cut at SHARD_TIMEOUT has run them.
+function_ids() {
+  python3 -m pytest tests --collect-only -q -p no:cacheprovider "$@" 2>/dev/null | grep '::' | sed 's/\[.*//'
+}
+{ function_ids -m cuda "$@"; function_ids "$@"; } | awk '!seen[$0]++' > "$out/tests-functions.txt"
 if [ ! -s "$out/tests-functions.txt" ]; then
   echo "no tests collected" | tee "$out/tests-summary.txt"
   exit 1

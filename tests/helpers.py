@@ -5,7 +5,12 @@ import torch
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"  # where the kernels run: natively, or interpreted on CPU
-NEEDS_CUDA = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (cuDNN comparison)")
+
+
+def NEEDS_CUDA(test):
+    """Skipped without CUDA (the cuDNN comparisons), and marked `cuda`: a GPU run that cannot
+    finish the whole suite takes these first (bench/run_tests_sharded.sh)."""
+    return pytest.mark.cuda(pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (cuDNN comparison)")(test))
 
 
 def random_problem(T, B, I, H, *, dtype=torch.float64, device="cpu", bias=True, batch_first=False, seed=0):

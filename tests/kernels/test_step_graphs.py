@@ -17,7 +17,11 @@ from fusedrnn.kernels import planner
 from fusedrnn.kernels import step_graphs
 from fusedrnn.kernels.cells import LSTM
 
-NEEDS_CUDA_GRAPHS = pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a CUDA device")
+
+
+def NEEDS_CUDA_GRAPHS(test):
+    """Skipped without CUDA, and marked `cuda` (see tests/helpers.py NEEDS_CUDA)."""
+    return pytest.mark.cuda(pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a CUDA device")(test))
 
 
 class ReplayedClosure:
