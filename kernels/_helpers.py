@@ -68,8 +68,10 @@ def dot_operand(x, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
         bits = x.to(tl.int32, bitcast=True)
         # Only NaN patterns can carry past the sign bit: no overflow check (TRITON_DEBUG would
         # assert on them); 13 low mantissa bits cleared.
-        rounded = (tl.add(bits, 0x1000, sanitize_overflow=False) & -0x2000).to(tl.float32, bitcast=True)
-        x = tl.where(x != x, x, rounded)
+        rounded = tl.add(bits, 0x1000, sanitize_overflow=False) & -0x2000
+        # NaN told from the bits, not by x != x, which kept the float alive beside them (an
+        # 8 B spill in an sm_90 build, bench/NOTES.md v1.9).
+        x = tl.where((bits & 0x7FFFFFFF) > 0x7F800000, bits, rounded).to(tl.float32, bitcast=True)
     return x
 
 

@@ -97,11 +97,8 @@ _BARRIER_TIMEOUT = (
     "grid was resident, and the launch's results are garbage."
 )
 # The device-side assert's message: torch._assert_async refuses (on CUDA, even when the
-# assertion holds) a message of 255 characters or more.
-_BARRIER_TIMEOUT_ASYNC = (
-    "fusedrnn: a grid barrier of the persistent kernel timed out; the CUDA context is lost: "
-    "restart the process and use fusedrnn.kernels.planner.launch_strategy('per-step')."
-)
+# assertion holds) a message of 255 characters or more (tests/kernels/test_persistent.py).
+_BARRIER_TIMEOUT_ASYNC = _BARRIER_TIMEOUT + " The CUDA context is lost: restart and use launch_strategy('per-step')."
 
 
 def check_barriers(sync):

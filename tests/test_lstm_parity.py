@@ -37,7 +37,7 @@ def to_device(value):
     """fp32 copy on DEVICE of a tensor, a PackedSequence or a tuple of tensors."""
     if value is None:
         return None
-    if isinstance(value, torch.nn.utils.rnn.PackedSequence):
+    if isinstance(value, torch.nn.utils.rnn.PackedSequence):  # a tuple too: before the tuples
         # PackedSequence.to moves sorted_indices and unsorted_indices with the data.
         return value.to(DEVICE, torch.float32)
     if isinstance(value, tuple):

@@ -6,11 +6,9 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from helpers import DEVICE, backward_all, cast, random_cotangents, random_problem
+from helpers import DEVICE
 
-from fusedrnn import functional as F
 from fusedrnn.kernels import _helpers
-from fusedrnn.testing import error_stats
 
 
 @triton.jit
@@ -89,29 +87,3 @@ def test_dot_operand_leaves_fp32_alone_outside_tf32(input_precision):
     values = torch.randn(300, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     assert torch.equal(dot_operand(values, input_precision), values)
 
-
-def lstm_forward_backward(tensors):
-    params = [tensors[n] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    backend = "reference" if tensors["input"].dtype == torch.float64 else "triton"
-    outputs = F.lstm(tensors["input"], (tensors["h0"], tensors["c0"]), *params, backend=backend)
-    output, (h_n, c_n) = outputs
-    backward_all((output, h_n, c_n), random_cotangents(output, h_n, c_n))
-    return {"output": output, **{f"grad {n}": t.grad for n, t in tensors.items()}}
-
-
-def test_fp32_recurrence_in_tf32_rounds_its_dot_operands(strategy):
-    """With cuDNN's TF32 switch on, the recurrence kernels' fp32 dots take TF32 operands, on a
-    GPU and (through dot_operand) under the interpreter alike: an error of TF32's size, where
-    IEEE fp32 stays near fp32's, and no larger (the recurrent dot is the only TF32 part here:
-    the conftest keeps the input projection's cuBLAS GEMM in IEEE fp32). It shows that the
-    switch reaches the kernels, not that every dot rounds (one unrounded dot among rounded
-    ones would pass): the GPU's cuDNN comparisons (tests/test_modules.py) judge that."""
-    oracle = random_problem(6, 3, 5, 40)
-    expected = lstm_forward_backward(oracle)
-    errors = {}
-    for tf32 in (False, True):
-        torch.backends.cudnn.allow_tf32 = tf32  # restored by the conftest's ieee_fp32
-        actual = lstm_forward_backward(cast(oracle, dtype=torch.float32, device=DEVICE))
-        errors[tf32] = {n: error_stats(actual[n], expected[n]).rel for n in expected}
-    assert max(errors[False].values()) < 1e-5, errors[False]
-    assert 1e-5 < max(errors[True].values()) < 3e-3, errors[True]

@@ -12,7 +12,7 @@ from helpers import DEVICE, backward_all, cast, grads, random_cotangents, random
 
 from fusedrnn import functional as F
 from fusedrnn.kernels import _helpers
-from fusedrnn.testing import assert_close, assert_no_worse_than
+from fusedrnn.testing import assert_close, assert_no_worse_than, error_stats
 
 # Odd sizes on purpose: B=1, T=1, H and I not multiples of any block, B spanning two blocks,
 # H=100 chunking K in the default blocks too.
@@ -113,6 +113,22 @@ def test_nan_and_inf_in_input_propagate_like_reference(strategy):
     ours = cast(oracle, dtype=torch.float32, device=DEVICE)
     for name, a, e in zip(("output", "h_n", "c_n"), run(ours, "triton"), run(oracle, "reference")):
         assert_close(a, e, rel=1e-5, name=name)  # also compares the NaN pattern
+
+
+def test_fp32_in_tf32_rounds_its_recurrent_dot_operands(strategy, monkeypatch):
+    """With cuDNN's TF32 switch on, the recurrence kernels' fp32 dots take TF32 operands, on a
+    GPU and (through _helpers.dot_operand) under the interpreter alike: an error of TF32's
+    size, where IEEE fp32 stays near fp32's, and no larger (the recurrent dot is the only TF32
+    part: the conftest keeps the input projection's cuBLAS GEMM in IEEE fp32). It shows that
+    the switch reaches the kernels, not that every dot rounds (one unrounded dot among rounded
+    ones would pass): the GPU's cuDNN comparisons (tests/test_modules.py) judge that."""
+    errors = {}
+    for tf32 in (False, True):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+        actual, expected = (by_name(*r) for r in kernels_and_oracle((6, 3, 5, 40), torch.float32, strategy))
+        errors[tf32] = {name: error_stats(actual[name], expected[name]).rel for name in expected}
+    assert max(errors[False].values()) < 1e-5, errors[False]
+    assert 1e-5 < max(errors[True].values()) < 3e-3, errors[True]
 
 
 def test_gradients_are_bitwise_reproducible(strategy):
