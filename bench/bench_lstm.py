@@ -131,12 +131,15 @@ GRIDS = {  # layers: (H, P), P the projection size or None
         T=(512,), B=(8, 128), layers=[(512, None), (2048, None)], cells=("gru",),
         dtypes=(torch.bfloat16, torch.float32), providers=[*FUSEDRNN, "cudnn"],
     ),
-    # bench/gpu_smoke.py's speed section: listed shapes (dtype, B, H, P), not a cross product
+    # bench/gpu_smoke.py's speed section: listed shapes (cell, dtype, B, H, P), not a cross
+    # product; the RNN's and GRU's against cuDNN's nn.RNN and nn.GRU at three of the LSTM's
     "smoke": dict(
         T=(512,), providers=[*FUSEDRNN, "cudnn", "floor-barrier"],
-        shapes=[(torch.bfloat16, B, H, None) for B in (8, 32, 128) for H in (512, 1024, 2048)]
-        + [(torch.bfloat16, 512, 1024, None), (torch.float32, 32, 1024, None), (torch.float32, 128, 2048, None),
-           (torch.float16, 16, 768, None)],
+        shapes=[("lstm", torch.bfloat16, B, H, None) for B in (8, 32, 128) for H in (512, 1024, 2048)]
+        + [("lstm", torch.bfloat16, 512, 1024, None), ("lstm", torch.float32, 32, 1024, None),
+           ("lstm", torch.float32, 128, 2048, None), ("lstm", torch.float16, 16, 768, None)]
+        + [(cell, dtype, B, H, None) for cell in ("rnn_tanh", "gru")
+           for dtype, B, H in ((torch.bfloat16, 8, 1024), (torch.bfloat16, 128, 2048), (torch.float32, 32, 1024))],
     ),
 }  # fmt: skip
 
@@ -159,9 +162,9 @@ ENVIRONMENT = dict(
 def cases(grid):
     """The parameters (cell, mode, dtype, T, B, H, P, provider) of a grid, providers innermost."""
     g = GRIDS[grid]
-    shapes = g.get("shapes") or [(dtype, B, H, P) for dtype in g["dtypes"] for B in g["B"] for H, P in g["layers"]]
-    for cell, mode, (dtype, B, H, P), T, provider in itertools.product(g.get("cells", ("lstm",)), MODES, shapes,
-                                                                       g["T"], g["providers"]):  # fmt: skip
+    shapes = g.get("shapes") or [(cell, dtype, B, H, P) for cell in g.get("cells", ("lstm",)) for dtype in g["dtypes"]
+                                 for B in g["B"] for H, P in g["layers"]]  # fmt: skip
+    for mode, (cell, dtype, B, H, P), T, provider in itertools.product(MODES, shapes, g["T"], g["providers"]):
         if provider == "floor-barrier" and mode != "inference":
             continue
         # compiled_reference has no projection; the loops are timed for the targets, which have none

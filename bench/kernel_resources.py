@@ -256,7 +256,7 @@ def render(results, elapsed, strategy, projection):
         "(DO_DH_PARTIAL: dh's K loop split in `dh split` = DH_SPLIT slices x BLOCK_PS units); a per-step "
         "layer launches each phase of a step on its own, except dh+cell without a projection. "
         "fp32 with `cudnn.allow_tf32 = True` "
-        "(INPUT_PRECISION tf32).",
+        f"(INPUT_PRECISION tf32{', the backward tf32x3' if planner.LIMITS.tf32_backward_precision == 'tf32x3' else ''}).",
         "- Built with `triton.compile(..., GPUTarget(\"cuda\", 90, 32))`, specialised as a launch is "
         "(`aot.compile_spec`: aligned pointers, sizes and strides that are multiples of 16 marked so, those "
         "equal to 1 constants), "
@@ -307,7 +307,10 @@ def main():
     parser.add_argument("--cell", default="lstm", choices=list(CELLS), help="whose kernels (default lstm)")
     parser.add_argument("--projection", action="store_true",
                         help="layers with a projection (bench/NOTES.md v1.3's shapes) instead of the benchmark grid")
+    parser.add_argument("--tf32-backward-precision", default="tf32", choices=["tf32", "tf32x3"],
+                        help="the fp32 backward's dot precision (planner.PlannerLimits.tf32_backward_precision)")
     args = parser.parse_args()
+    planner.LIMITS = planner.PlannerLimits(modelled_sms=H100_SMS, tf32_backward_precision=args.tf32_backward_precision)
     global CELL
     CELL = CELLS[args.cell]
     if args.projection and not CELL.projection:

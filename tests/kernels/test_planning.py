@@ -49,6 +49,18 @@ def test_kept_plans_follow_the_forced_strategy_tf32_limits_and_tables(monkeypatc
     assert plans()[0][1]["num_stages"] == planner.LIMITS.streamed_num_stages
 
 
+def test_tf32_backward_precision_sets_only_the_float32_backward_under_tf32(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    with planner.override_limits(tf32_backward_precision="tf32x3"):
+        assert plans(backward=True)[0][1]["INPUT_PRECISION"] == "tf32x3"
+        assert plans()[0][1]["INPUT_PRECISION"] == "tf32"  # the forward, as cuDNN's
+        assert plans(dtype=torch.bfloat16, backward=True)[0][1]["INPUT_PRECISION"] == "tf32"
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        assert plans(backward=True)[0][1]["INPUT_PRECISION"] == "ieee"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert plans(backward=True)[0][1]["INPUT_PRECISION"] == "tf32"
+
+
 def test_a_forced_strategy_that_cannot_run_raises_every_time():
     with planner.launch_strategy("one-launch"):
         for _ in range(2):
