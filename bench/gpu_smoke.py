@@ -534,14 +534,15 @@ def speed_table(rows):
     """Per case: cuDNN's ms and, per fusedrnn provider, its ms and cuDNN time / its time."""
     cases = {}
     for row in rows:
-        key = (row["mode"], row["dtype"], row.get("tf32"), row["B"], row["H"], row.get("P"))
+        # each cell its own row: the H200 table of 2026-12-04 printed the GRU's over the LSTM's
+        key = (row.get("cell", "lstm"), row["mode"], row["dtype"], row.get("tf32"), row["B"], row["H"], row.get("P"))
         cases.setdefault(key, {})[row["provider"]] = row.get("time_ms")
     providers = sorted({p for c in cases.values() for p in c if p != "cudnn"})
-    header = ["mode", "dtype", "B", "H", "cudnn ms", *providers]
+    header = ["cell", "mode", "dtype", "B", "H", "cudnn ms", *providers]
     lines = ["\t".join(header)]
-    for (mode, dtype, tf32, B, H, P), times in sorted(cases.items(), key=str):
+    for (cell, mode, dtype, tf32, B, H, P), times in sorted(cases.items(), key=str):
         cudnn = times.get("cudnn")
-        cells = [mode, dtype + ("-tf32" if dtype == "float32" and tf32 else ""), str(B), f"{H}" + (f"/P{P}" if P else ""),
+        cells = [cell, mode, dtype + ("-tf32" if dtype == "float32" and tf32 else ""), str(B), f"{H}" + (f"/P{P}" if P else ""),
                  f"{cudnn:.3f}" if cudnn else "-"]  # fmt: skip
         for p in providers:
             t = times.get(p)

@@ -102,9 +102,11 @@ def test_speed_table_gives_cudnn_time_over_ours():
         dict(mode="inference", dtype="bfloat16", tf32=True, B=8, H=512, P=None, provider="fusedrnn-persistent",
              time_ms=None),
     ]  # fmt: skip
+    rows += [dict(row, cell="gru", time_ms=3.0 * row["time_ms"] if row["time_ms"] else None) for row in rows]
     lines = gpu_smoke.speed_table(rows).splitlines()
-    assert lines[0].split("\t") == ["mode", "dtype", "B", "H", "cudnn ms", "fusedrnn-auto", "fusedrnn-persistent"]
-    assert lines[1].split("\t") == ["inference", "bfloat16", "8", "512", "2.000", "1.000 (2.00x)", "-"]
+    assert lines[0].split("\t") == ["cell", "mode", "dtype", "B", "H", "cudnn ms", "fusedrnn-auto", "fusedrnn-persistent"]
+    assert lines[1].split("\t") == ["gru", "inference", "bfloat16", "8", "512", "6.000", "3.000 (2.00x)", "-"]
+    assert lines[2].split("\t") == ["lstm", "inference", "bfloat16", "8", "512", "2.000", "1.000 (2.00x)", "-"]
 
 
 def test_select_runs_part_of_a_section_and_reaches_its_worker(tmp_path):

@@ -53,8 +53,10 @@ def store_gate_tiles(p_g, H, tiles, mask, GATES: tl.constexpr):
 
 @triton.jit
 def dot_operand(x, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """x as an operand of tl.dot: cast to DOT_DTYPE and, for a float32 dot in TF32, rounded
-    to the nearest TF32 value (ties away from zero, what cuBLAS's and cuDNN's cvt.rna give).
+    """An activation (h, dG) as an operand of tl.dot: cast to DOT_DTYPE and, for a float32
+    dot in TF32, rounded to the nearest TF32 value (ties away from zero, what cuBLAS's and
+    cuDNN's cvt.rna give). Weights are rounded once per call on the host instead
+    (``tf32_rounded``; ``weight_operand``).
 
     Why: the tensor cores read an fp32 operand's top 19 bits, and Triton 3.6 passes fp32
     operands to them unrounded, so a TF32 tl.dot truncates. On an H200 (2026-12-04) that left
@@ -76,14 +78,30 @@ def dot_operand(x, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def load_weight_tiles(p_w, gate_rows, mask_w, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                      GATES: tl.constexpr):  # fmt: skip
+def weight_operand(w, DOT_DTYPE: tl.constexpr):
+    """A weight (W_hh, W_hr) as an operand of tl.dot: cast only. In TF32 the launcher passes
+    weights already rounded (``tf32_rounded``): rounded here, every streamed W tile went
+    through registers between its load and its dot, and the fp32 per-step rows ran 1.5 to
+    1.7 times slower on an H200 (bench/NOTES.md v1.11)."""
+    return w.to(DOT_DTYPE)
+
+
+def tf32_rounded(t):
+    """A float32 tensor rounded to the nearest TF32 value, as ``dot_operand`` rounds (the
+    same bit arithmetic: add 2^12, clear the 13 low mantissa bits; NaN kept)."""
+    bits = t.contiguous().view(torch.int32)
+    rounded = (bits + 0x1000) & -0x2000  # int32 wraps for NaN patterns only, as on the device
+    return torch.where((bits & 0x7FFFFFFF) > 0x7F800000, bits, rounded).view(torch.float32)
+
+
+@triton.jit
+def load_weight_tiles(p_w, gate_rows, mask_w, DOT_DTYPE: tl.constexpr, GATES: tl.constexpr):
     """Every gate's tile of W at p_w, gate_rows elements apart, as dot operands (a tuple):
     the weights a program holds across the steps (W_RESIDENT)."""
     tiles = ()
     for gate in tl.static_range(GATES):
         w = tl.load(p_w + gate * gate_rows, mask=mask_w, other=0.0)
-        tiles = tiles + (dot_operand(w, DOT_DTYPE, INPUT_PRECISION),)
+        tiles = tiles + (weight_operand(w, DOT_DTYPE),)
     return tiles
 
 
@@ -118,7 +136,7 @@ def gates_matmul(acc, p_a, mask_a, p_w, stride_w, mask_u, H, K, BLOCK_K: tl.cons
         mask_w = mask_k[:, None] & mask_u[None, :]
         summed = ()
         for gate in tl.static_range(GATES):
-            b_w = dot_operand(tl.load(p_wk + gate * gate_rows, mask=mask_w, other=0.0), DOT_DTYPE, INPUT_PRECISION)
+            b_w = weight_operand(tl.load(p_wk + gate * gate_rows, mask=mask_w, other=0.0), DOT_DTYPE)
             summed = summed + (acc[gate] + tl.dot(b_a, b_w, input_precision=INPUT_PRECISION),)
         acc = summed
     return acc

@@ -30,6 +30,7 @@ from ._helpers import (
     launch_context,
     padded,
     store_gate_tiles,
+    tf32_rounded,
     zero_gate_tiles,
 )
 from .cell_math import cell_grads, cell_update, load_activations
@@ -244,6 +245,9 @@ def lstm_cell_fwd(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
 
     config = kernel_config(B, I, H, dtype, is_interpreted(_lstm_cell_fwd_kernel))
     x, w_ih, w_hh = _rows(x), w_ih.contiguous(), w_hh.contiguous()
+    if config["INPUT_PRECISION"] == "tf32" and dtype == torch.float32:
+        # the kernel casts weight tiles only (kernels/_helpers.py weight_operand): round here
+        w_ih, w_hh = tf32_rounded(w_ih), tf32_rounded(w_hh)
     h = _rows(h) if has_state else x  # unused pointers without a state or bias
     c = c if has_state else x
     b_ih, b_hh = (b_ih.contiguous(), b_hh.contiguous()) if has_bias else (w_ih, w_ih)

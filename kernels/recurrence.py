@@ -59,6 +59,8 @@ from ._helpers import (
     load_gate_tiles,
     load_weight_tiles,
     store_gate_tiles,
+    tf32_rounded,
+    weight_operand,
 )
 from .barrier import report_timeout, sync_step
 from .cell_math import cell_grads, cell_update, gru_grads, gru_update, load_activations
@@ -89,9 +91,10 @@ def _step_time(s, T, REVERSE: tl.constexpr):
 @triton.jit
 def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K: tl.constexpr,
                 DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """acc += A @ B over k < K in chunks of BLOCK_K. A's rows and B's columns are given as
-    pointer vectors p_a (rows) and p_b (columns) with masks; element k of a row/column lies
-    k * stride away."""
+    """acc += A @ B over k < K in chunks of BLOCK_K, A an activation, B a weight (W_hh, W_hr:
+    in TF32 already rounded by the launcher). A's rows and B's columns are given as pointer
+    vectors p_a (rows) and p_b (columns) with masks; element k of a row/column lies k * stride
+    away."""
     offs_k = tl.arange(0, BLOCK_K)
     for k0 in range(0, K, BLOCK_K):
         offs_kk = k0 + offs_k
@@ -103,7 +106,7 @@ def _matmul_acc(acc, p_a, stride_ak, mask_a, p_b, stride_bk, mask_b, K, BLOCK_K:
         b_b = tl.load(p_b[None, :] + offs_kk[:, None].to(tl.int64) * stride_bk,
                       mask=mask_k[:, None] & mask_b[None, :], other=0.0)
         b_a = dot_operand(b_a, DOT_DTYPE, INPUT_PRECISION)
-        acc += tl.dot(b_a, dot_operand(b_b, DOT_DTYPE, INPUT_PRECISION), input_precision=INPUT_PRECISION)
+        acc += tl.dot(b_a, weight_operand(b_b, DOT_DTYPE), input_precision=INPUT_PRECISION)
     return acc
 
 
@@ -224,7 +227,7 @@ def _recurrence_fwd_kernel(
         mask_kw = offs_kw < P
         p_w = p_w_hh + offs_h[None, :].to(tl.int64) * stride_w + offs_kw[:, None]
         mask_w = mask_kw[:, None] & mask_h[None, :]
-        w_held = load_weight_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE, INPUT_PRECISION, GATES)
+        w_held = load_weight_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE, GATES)
 
     n_synced, spins_left = 0, max_spins
     for s in range(s_start, s_end):
@@ -393,7 +396,7 @@ def _recurrence_bwd_kernel(
         mask_kw = offs_kw < H
         p_w = p_w_hh + offs_kw[:, None].to(tl.int64) * stride_w + offs_p[None, :]
         mask_w = mask_kw[:, None] & mask_p[None, :]
-        w_held = load_weight_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE, INPUT_PRECISION, GATES)
+        w_held = load_weight_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE, GATES)
 
     # Steps run backwards: s = s_end - 1, ..., s_start.
     n_synced, spins_left = 0, max_spins
@@ -617,6 +620,17 @@ def _cell_states(cell, c):
     return []
 
 
+def dot_weights(config, w_hh, w_hr):
+    """The weight pointers of a launch (p_w_hh, p_w_hr): as given, or for float32 dots in
+    TF32 rounded to TF32 here, once per call, so that the kernels' streamed W tiles go from
+    memory to the tensor cores untouched (kernels/_helpers.py weight_operand). Without a
+    projection w_hr is w_hh (an unused pointer): rounded once."""
+    if config["INPUT_PRECISION"] != "tf32" or w_hh.dtype != torch.float32:
+        return {}
+    rounded_hh = tf32_rounded(w_hh)
+    return dict(p_w_hh=rounded_hh, p_w_hr=rounded_hh if w_hr is w_hh else tf32_rounded(w_hr))
+
+
 def recurrence_fwd(cell, gates, w_hh, h0, c0=None, *, w_hr=None, lengths=None, reverse=False, b_hn=None):
     """Run the forward recurrence of ``cell`` (a ``kernels/cells.py`` CellSpec).
 
@@ -654,8 +668,9 @@ def recurrence_fwd(cell, gates, w_hh, h0, c0=None, *, w_hr=None, lengths=None, r
 
     def run(strategy, config):
         phases = planner.kernel_phases(has_proj, backward=False)
-        launch.run_recurrence(_recurrence_fwd_kernel, strategy, config, phases, (T, B, H, P), arguments, constexprs,
-                              gates, unused=c if c is not None else out)  # fmt: skip
+        launch.run_recurrence(_recurrence_fwd_kernel, strategy, config, phases, (T, B, H, P),
+                              {**arguments, **dot_weights(config, w_hh, w_hr)}, constexprs, gates,
+                              unused=c if c is not None else out)  # fmt: skip
 
     kernel = _recurrence_fwd_kernel
     plans = planner.plans(cell, B, H, P if has_proj else None, gates.dtype, gates.device, kernel, False)
@@ -722,7 +737,8 @@ def recurrence_bwd(cell, gates, c, c0, w_hh, d_out, d_hn, d_cn, *, w_hr=None, le
         dh_part = empty_output(split, B, P, dtype=torch.float32, device=gates.device) if split > 1 else None
         phases = planner.kernel_phases(has_proj, backward=True, dh_split=split)
         launch.run_recurrence(_recurrence_bwd_kernel, strategy, config, phases, (T, B, H, P),
-                              {**arguments, "p_dh_part": dh_part}, constexprs, gates, unused=unused, backward=True)  # fmt: skip
+                              {**arguments, **dot_weights(config, w_hh, w_hr), "p_dh_part": dh_part}, constexprs,
+                              gates, unused=unused, backward=True)  # fmt: skip
 
     kernel = _recurrence_bwd_kernel
     plans = planner.plans(cell, B, H, P if has_proj else None, gates.dtype, gates.device, kernel, True)

@@ -102,8 +102,8 @@ def test_only_one_output_used(backend, used):
     ours, theirs = make_pair(4, 16, backend=backend)
     x = torch.randn(3, 4, dtype=torch.float64)
     grads = []
-    for cell, dtype in ((theirs, torch.float64), (ours, torch.float32)):
-        leaf = x.to(DEVICE, dtype).detach().requires_grad_()
+    for cell, dtype, device in ((theirs, torch.float64, "cpu"), (ours, torch.float32, DEVICE)):
+        leaf = x.to(device, dtype).detach().requires_grad_()
         h, c = cell(leaf)
         ((h if used == "h" else c) ** 2).sum().backward()
         grads.append([leaf.grad, *(p.grad for p in cell.parameters())])
@@ -184,7 +184,7 @@ def test_bad_backend_and_arguments():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cell_state_of_another_dtype_promotes_like_torch(backend):
     """torch's CPU cell runs the cell update in c's dtype: h', c' take promote(x, c)."""
-    ours, theirs = make_pair(4, 16, backend=backend, device="cpu")
+    ours, theirs = make_pair(4, 16, backend=backend)  # theirs on the CPU, ours on DEVICE
     theirs.float()
     x, h = torch.randn(3, 4), torch.randn(3, 16)
     for c_dtype in (torch.bfloat16, torch.float64):

@@ -126,9 +126,10 @@ def test_converted_model_gives_the_same_outputs_and_trains(backend):
     optimizer_theirs = torch.optim.Adam(theirs.parameters(), lr=1e-2)
     losses = []
     for _ in range(5):
-        for model, opt, dtype in ((ours, optimizer, torch.float32), (theirs, optimizer_theirs, torch.float64)):
+        for model, opt, dtype, device in ((ours, optimizer, torch.float32, DEVICE),
+                                          (theirs, optimizer_theirs, torch.float64, "cpu")):  # fmt: skip
             opt.zero_grad()
-            loss = nn.functional.mse_loss(model(x.to(DEVICE, dtype)), target.to(DEVICE, dtype))
+            loss = nn.functional.mse_loss(model(x.to(device, dtype)), target.to(device, dtype))
             loss.backward()
             opt.step()
             if model is ours:

@@ -321,12 +321,26 @@ def test_three_way_against_cudnn(variant, dtype, tf32, monkeypatch):
     kwargs = dict(num_layers=2, bidirectional=True)
     _, exact = pair(variant, **kwargs)
     cudnn, ours = pair(variant, backend="triton", dtype=dtype, device="cuda", **kwargs)
-    x = torch.randn(6, 8, I, dtype=torch.float64)
-    want = run(exact, x, None)
-    got_ours = {k: v.double().cpu() for k, v in run(ours, x.to("cuda", dtype), None).items()}
-    got_cudnn = {k: v.double().cpu() for k, v in run(cudnn, x.to("cuda", dtype), None).items()}
     eps = torch.finfo(dtype).eps if dtype != torch.float32 or not tf32 else 2**-10
-    assert_no_worse_than(got_ours, got_cudnn, want, atol=eps, baseline_name="cuDNN")
+    # relu's derivative jumps at 0: a pre-activation within rounding of 0 may round to one
+    # side in ours and to the other in cuDNN, and that unit's gradient then differs by its
+    # whole size. On an H200 (2026-12-04) one fp16 draw failed so (grad input: ours 2.5e-2,
+    # cuDNN 6.7e-4), while over 16 other draws ours and cuDNN were alike
+    # (bench/results/h200-2026-12-04-smoke-4/relu_fp16.txt). So relu with about 1e-3 of
+    # rounding (16-bit, TF32) is judged on four draws and may miss on one; a wrong gate or
+    # step misses on all.
+    draws = 4 if variant == "relu" and (dtype != torch.float32 or tf32) else 1
+    misses = []
+    for draw in range(draws):
+        x = torch.randn(6, 8, I, dtype=torch.float64)
+        want = run(exact, x, None)
+        got_ours = {k: v.double().cpu() for k, v in run(ours, x.to("cuda", dtype), None).items()}
+        got_cudnn = {k: v.double().cpu() for k, v in run(cudnn, x.to("cuda", dtype), None).items()}
+        try:
+            assert_no_worse_than(got_ours, got_cudnn, want, atol=eps, baseline_name="cuDNN")
+        except AssertionError as err:
+            misses.append(f"draw {draw}: {err}")
+    assert len(misses) <= draws // 4, misses
 
 
 # ------------------------------------------------------------------------------ RNNCell

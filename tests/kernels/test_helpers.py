@@ -62,6 +62,24 @@ def test_dot_operand_keeps_inf_and_nan_and_rounds_past_the_largest_float_to_inf(
     assert ours[4:6].tolist() == [math.inf, -math.inf]  # as cvt.rna.tf32.f32: no saturation
 
 
+def test_weights_rounded_on_the_host_match_the_kernels_rounding_bit_for_bit():
+    """tf32_rounded (the launchers round W_hh, W_hr and the cell's weights with it, once per
+    call) gives dot_operand's bits: ties, random magnitudes, signed zeros, inf, NaN patterns
+    with every mantissa bit set, values that round past the largest float."""
+    ulp = 2.0**-10
+    special = [1 + ulp / 2, -(1 + ulp / 2), 1 + 0.3 * ulp, 0.0, -0.0, math.inf, -math.inf, math.nan,
+               torch.finfo(torch.float32).max, -torch.finfo(torch.float32).max, 2.0**-140]
+    values = torch.cat([
+        torch.tensor(special, dtype=torch.float32),
+        torch.tensor([0x7FFFFFFF, -1, 0x7F800001, 0x7FC00000], dtype=torch.int32).view(torch.float32),
+        torch.randn(4096, generator=torch.Generator().manual_seed(1)) * 10.0 ** torch.randint(-30, 30, (4096,)),
+    ]).float()  # fmt: skip
+    host = _helpers.tf32_rounded(values.to(DEVICE)).cpu()
+    device = dot_operand(values.to(DEVICE), "tf32").cpu()
+    assert torch.equal(host.view(torch.int32), device.view(torch.int32))
+    assert not torch.equal(host.view(torch.int32), values.view(torch.int32))  # it did round
+
+
 @triton.jit
 def _dot_kernel(p_a, p_b, p_out, INPUT_PRECISION: tl.constexpr):
     offs = tl.arange(0, 16)

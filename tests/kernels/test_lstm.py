@@ -131,6 +131,27 @@ def test_fp32_in_tf32_rounds_its_recurrent_dot_operands(strategy, monkeypatch):
     assert 1e-5 < max(errors[True].values()) < 3e-3, errors[True]
 
 
+def test_fp32_in_tf32_multiplies_the_rounded_state_and_rounded_weights(strategy, monkeypatch):
+    """One step's pre-activations, Gx + h0 W_hh^T, as the kernels write them over the gates:
+    in TF32 those of h0 and W_hh both rounded to TF32 (h0 in the kernel, W_hh by the
+    launcher, kernels/recurrence.py dot_weights) to fp32's precision, where unrounded
+    operands are a TF32 ulp away: a launcher that passed W_hh unrounded would fail here."""
+    from fusedrnn.kernels import recurrence
+    from fusedrnn.kernels.cells import LSTM
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    g = torch.Generator().manual_seed(0)
+    B, H = 3, 20
+    gx, w_hh = torch.randn(1, B, 4 * H, generator=g), torch.randn(4 * H, H, generator=g) * 0.3
+    h0, c0 = torch.randn(B, H, generator=g), torch.randn(B, H, generator=g)
+    gates = gx.to(DEVICE, copy=True)  # overwritten with the pre-activations
+    recurrence.recurrence_fwd(LSTM, gates, w_hh.to(DEVICE), h0.to(DEVICE), c0.to(DEVICE))
+    rounded = gx[0].double() + _helpers.tf32_rounded(h0).double() @ _helpers.tf32_rounded(w_hh).double().t()
+    only_h0_rounded = gx[0].double() + _helpers.tf32_rounded(h0).double() @ w_hh.double().t()
+    assert (gates[0].cpu().double() - rounded).abs().max() < 1e-5
+    assert (only_h0_rounded - rounded).abs().max() > 1e-4  # the two are told apart
+
+
 def test_gradients_are_bitwise_reproducible(strategy):
     first, second = (kernels_and_oracle((5, 3, 7, 20), torch.float32, strategy)[0] for _ in range(2))
     for name in first[1]:
