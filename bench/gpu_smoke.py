@@ -266,7 +266,6 @@ def correct_cases(tiny):
         add("fp32-tf32", 4, 24, T=3, I=8, P=12, L=2, bidirectional=True, packed=True)
         add("fp32-ieee", 3, 20, T=4, I=5, cell="rnn_relu")
         add("fp32-ieee", 3, 20, T=4, I=5, cell="gru")
-        add("fp32-tf32x3", 3, 20, T=4, I=5)
         return cases
     # Per dtype, shapes that reach every barrier size from 16 to 128 programs (persistent: B
     # rows in blocks of up to 64, units in blocks of 16) and a one-launch shape (H <= 128).
@@ -289,16 +288,10 @@ def correct_cases(tiny):
         add(dtype, 8, 1024, cell="gru")
         add(dtype, 128, 2048, cell="gru")
         add(dtype, 16, 254, I=96, L=2, bidirectional=True, packed=True, cell="gru")
-    # TF32 with the backward's recurrent products in tf32x3 (kernels/planner.py,
-    # tf32_backward_precision): the two shapes whose grad h0 was furthest from cuDNN's error
-    # in TF32 (bench/NOTES.md v1.10).
-    for B, H in ((8, 128), (1, 256)):
-        add("fp32-tf32x3", B, H)
     return cases
 
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32-tf32": "float32", "fp32-tf32x3": "float32",
-          "fp32-ieee": "float32"}  # fmt: skip
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32-tf32": "float32", "fp32-ieee": "float32"}
 # (name, strategy forced, CUDA graphs on, runs that must be bitwise equal)
 STRATEGY_RUNS = [
     ("one-launch", "one-launch", True, 1),
@@ -349,8 +342,7 @@ def check_case(case, emit, index):
 
     device = torch.device("cuda" if _cuda() else "cpu")
     dtype = getattr(torch, DTYPES[case["dtype"]])
-    tf32 = case["dtype"] in ("fp32-tf32", "fp32-tf32x3")
-    backward_precision = "tf32x3" if case["dtype"] == "fp32-tf32x3" else planner.LIMITS.tf32_backward_precision
+    tf32 = case["dtype"] == "fp32-tf32"
     # Like for like: cuDNN's fp32 LSTM (and RNN) takes all its products in TF32 under cudnn.allow_tf32;
     # so does fusedrnn here (recurrence by that switch, its cuBLAS GEMMs by matmul's).
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -406,8 +398,7 @@ def check_case(case, emit, index):
         counts_before = dict(step_graphs.cache.counts)
         row = dict(kind="correct", index=index, case=case["name"], strategy=label, baseline=baseline)
         try:
-            with planner.launch_strategy(strategy), step_graphs.enabled(graphs), \
-                    planner.override_limits(tf32_backward_precision=backward_precision):
+            with planner.launch_strategy(strategy), step_graphs.enabled(graphs):
                 runs = []
                 for _ in range(repeats):
                     runs.append(module_forward_backward(ours, x_d, hx_d, cotangents))
