@@ -440,6 +440,16 @@ def check_case(case, emit, index):
 # 4. tests
 
 
+def own_pytest_env(**changes):
+    """The environment of a pytest run of its own (the shards, the benchmark), with
+    ``changes``: without an enclosing pytest-xdist worker's variables, under which
+    pytest-benchmark disables itself and writes no JSON (the suite runs this script under
+    xdist, bench/test_gpu_smoke.py)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_XDIST")}
+    return {**env, **changes}
+
+
+
 def section_tests(args, emit):
     import xml.etree.ElementTree as ET
 
@@ -452,7 +462,7 @@ def section_tests(args, emit):
         select = ["-k", args.select["tests"]]
     # the script runs python3: this interpreter's, whether or not its venv is activated
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = dict(os.environ, SHARD_TIMEOUT=str(int(max(30, args.caps["tests"] - 30))), PATH=path)
+    env = own_pytest_env(SHARD_TIMEOUT=str(int(max(30, args.caps["tests"] - 30))), PATH=path)
     proc = subprocess.run(["bash", str(BENCH_DIR / "run_tests_sharded.sh"), str(out), str(shards), *select],
                           cwd=ROOT, env=env)  # fmt: skip
     totals = dict(tests=0, failures=0, errors=0, skipped=0)
@@ -495,7 +505,7 @@ def section_speed(args, emit):
     command += [f"--benchmark-json={results}"]
     # bench_lstm.py appends each row here as it is measured: a run cut short keeps its rows
     row_file = work / "speed-rows.jsonl"
-    env = dict(os.environ, FUSEDRNN_BENCH_ROWS=str(row_file))
+    env = own_pytest_env(FUSEDRNN_BENCH_ROWS=str(row_file))
     with open(work / "speed-pytest.txt", "w") as log:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:  # stop it before the driver's cap, so that pytest still writes its report

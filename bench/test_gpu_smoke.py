@@ -93,6 +93,16 @@ def test_a_hung_section_is_stopped_at_its_cap_and_a_dead_worker_restarted_after_
     assert {r["index"] for r in rows if r["kind"] == "correct"} == {0, 2}  # case 1 died with its worker
 
 
+def test_its_own_pytest_runs_leave_an_enclosing_xdist_worker_behind(monkeypatch):
+    """Under an xdist worker's variables pytest-benchmark writes no JSON: the speed section's
+    pytest and the test shards run without them."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    env = gpu_smoke.own_pytest_env(FUSEDRNN_BENCH_ROWS="rows.jsonl")
+    assert not any(key.startswith("PYTEST_XDIST") for key in env)
+    assert env["FUSEDRNN_BENCH_ROWS"] == "rows.jsonl" and env["PATH"] == os.environ["PATH"]
+
+
 def test_help_gives_the_one_line_command():
     text = subprocess.run([sys.executable, str(BENCH / "gpu_smoke.py"), "--help"], capture_output=True, text=True).stdout
     assert gpu_smoke.ONE_LINE in text
