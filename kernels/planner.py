@@ -92,8 +92,8 @@ class PlannerLimits:
     # forward's stay "tf32", as cuDNN's): "tf32", or "tf32x3" (each operand split into two
     # TF32 parts, three products: about fp32's precision). With "tf32" the gradients of h0
     # and c0 measured 1.4 to 2.2 times cuDNN's error on an H200, the rest 1.0 to 1.13
-    # (bench/NOTES.md v1.9, v1.10): "tf32x3" is the candidate fix, measured before it is
-    # made the default.
+    # (bench/NOTES.md v1.9). "tf32x3" was measured there as the candidate fix and is not one
+    # (grad h0 2.22x -> 2.06x, v1.10): kept for the next experiment on grad h0, not default.
     tf32_backward_precision: str = "tf32"
 
 
