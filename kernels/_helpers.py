@@ -79,8 +79,8 @@ def dot_operand(x, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
 
 @triton.jit
 def weight_operand(w, DOT_DTYPE: tl.constexpr):
-    """A weight (W_hh, W_hr) as an operand of tl.dot: cast only. In TF32 the launcher passes
-    weights already rounded (``tf32_rounded``): rounded here, every streamed W tile went
+    """A weight (W_hh, W_hr) as an operand of tl.dot: cast only. In TF32 the recurrence's
+    launchers pass weights already rounded (``tf32_rounded``): rounded here, every streamed W tile went
     through registers between its load and its dot, and the fp32 per-step rows ran 1.5 to
     1.7 times slower on an H200 (bench/NOTES.md v1.11)."""
     return w.to(DOT_DTYPE)
@@ -116,11 +116,14 @@ def zero_gate_tiles(BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, GATES: tl.cons
 
 @triton.jit
 def gates_matmul(acc, p_a, mask_a, p_w, stride_w, mask_u, H, K, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                 INPUT_PRECISION: tl.constexpr, GATES: tl.constexpr):  # fmt: skip
+                 INPUT_PRECISION: tl.constexpr, GATES: tl.constexpr, W_ROUNDED: tl.constexpr):  # fmt: skip
     """acc[gate] += A @ W[gate*H + units, :K]^T for every gate (acc: a tuple of GATES fp32
     tiles). p_a: pointers to the rows of A (element k at +k); p_w: pointers to the rows of W
     of the first gate's units (element k at +k). A's chunk is loaded once for every gate; each
-    gate's W tile is loaded just before its dot, so one is live at a time."""
+    gate's W tile is loaded just before its dot, so one is live at a time. W_ROUNDED: W comes
+    rounded for the dot from the launcher (the recurrence, which reads W every step), else it
+    is rounded here like A (the one-step cell kernel, which reads W once a launch: a host
+    pass over W would cost more than the kernel's own read)."""
     offs_k = tl.arange(0, BLOCK_K)
     gate_rows = tl.cast(H, tl.int64) * stride_w
     for k0 in range(0, K, BLOCK_K):
@@ -136,7 +139,11 @@ def gates_matmul(acc, p_a, mask_a, p_w, stride_w, mask_u, H, K, BLOCK_K: tl.cons
         mask_w = mask_k[:, None] & mask_u[None, :]
         summed = ()
         for gate in tl.static_range(GATES):
-            b_w = weight_operand(tl.load(p_wk + gate * gate_rows, mask=mask_w, other=0.0), DOT_DTYPE)
+            b_w = tl.load(p_wk + gate * gate_rows, mask=mask_w, other=0.0)
+            if W_ROUNDED:
+                b_w = weight_operand(b_w, DOT_DTYPE)
+            else:
+                b_w = dot_operand(b_w, DOT_DTYPE, INPUT_PRECISION)
             summed = summed + (acc[gate] + tl.dot(b_a, b_w, input_precision=INPUT_PRECISION),)
         acc = summed
     return acc

@@ -30,7 +30,6 @@ from ._helpers import (
     launch_context,
     padded,
     store_gate_tiles,
-    tf32_rounded,
     zero_gate_tiles,
 )
 from .cell_math import cell_grads, cell_update, load_activations
@@ -95,12 +94,12 @@ def _lstm_cell_fwd_kernel(
         acc = biased
     acc = gates_matmul(
         acc, p_x + rows_b * stride_xb, mask_b, p_w_ih + units * stride_w_ih, stride_w_ih, mask_h, H, I, BLOCK_KI,
-        DOT_DTYPE, INPUT_PRECISION, 4,
+        DOT_DTYPE, INPUT_PRECISION, 4, False,
     )  # fmt: skip
     if HAS_STATE:
         acc = gates_matmul(
             acc, p_h + rows_b * stride_hb, mask_b, p_w_hh + units * stride_w_hh, stride_w_hh, mask_h, H, H, BLOCK_KH,
-            DOT_DTYPE, INPUT_PRECISION, 4,
+            DOT_DTYPE, INPUT_PRECISION, 4, False,
         )  # fmt: skip
         p_c_tile = p_c + rows_b[:, None] * stride_cb + units[None, :] * stride_ch
         c = tl.load(p_c_tile, mask=mask_bh, other=0.0).to(tl.float32)
@@ -245,9 +244,6 @@ def lstm_cell_fwd(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
 
     config = kernel_config(B, I, H, dtype, is_interpreted(_lstm_cell_fwd_kernel))
     x, w_ih, w_hh = _rows(x), w_ih.contiguous(), w_hh.contiguous()
-    if config["INPUT_PRECISION"] == "tf32" and dtype == torch.float32:
-        # the kernel casts weight tiles only (kernels/_helpers.py weight_operand): round here
-        w_ih, w_hh = tf32_rounded(w_ih), tf32_rounded(w_hh)
     h = _rows(h) if has_state else x  # unused pointers without a state or bias
     c = c if has_state else x
     b_ih, b_hh = (b_ih.contiguous(), b_hh.contiguous()) if has_bias else (w_ih, w_ih)

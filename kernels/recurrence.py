@@ -261,7 +261,7 @@ def _recurrence_fwd_kernel(
             else:
                 acc = gates_matmul(
                     acc, p_hprev, mask_b, p_w_hh + offs_h.to(tl.int64) * stride_w, stride_w, mask_h, H, P, BLOCK_K,
-                    DOT_DTYPE, INPUT_PRECISION, GATES,
+                    DOT_DTYPE, INPUT_PRECISION, GATES, True,
                 )  # fmt: skip
 
             if CELL == "gru":

@@ -235,3 +235,25 @@ def test_cell_kernels_compile_for_sm90():
     results = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(results) == 2
     assert all(r["shared"] <= 232448 for r in results), results  # 227 KiB per block on H100
+
+
+def test_fp32_in_tf32_multiplies_rounded_operands():
+    """The cell kernel follows cuBLAS's TF32 switch: with it on, its pre-activations are
+    b + x W_ih^T + h W_hh^T of x, h and both weights rounded to TF32 (the weights in the
+    kernel, kernels/_helpers.py gates_matmul with W_ROUNDED off) to fp32's precision, where
+    unrounded weights are a TF32 ulp away. Odd sizes: B = 3, I = 5, H = 20."""
+    from fusedrnn.kernels._helpers import tf32_rounded
+
+    torch.backends.cuda.matmul.allow_tf32 = True  # restored by the conftest's TF32 fixture
+    g = torch.Generator().manual_seed(0)
+    B, I, H = 3, 5, 20
+    x, h, c = torch.randn(B, I, generator=g), torch.randn(B, H, generator=g), torch.randn(B, H, generator=g)
+    w_ih, w_hh = torch.randn(4 * H, I, generator=g), torch.randn(4 * H, H, generator=g) * 0.3
+    b_ih, b_hh = torch.randn(4 * H, generator=g), torch.randn(4 * H, generator=g)
+    _, _, gates = K.lstm_cell_fwd(*(t.to(DEVICE) for t in (x, h, c, w_ih, w_hh, b_ih, b_hh)))
+    r = {name: tf32_rounded(t).double() for name, t in (("x", x), ("h", h), ("w_ih", w_ih), ("w_hh", w_hh))}
+    bias = b_ih.double() + b_hh.double()
+    rounded = bias + r["x"] @ r["w_ih"].t() + r["h"] @ r["w_hh"].t()
+    weights_unrounded = bias + r["x"] @ w_ih.double().t() + r["h"] @ w_hh.double().t()
+    assert (gates.cpu().double() - rounded).abs().max() < 1e-5
+    assert (weights_unrounded - rounded).abs().max() > 1e-4  # the two are told apart
