@@ -11,6 +11,7 @@ Backward: dG (gradient of the pre-activations) from fusedrnn.kernels.recurrence.
           kernel, and for a projection dW_hr = sum_t dh_t^T m_t.
 ``h_prev(t)`` is the output of the step before, or h0 at a row's first step; ``dG_first``
 is dG at each row's first step. All reductions are GEMMs or sums: deterministic, no atomics.
+In fp32, dh_0's product is IEEE even under TF32 (``mm_ieee``); the other GEMMs follow torch's setting.
 
 The GRU (``CellSpec.split_gate_grads``): Gx folds b_ih + (b_hr, b_hz, 0) and b_hn enters the
 step (``reference.gru_bias_split``); the step saves hn = W_hn h + b_hn beside the gates. Its
@@ -28,6 +29,7 @@ writes dG over the saved gates: peak training memory then holds one (T, B, G*H) 
 differentiable; a second differentiation raises ``fusedrnn._double_backward.DOUBLE_BACKWARD_ERROR``.
 """
 
+import threading
 from typing import Optional
 
 import torch
@@ -139,6 +141,35 @@ def recurrence_bwd_inplace_op(
 @recurrence_bwd_inplace_op.register_fake
 def _(*args):
     return _backward_kernels(*args, into_gates=True, fake=True)[1:3]
+
+
+_PRECISION_LOCK = threading.Lock()
+
+
+@torch.library.custom_op("fusedrnn::mm_ieee", mutates_args=())
+def mm_ieee(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b``, an fp32 product taken in IEEE fp32 even where the caller allows cuBLAS TF32.
+
+    For dh_0 = dG_first W_hh: one product straight into grad h0, so TF32's rounding lands
+    there undiluted: fp32-TF32 grad h0 was 2.2x cuDNN's error on an H200, and a CPU model of
+    the roundings traces 40% of it to this product (bench/NOTES.md v1.13). It is one
+    (B, G*H) x (G*H, P) product a backward. A custom op, so that a graph compiled
+    under TF32 keeps it IEEE: the precision setting is read when cuBLAS runs, not traced."""
+    matmul = torch.backends.cuda.matmul
+    # The setting is process-wide and each device's backward runs in a thread of its own: two
+    # interleaved save/set/restore sequences could leave IEEE set for good, hence the lock.
+    with _PRECISION_LOCK:
+        saved = matmul.fp32_precision
+        matmul.fp32_precision = "ieee"
+        try:
+            return torch.mm(a, b)
+        finally:
+            matmul.fp32_precision = saved
+
+
+@mm_ieee.register_fake
+def _(a, b):
+    return a.new_empty(a.shape[0], b.shape[1])
 
 
 def gates_free_after_backward():
@@ -254,7 +285,7 @@ def _backward(ctx, d_out, d_hn, d_cn):
     # Each row's first step reads h0 (first: 0, or in reverse its last valid time index).
     d_gates_first = d_gates[first, rows] if need[1] or need[4] else None
     if need[1]:
-        dh0 = d_gates_first @ w_hh
+        dh0 = mm_ieee(d_gates_first, w_hh) if w_hh.dtype == torch.float32 else d_gates_first @ w_hh
         if split:  # and what reached h0 through the first step's z * h
             dh0 = dh0 + d_c0.to(dh0.dtype)
     if need[2] and has_c:
