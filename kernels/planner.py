@@ -343,6 +343,11 @@ def kernel_config(B, H, dtype, strategy, *, cell=LSTM, P=None, backward=False, d
     )
     if strategy == "persistent" and backward:
         config["maxnreg"] = LIMITS.persistent_backward_max_registers
+    if not backward:
+        # The next step's Gx loaded before a step's barrier (bench/NOTES.md v1.14): where a
+        # launch runs many steps with a grid barrier. Not per-step (one step a launch), not
+        # one-launch (one program, no grid barrier to hide behind; it spills already).
+        config["PREFETCH_GX"] = strategy == "persistent"
     config.update(_resident_weights(config, strategy, P if P is not None else H, dtype))
     if backward:
         config.update(_dh_split(cell, B, H, P, config, strategy, device, interpreted))

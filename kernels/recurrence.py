@@ -184,6 +184,7 @@ def _recurrence_fwd_kernel(
     CELL: tl.constexpr,
     GATES: tl.constexpr,
     HAS_C: tl.constexpr,
+    PREFETCH_GX: tl.constexpr,
 ):
     rows_b, mask_b, offs_h, mask_h, offs_p, mask_p, offs_c = _program_tile(B, H, P, BLOCK_B, BLOCK_H, BLOCK_P)
     mask_bh = mask_b[:, None] & mask_h[None, :]
@@ -229,6 +230,10 @@ def _recurrence_fwd_kernel(
         mask_w = mask_kw[:, None] & mask_h[None, :]
         w_held = load_weight_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE, GATES)
 
+    if PREFETCH_GX and DO_CELL:
+        t_first, _ = _step_time(s_start, T, REVERSE)
+        gx_next = load_gate_tiles(p_gates + t_first * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :], H,
+                                  mask_bh, GATES)  # fmt: skip
     n_synced, spins_left = 0, max_spins
     for s in range(s_start, s_end):
         t, t_prev = _step_time(s, T, REVERSE)
@@ -238,7 +243,10 @@ def _recurrence_fwd_kernel(
             active = mask_b
         if DO_CELL:
             p_g = p_gates + t * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
-            acc = load_gate_tiles(p_g, H, mask_bh, GATES)  # Gx[t], each gate's accumulator
+            if PREFETCH_GX:
+                acc = gx_next  # loaded during the last step's barrier
+            else:
+                acc = load_gate_tiles(p_g, H, mask_bh, GATES)  # Gx[t], each gate's accumulator
             if CELL == "gru":
                 # Gx_n stays apart: the reset gate multiplies W_hn h + b_hn, not Gx_n.
                 gx_n = acc[2]
@@ -255,8 +263,21 @@ def _recurrence_fwd_kernel(
                 b_h = tl.load(p_hk, mask=mask_b[:, None] & mask_kw[None, :], other=0.0, cache_modifier=".cg")
                 b_h = dot_operand(b_h, DOT_DTYPE, INPUT_PRECISION)
                 summed = ()
-                for gate in tl.static_range(GATES):
-                    summed = summed + (acc[gate] + tl.dot(b_h, w_held[gate], input_precision=INPUT_PRECISION),)
+                if PREFETCH_GX:
+                    # Every product first, then Gx, by fma(product, 1, Gx): a plain sum Triton
+                    # folds into each dot as its accumulator, and the prefetched tile's layout
+                    # conversion (a bar.sync) then lands between the products, across which
+                    # all of h's fragments stayed live (sm_90: 169 -> 255 registers, 1 KB of
+                    # spills). The fma adds exactly what the sum would.
+                    for gate in tl.static_range(GATES):
+                        summed = summed + (tl.dot(b_h, w_held[gate], input_precision=INPUT_PRECISION),)
+                    added = ()
+                    for gate in tl.static_range(GATES):
+                        added = added + (tl.fma(summed[gate], 1.0, acc[gate]),)
+                    summed = added
+                else:
+                    for gate in tl.static_range(GATES):
+                        summed = summed + (acc[gate] + tl.dot(b_h, w_held[gate], input_precision=INPUT_PRECISION),)
                 acc = summed
             else:
                 acc = gates_matmul(
@@ -309,6 +330,15 @@ def _recurrence_fwd_kernel(
             )  # fmt: skip
             p_h = p_out + t * stride_ot + rows_b[:, None] * stride_ob + offs_p[None, :]
             tl.store(p_h, acc_h.to(p_out.dtype.element_ty), mask=mask_b[:, None] & mask_p[None, :])
+        if PREFETCH_GX and DO_CELL:
+            # The next step's Gx tile, issued before the barrier so that its round trip overlaps
+            # the barrier's: the program's own tile, written before the launch, so no other
+            # program's store is awaited. Loaded at the next step, each gate's load waited for
+            # a layout conversion (bar.sync) before the next was issued: four round trips a
+            # step (sm_90 PTX, bench/NOTES.md v1.14). Masked off after the last step.
+            t_next, _ = _step_time(s + 1, T, REVERSE)
+            p_g_next = p_gates + t_next * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
+            gx_next = load_gate_tiles(p_g_next, H, mask_bh & (s + 1 < s_end), GATES)
         # h_t must be visible before step t+1 reads it.
         n_synced, spins_left = sync_step(p_sync, n_synced, spins_left, GRID_SYNC)
     report_timeout(p_sync, spins_left, GRID_SYNC)
