@@ -4,11 +4,13 @@
         [--strategies persistent,per-step,one-launch] [--kernels fwd,bwd] [-T 64] [--part K/N]
         [-o kernels/tuned/<gpu slug>.json] [--log trials.json]
     python bench/tune.py --check [--log trials.json]    # CPU/CI: the interpreter, no timing
+    python bench/tune.py --candidates prefetch ...      # only each kernel's launch without its prefetch
 
 For each shape (B, H, P) of the grid (bench/bench_lstm.py's, I = H) or of
 --shapes, each dtype, each strategy that can run the shape (StrategyUnavailable: skipped) and
 each kernel (the LSTM's ``recurrence_fwd``, ``recurrence_bwd`` of fusedrnn.kernels.recurrence), every candidate of
-CANDIDATES (the backward's: BACKWARD_CANDIDATES, which adds the splits of its dh loop) runs
+CANDIDATES (the backward's: BACKWARD_CANDIDATES, which adds the splits of its dh loop; each
+kernel's also its launch without the prefetch of the next step's tiles) runs
 once under ``tuning.use_table`` with a one-entry table and
 ``launch_strategy(strategy)``. Candidates that come out as the same kernel config (BLOCK_K is
 clamped to the padded sizes, and ignored where the weights are held, W_RESIDENT) run once. A
@@ -56,14 +58,20 @@ from fusedrnn.kernels._helpers import is_interpreted  # noqa: E402
 from fusedrnn.kernels.cells import CELLS, LSTM  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
-CANDIDATES = [
+BLOCK_CANDIDATES = [
     dict(BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
     for block_k, num_warps, num_stages in itertools.product((16, 32, 64), (4, 8), (1, 2, 3, 4))
 ]
+# Each kernel also tries its launch without the next step's tiles loaded before the barrier
+# (kernels/planner.py, bench/NOTES.md v1.14 and v1.15; persistent only, elsewhere it is off
+# already), with the other options at their defaults: does the prefetch pay on this GPU.
+CANDIDATES = BLOCK_CANDIDATES + [{tuning.PREFETCH["fwd"]: False}]
 # The backward also tries each split of its dh loop over K (kernels/planner.py DH_SPLIT) with the
 # other options at their defaults: whether splitting pays is the question, not the product.
-BACKWARD_CANDIDATES = CANDIDATES + [dict(DH_SPLIT=split) for split in (1, 2, 4, 8)]
-TUNED_KEYS = {"fwd": ("BLOCK_K", "num_warps", "num_stages"), "bwd": ("BLOCK_K", "num_warps", "num_stages", "DH_SPLIT")}
+BACKWARD_CANDIDATES = BLOCK_CANDIDATES + [dict(DH_SPLIT=split) for split in (1, 2, 4, 8)] + [
+    {tuning.PREFETCH["bwd"]: False}]  # fmt: skip
+TUNED_KEYS = {"fwd": ("BLOCK_K", "num_warps", "num_stages", tuning.PREFETCH["fwd"]),
+              "bwd": ("BLOCK_K", "num_warps", "num_stages", "DH_SPLIT", tuning.PREFETCH["bwd"])}  # fmt: skip
 MIN_GAIN = 0.03  # do_bench medians of one config vary by about a percent from run to run
 STRATEGIES = ("persistent", "per-step", "one-launch")
 KERNELS = ("fwd", "bwd")
@@ -202,6 +210,8 @@ def tune_case(kernel, strategy, problem, candidates, timing, say=print):
                     wrong = disagreement(run_kernel(problem, kernel), reference, problem.dtype)
                     if wrong is None:
                         trial["ms"] = bench(problem.timed_call(kernel))
+                        if timing:  # each as it comes: a run stopped part way still says what it timed
+                            say(f"{name}: {candidate} {trial['ms']:.4f} ms")
                 except Exception as err:  # compile errors, OutOfResources, StrategyUnavailable
                     wrong = describe(err)
                 if wrong is not None:
@@ -226,13 +236,16 @@ def tune_case(kernel, strategy, problem, candidates, timing, say=print):
 def tune(shapes, dtypes, strategies=STRATEGIES, kernels=KERNELS, candidates=None, T=64, timing=True,
          device=None, say=print):  # fmt: skip
     """tune_case for every (dtype, shape, strategy, kernel); the results that ran. Candidates
-    default to CANDIDATES (forward) and BACKWARD_CANDIDATES."""
+    default to CANDIDATES (forward) and BACKWARD_CANDIDATES; a dict gives each kernel's."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = []
     for dtype, (B, H, P) in itertools.product(dtypes, shapes):
         problem = Problem(T, B, H, P, dtype, device)
         for strategy, kernel in itertools.product(strategies, kernels):
-            tried = candidates or (BACKWARD_CANDIDATES if kernel == "bwd" else CANDIDATES)
+            if isinstance(candidates, dict):  # each kernel's own
+                tried = candidates[kernel]
+            else:
+                tried = candidates or (BACKWARD_CANDIDATES if kernel == "bwd" else CANDIDATES)
             result = tune_case(kernel, strategy, problem, tried, timing, say)
             if result is not None:
                 results.append(dict(result, T=T))
@@ -311,6 +324,8 @@ def parse_args(argv):
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--kernels", default=",".join(KERNELS))
     parser.add_argument("-T", type=int, default=64, help="timesteps of the timed runs")
+    parser.add_argument("--candidates", choices=["all", "prefetch"], default="all",
+                        help="prefetch: only each kernel's launch without its prefetch, against the default")
     parser.add_argument("--part", help="K/N: the K-th of N round-robin slices of the (dtype, shape) cases")
     parser.add_argument("-o", "--output", help="the table to merge into (default kernels/tuned/<gpu slug>.json)")
     parser.add_argument("--log", help="write every trial (JSON) here")
@@ -322,11 +337,14 @@ def main(argv=None):
     strategies, kernels = args.strategies.split(","), args.kernels.split(",")
     if not set(strategies) <= set(STRATEGIES) or not set(kernels) <= set(KERNELS):
         raise SystemExit(f"strategies among {STRATEGIES}, kernels among {KERNELS}")
+    candidates = None  # all
+    if args.candidates == "prefetch":
+        candidates = {"fwd": CANDIDATES[-1:], "bwd": BACKWARD_CANDIDATES[-1:]}
     if args.check:
         if args.output:
             raise SystemExit("--check times nothing, so it writes no table: use --log")
         results = tune([(CHECK_SHAPE["B"], CHECK_SHAPE["H"], CHECK_SHAPE["P"])], [torch.float32], strategies,
-                       kernels, T=CHECK_SHAPE["T"], timing=False)  # fmt: skip
+                       kernels, candidates, T=CHECK_SHAPE["T"], timing=False)  # fmt: skip
     else:
         if not torch.cuda.is_available():
             raise SystemExit("tuning times the kernels on a CUDA GPU; without one, run --check")
@@ -346,7 +364,7 @@ def main(argv=None):
         sm_count = torch.cuda.get_device_properties(0).multi_processor_count
         results = []
         for dtype, shape in cases:
-            found = tune([shape], [dtype], strategies, kernels, T=args.T)
+            found = tune([shape], [dtype], strategies, kernels, candidates, T=args.T)
             # written after each shape: a run stopped part way keeps what it measured
             date = datetime.now(timezone.utc).isoformat(timespec="seconds")
             table = write_table(output, found, gpu, sm_count, date)

@@ -57,6 +57,16 @@ def gate_activation(pre, gate: tl.constexpr, CELL: tl.constexpr):
 
 
 @triton.jit
+def activations(pre, CELL: tl.constexpr, GATES: tl.constexpr):
+    """``gate_activation`` of every gate of the tuple ``pre`` (pre-activations in any dtype),
+    in fp32, as a tuple."""
+    acts = ()
+    for gate in tl.static_range(GATES):
+        acts = acts + (gate_activation(pre[gate].to(tl.float32), gate, CELL),)
+    return acts
+
+
+@triton.jit
 def load_activations(p_g, H, mask, CELL: tl.constexpr, GATES: tl.constexpr):
     """``gate_activation`` of every gate, from the pre-activations stored at p_g, p_g + H, ...
     (a tuple). Each gate is loaded and activated in turn."""

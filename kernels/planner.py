@@ -95,6 +95,12 @@ class PlannerLimits:
     # (bench/NOTES.md v1.9). "tf32x3" was measured there as the candidate fix and is not one
     # (grad h0 2.22x -> 2.06x, v1.10): kept for the next experiment on grad h0, not default.
     tf32_backward_precision: str = "tf32"
+    # A persistent backward loads the next step's own tiles (dy, the pre-activations, c_t and
+    # c_{t-1}) before a step's barrier (PREFETCH_OWN_TILES, bench/NOTES.md v1.15) in batch
+    # blocks of at most this many rows. Held across the barrier they took 13 to 30 more
+    # registers in the sm_90 builds, and fp32 at 64-row blocks spilled 108-164 B under the
+    # 255 cap; a step there is bound by its products, not by the latency the prefetch hides.
+    prefetch_own_tiles_max_block_b: int = 32
 
 
 LIMITS = PlannerLimits()
@@ -343,10 +349,13 @@ def kernel_config(B, H, dtype, strategy, *, cell=LSTM, P=None, backward=False, d
     )
     if strategy == "persistent" and backward:
         config["maxnreg"] = LIMITS.persistent_backward_max_registers
-    if not backward:
-        # The next step's Gx loaded before a step's barrier (bench/NOTES.md v1.14): where a
-        # launch runs many steps with a grid barrier. Not per-step (one step a launch), not
-        # one-launch (one program, no grid barrier to hide behind; it spills already).
+    # The next step's own tiles loaded before a step's barrier: the forward's Gx (bench/NOTES.md
+    # v1.14), the backward's dy, pre-activations and c (v1.15, up to a batch block size). Where
+    # a launch runs many steps with a grid barrier: not per-step (one step a launch), not
+    # one-launch (one program, no grid barrier to hide behind; it spills already).
+    if backward:
+        config["PREFETCH_OWN_TILES"] = strategy == "persistent" and block_b <= LIMITS.prefetch_own_tiles_max_block_b
+    else:
         config["PREFETCH_GX"] = strategy == "persistent"
     config.update(_resident_weights(config, strategy, P if P is not None else H, dtype))
     if backward:

@@ -63,7 +63,7 @@ from ._helpers import (
     weight_operand,
 )
 from .barrier import report_timeout, sync_step
-from .cell_math import cell_grads, cell_update, gru_grads, gru_update, load_activations
+from .cell_math import activations, cell_grads, cell_update, gru_grads, gru_update, load_activations
 
 
 @triton.jit
@@ -139,6 +139,66 @@ def _dh_partials(p_dg_rows, mask_b, p_w_hh, stride_w, p_part_rows, stride_part, 
 
 # B, H and P stay specialised (divisible by 16 or not): that vectorises the masked loads,
 # and a model has few sizes. The step range and T change per call: never specialised.
+@triton.jit
+def _dy_tile(s, T, p_dy, stride_dyt, stride_dyb, stride_dyh, rows_b, mask_b, offs_p, mask_p, length,
+             VARLEN: tl.constexpr, REVERSE: tl.constexpr):  # fmt: skip
+    """The backward's dy tile of step s over the program's P units, in dy's dtype: zero where
+    the row is inactive, and everywhere where mask_b is off (a prefetch past the last step)."""
+    t, _ = _step_time(s, T, REVERSE)
+    active = mask_b
+    if VARLEN:
+        active = active & (t < length)
+    p_dy_t = p_dy + t * stride_dyt + rows_b[:, None] * stride_dyb + offs_p[None, :].to(tl.int64) * stride_dyh
+    return tl.load(p_dy_t, mask=active[:, None] & mask_p[None, :], other=0.0)
+
+
+@triton.jit
+def _cell_tiles(s, T, p_gates, stride_gt, stride_gb, p_c, stride_ct, p_c0, stride_c0b, p_hn, p_out, stride_ot,
+                stride_ob, p_h0, stride_h0b, rows_b, mask_b, offs_h, mask_h, offs_c, H, length, BLOCK_B: tl.constexpr,
+                BLOCK_H: tl.constexpr, VARLEN: tl.constexpr, REVERSE: tl.constexpr, CELL: tl.constexpr,
+                GATES: tl.constexpr, HAS_C: tl.constexpr, ACTIVATE: tl.constexpr):  # fmt: skip
+    """What the backward's cell phase of step s reads of the forward, over the program's own
+    (rows, units) tile: the gates' pre-activations (a tuple, in the gates' dtype; with
+    ACTIVATE, each gate's ``gate_activation`` in fp32, computed as it loads), c_t and c_{t-1}
+    (HAS_C, fp32), the GRU's hn and h_{t-1} (fp32); zero tiles where a cell has none. Nothing
+    here is written by another program during the backward, so the tiles can be loaded a step
+    early (PREFETCH_OWN_TILES, without ACTIVATE: an activation would wait for its load before
+    the barrier); with mask_b off (past the last step) nothing is read."""
+    t, t_prev = _step_time(s, T, REVERSE)
+    mask_bh = mask_b[:, None] & mask_h[None, :]
+    p_g = p_gates + t * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
+    if ACTIVATE:
+        pre = load_activations(p_g, H, mask_bh, CELL, GATES)
+    else:
+        pre = ()
+        for gate in tl.static_range(GATES):
+            pre = pre + (tl.load(p_g + gate * H, mask=mask_bh, other=0.0),)
+    c = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)  # placeholders where the cell has none
+    c_prev = c
+    hn = c
+    h_prev = c
+    if CELL == "gru":
+        hn = tl.load(p_hn + t * stride_ct + offs_c, mask=mask_bh, other=0.0).to(tl.float32)
+        # h_{t-1}: h0 at a row's first step (as in the forward), else the output before.
+        from_h0 = s == 0
+        if VARLEN:
+            from_h0 = from_h0 | (t_prev >= length)
+        p_hprev = tl.where(from_h0, p_h0 + rows_b * stride_h0b, p_out + t_prev * stride_ot + rows_b * stride_ob)
+        h_prev = tl.load(p_hprev[:, None] + offs_h[None, :], mask=mask_bh, other=0.0).to(tl.float32)
+    elif HAS_C:
+        c = tl.load(p_c + t * stride_ct + offs_c, mask=mask_bh, other=0.0)
+        # c_{t-1}: c0 at the first step; the forward stored c at every step, carried through
+        # inactive ones, so elsewhere it is the stored c of the step before. Load in each
+        # branch: c0 has the input dtype, p_c is fp32, and the two branches of a compiled `if`
+        # must yield one type.
+        if s == 0:
+            c_prev = tl.load(p_c0 + rows_b[:, None] * stride_c0b + offs_h[None, :], mask=mask_bh, other=0.0)
+            c_prev = c_prev.to(tl.float32)
+        else:
+            c_prev = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
+    return pre, c, c_prev, hn, h_prev
+
+
 @triton.jit(do_not_specialize=["s_start", "s_end", "T", "max_spins"])
 def _recurrence_fwd_kernel(
     p_gates,  # (T, B, GATES*H) view: Gx on entry, the gates' pre-activations on exit
@@ -403,6 +463,7 @@ def _recurrence_bwd_kernel(
     CELL: tl.constexpr,
     GATES: tl.constexpr,
     HAS_C: tl.constexpr,
+    PREFETCH_OWN_TILES: tl.constexpr,
 ):
     rows_b, mask_b, offs_h, mask_h, offs_p, mask_p, offs_c = _program_tile(B, H, P, BLOCK_B, BLOCK_H, BLOCK_P)
     mask_bh = mask_b[:, None] & mask_h[None, :]
@@ -411,6 +472,8 @@ def _recurrence_bwd_kernel(
     stride_dht = tl.cast(B, tl.int64) * P  # one (B, P) plane of p_dh, and of p_dh_part
     if VARLEN:
         length = tl.load(p_lengths + rows_b, mask=mask_b, other=0)
+    else:
+        length = 0  # unused
     if DO_CELL and (HAS_C or CELL == "gru"):
         dc = tl.load(p_dc + offs_c, mask=mask_bh, other=0.0)
     else:
@@ -428,6 +491,17 @@ def _recurrence_bwd_kernel(
         mask_w = mask_kw[:, None] & mask_p[None, :]
         w_held = load_weight_tiles(p_w, tl.cast(H, tl.int64) * stride_w, mask_w, DOT_DTYPE, GATES)
 
+    if PREFETCH_OWN_TILES:
+        # The first step's own tiles; each step then loads the next one's before its barrier.
+        if DO_DH:
+            dy_next = _dy_tile(s_end - 1, T, p_dy, stride_dyt, stride_dyb, stride_dyh, rows_b, mask_b, offs_p, mask_p,
+                               length, VARLEN, REVERSE)  # fmt: skip
+        if DO_CELL:
+            own_next = _cell_tiles(
+                s_end - 1, T, p_gates, stride_gt, stride_gb, p_c, stride_ct, p_c0, stride_c0b, p_hn, p_out, stride_ot,
+                stride_ob, p_h0, stride_h0b, rows_b, mask_b, offs_h, mask_h, offs_c, H, length, BLOCK_B, BLOCK_H,
+                VARLEN, REVERSE, CELL, GATES, HAS_C, False,
+            )  # fmt: skip
     # Steps run backwards: s = s_end - 1, ..., s_start.
     n_synced, spins_left = 0, max_spins
     for s_up in range(s_start, s_end):
@@ -450,8 +524,12 @@ def _recurrence_bwd_kernel(
         if DO_DH:
             # dh_t over the program's P units: dy_t (none where the row is inactive), dh_n
             # at the row's last step, and dG_{t+1} @ W_hh over K = GATES * H otherwise.
-            p_dy_t = p_dy + t * stride_dyt + rows_b[:, None] * stride_dyb + offs_p[None, :].to(tl.int64) * stride_dyh
-            dh = tl.load(p_dy_t, mask=active[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
+            if PREFETCH_OWN_TILES:
+                dy = dy_next
+            else:
+                dy = _dy_tile(s, T, p_dy, stride_dyt, stride_dyb, stride_dyh, rows_b, mask_b, offs_p, mask_p, length,
+                              VARLEN, REVERSE)  # fmt: skip
+            dh = dy.to(tl.float32)
             p_dhn_tile = p_dhn + rows_b[:, None] * stride_dhnb + offs_p[None, :]
             if s == T - 1:
                 dh += tl.load(p_dhn_tile, mask=mask_bp, other=0.0).to(tl.float32)
@@ -496,28 +574,18 @@ def _recurrence_bwd_kernel(
             else:
                 dm = dh  # same units: BLOCK_P == BLOCK_H and P == H
 
-            p_g = p_gates + t * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
-            acts = load_activations(p_g, H, mask_bh, CELL, GATES)
+            if PREFETCH_OWN_TILES:
+                pre, c, c_prev, hn, h_prev = own_next
+                acts = activations(pre, CELL, GATES)
+            else:
+                acts, c, c_prev, hn, h_prev = _cell_tiles(
+                    s, T, p_gates, stride_gt, stride_gb, p_c, stride_ct, p_c0, stride_c0b, p_hn, p_out, stride_ot,
+                    stride_ob, p_h0, stride_h0b, rows_b, mask_b, offs_h, mask_h, offs_c, H, length, BLOCK_B, BLOCK_H,
+                    VARLEN, REVERSE, CELL, GATES, HAS_C, True,
+                )  # fmt: skip
             if CELL == "gru":
-                hn = tl.load(p_hn + t * stride_ct + offs_c, mask=mask_bh, other=0.0).to(tl.float32)
-                # h_{t-1}: h0 at a row's first step (as in the forward), else the output before.
-                from_h0 = s == 0
-                if VARLEN:
-                    from_h0 = from_h0 | (t_prev >= length)
-                p_hprev = tl.where(from_h0, p_h0 + rows_b * stride_h0b, p_out + t_prev * stride_ot + rows_b * stride_ob)
-                h_prev = tl.load(p_hprev[:, None] + offs_h[None, :], mask=mask_bh, other=0.0).to(tl.float32)
                 d_pre, d_gx_n, dc_prev = gru_grads(acts, hn, h_prev, dm, dc)
             elif HAS_C:
-                c = tl.load(p_c + t * stride_ct + offs_c, mask=mask_bh, other=0.0)
-                # c_{t-1}: c0 at the first step; the forward stored c at every step, carried
-                # through inactive ones, so elsewhere it is the stored c of the step before. Load
-                # in each branch: c0 has the input dtype, p_c is fp32, and the two branches of a
-                # compiled `if` must yield one type.
-                if s == 0:
-                    c_prev = tl.load(p_c0 + rows_b[:, None] * stride_c0b + offs_h[None, :], mask=mask_bh, other=0.0)
-                    c_prev = c_prev.to(tl.float32)
-                else:
-                    c_prev = tl.load(p_c + t_prev * stride_ct + offs_c, mask=mask_bh, other=0.0)
                 d_pre, dc_prev = cell_grads(acts, c_prev, c, dm, dc, CELL)
             else:
                 d_pre, dc_prev = cell_grads(acts, dc, dc, dm, dc, CELL)  # placeholders for c: ignored
@@ -538,6 +606,20 @@ def _recurrence_bwd_kernel(
             store_gate_tiles(p_dg, H, d_pre, mask_bh, GATES)
             if CELL == "gru":
                 tl.store(p_dgx_n + t * stride_ct + offs_c, d_gx_n.to(p_dgx_n.dtype.element_ty), mask=mask_bh)
+        if PREFETCH_OWN_TILES:
+            # The next step's own tiles, issued before the barrier so that their round trips
+            # overlap its wait (bench/NOTES.md v1.15): none of them is written by another
+            # program. Masked off past the launch's last step.
+            more = mask_b & (s - 1 >= s_start)
+            if DO_DH:
+                dy_next = _dy_tile(s - 1, T, p_dy, stride_dyt, stride_dyb, stride_dyh, rows_b, more, offs_p, mask_p,
+                                   length, VARLEN, REVERSE)  # fmt: skip
+            if DO_CELL:
+                own_next = _cell_tiles(
+                    s - 1, T, p_gates, stride_gt, stride_gb, p_c, stride_ct, p_c0, stride_c0b, p_hn, p_out,
+                    stride_ot, stride_ob, p_h0, stride_h0b, rows_b, more, offs_h, mask_h, offs_c, H, length, BLOCK_B,
+                    BLOCK_H, VARLEN, REVERSE, CELL, GATES, HAS_C, False,
+                )  # fmt: skip
         # dG_t must be visible before step t-1 reads it.
         n_synced, spins_left = sync_step(p_sync, n_synced, spins_left, GRID_SYNC)
     report_timeout(p_sync, spins_left, GRID_SYNC)

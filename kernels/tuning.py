@@ -1,6 +1,6 @@
 """Measured launch choices of the recurrence kernels, per GPU and cell: which strategy "auto"
 runs for a shape, and the block sizes (BLOCK_K, num_warps, num_stages; for the backward DH_SPLIT, the K
-slices of its dh loop) of a kernel config.
+slices of its dh loop) and the prefetch switch (PREFETCH_GX, PREFETCH_OWN_TILES) of a kernel config.
 
 Tables. One JSON file per GPU model, ``kernels/tuned/<slug of the GPU name>.json``, shipped
 as package data (``kernels/tuned/README.md`` says how they are made)::
@@ -48,6 +48,9 @@ DTYPES = ("float32", "float16", "bfloat16")
 NUM_WARPS = (1, 2, 4, 8, 16)
 MAX_NUM_STAGES = 5
 MAX_DH_SPLIT = 8  # DH_SPLIT (kernels/planner.py): the backward's K slices of its dh loop
+# Each kernel's switch for loading the next step's own tiles before a step's barrier
+# (kernels/planner.py): a table can turn it off where the measurements say it does not pay.
+PREFETCH = {"fwd": "PREFETCH_GX", "bwd": "PREFETCH_OWN_TILES"}
 # A dispatch measurement stands in for shapes up to this far from it, in
 # |log2 B - log2 B'| + |log2 H - log2 H'| (+ the same for P): one doubling or halving of B or
 # H. The strategies trade launch count against programs and registers, which move with B*H;
@@ -130,9 +133,13 @@ def _check_entry(entry, keys, where):
 
 def _check_config(config, kernel, where):
     """The problem of a "config" value of a ``kernel`` entry (a message) or None."""
-    options = ("BLOCK_K", "num_warps", "num_stages") + (("DH_SPLIT",) if kernel == "bwd" else ())
+    options = ("BLOCK_K", "num_warps", "num_stages") + (("DH_SPLIT", PREFETCH["bwd"]) if kernel == "bwd"
+                                                         else (PREFETCH["fwd"],))  # fmt: skip
     if not isinstance(config, dict) or not config or not set(config) <= set(options):
         return f"{where}: config must set some of {', '.join(options)} and nothing else, got {config!r}"
+    prefetch = config.get(PREFETCH[kernel])
+    if prefetch is not None and type(prefetch) is not bool:
+        return f"{where}: {PREFETCH[kernel]} must be true or false, got {prefetch!r}"
     block_k, warps, stages, split = (config.get(k) for k in ("BLOCK_K", "num_warps", "num_stages", "DH_SPLIT"))
     if split is not None and not (_positive_int(split) and split <= MAX_DH_SPLIT):
         return f"{where}: DH_SPLIT must be an integer from 1 to {MAX_DH_SPLIT}, got {split!r}"
@@ -284,7 +291,7 @@ def measured_strategy(cell, kernel, B, H, P, dtype, device):
 
 
 def tuned_config(cell, kernel, strategy, B, H, P, dtype, device):
-    """The measured overrides ({"BLOCK_K", "num_warps", "num_stages"}, some of them) of the
+    """The measured overrides ({"BLOCK_K", "num_warps", "num_stages", ...}, some of them) of the
     kernel config of ``cell``'s ``kernel`` under ``strategy`` at exactly (B, H, P) in ``dtype`` (a fresh
     dict), or None. Exact: the tiles the options were tuned for depend on B beyond its power
     of two (the per-step plan weighs the grid against the SMs), and options tuned for one

@@ -68,6 +68,27 @@ def test_a_forced_strategy_that_cannot_run_raises_every_time():
                 plans(H=300)
 
 
+@pytest.mark.usefixtures("an_h100")
+@pytest.mark.parametrize(
+    "B, H, dtype, strategy, forward, backward",
+    [
+        (8, 512, torch.bfloat16, "persistent", True, True),  # 16-row blocks, held weights
+        (32, 2048, torch.float32, "persistent", True, True),  # 32-row blocks, W streamed
+        (128, 1024, torch.float32, "persistent", True, False),  # 64-row blocks: the backward's spilled
+        (8, 512, torch.bfloat16, "per-step", False, False),  # one step a launch: no barrier to hide behind
+        (8, 128, torch.bfloat16, "one-launch", False, False),
+    ],
+)  # fmt: skip
+def test_next_step_tiles_are_prefetched_in_persistent_launches(B, H, dtype, strategy, forward, backward):
+    assert planner.kernel_config(B, H, dtype, strategy)["PREFETCH_GX"] is forward
+    config = planner.kernel_config(B, H, dtype, strategy, backward=True)
+    assert config["PREFETCH_OWN_TILES"] is backward
+    assert "PREFETCH_GX" not in config and "PREFETCH_OWN_TILES" not in planner.kernel_config(B, H, dtype, strategy)
+    if strategy == "persistent":  # the limit is on the batch block
+        with planner.override_limits(prefetch_own_tiles_max_block_b=config["BLOCK_B"] // 2):
+            assert planner.kernel_config(B, H, dtype, strategy, backward=True)["PREFETCH_OWN_TILES"] is False
+
+
 @pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 100, 1024, 1025])
 def test_host_integer_helpers_match_triton(n):
     assert padded(n) == max(MIN_DOT, triton.next_power_of_2(n))

@@ -106,8 +106,12 @@ GOOD_CONFIG = config_entry("fwd", "per-step", "bfloat16", 32, 512, {"BLOCK_K": 3
         (dict(config={"num_stages": 0}), "num_stages must be an integer from 1 to 5"),
         (dict(config={"num_stages": 6}), "num_stages must be an integer from 1 to 5"),
         (dict(config={"num_stages": True}), "num_stages must be an integer from 1 to 5"),
-        (dict(config={"BLOCK_H": 32}), "config must set some of BLOCK_K, num_warps, num_stages and"),
-        (dict(config={"DH_SPLIT": 2}), "config must set some of BLOCK_K, num_warps, num_stages and"),  # fwd
+        (dict(config={"BLOCK_H": 32}), "config must set some of BLOCK_K, num_warps, num_stages, PREFETCH_GX and n"),
+        (dict(config={"DH_SPLIT": 2}), "num_stages, PREFETCH_GX and nothing else"),  # the forward has no split
+        (dict(config={"PREFETCH_OWN_TILES": False}), "config must set some of"),  # the backward's switch
+        (dict(kernel="bwd", config={"PREFETCH_GX": False}), "DH_SPLIT, PREFETCH_OWN_TILES and nothing else"),
+        (dict(config={"PREFETCH_GX": 0}), "PREFETCH_GX must be true or false, got 0"),
+        (dict(kernel="bwd", config={"PREFETCH_OWN_TILES": "no"}), "PREFETCH_OWN_TILES must be true or false"),
         (dict(kernel="bwd", config={"DH_SPLIT": 9}), "DH_SPLIT must be an integer from 1 to 8"),
         (dict(kernel="bwd", config={"DH_SPLIT": 0}), "DH_SPLIT must be an integer from 1 to 8"),
         (dict(config={}), "config must set some of"),
@@ -360,8 +364,10 @@ def test_tuner_check_tries_each_distinct_candidate():
     assert [(r["kernel"], r["strategy"]) for r in results] == [
         ("fwd", "per-step"), ("bwd", "per-step"), ("fwd", "persistent"), ("bwd", "persistent")]  # fmt: skip
     for result in results:
-        split = {"DH_SPLIT": 1} if result["kernel"] == "bwd" else {}  # the backward's tuned options add its split
-        assert result["default"] == {"BLOCK_K": 32, "num_warps": 4, "num_stages": 3, **split}
+        # the backward's tuned options add its split; each kernel's its prefetch, on in persistent launches
+        split = {"DH_SPLIT": 1} if result["kernel"] == "bwd" else {}
+        prefetch = {tuning.PREFETCH[result["kernel"]]: result["strategy"] == "persistent"}
+        assert result["default"] == {"BLOCK_K": 32, "num_warps": 4, "num_stages": 3, **split, **prefetch}
         assert [t["status"] for t in result["trials"]] == ["ok", "same config as the default"]
         assert result["best"] is None  # nothing timed, nothing wins
     assert len(lines) == 4 and "1 candidates agree" in lines[0]
@@ -426,8 +432,26 @@ def test_tuner_check_command(tmp_path):
         tune.main(["--check", "-o", str(tmp_path / "table.json")])
 
 
+def test_tuner_tries_each_kernel_without_its_prefetch():
+    assert tune.CANDIDATES[-1] == {"PREFETCH_GX": False}
+    assert tune.BACKWARD_CANDIDATES[-1] == {"PREFETCH_OWN_TILES": False}
+    for strategy, status in (("persistent", "ok"), ("per-step", "same config as the default")):  # off there already
+        for kernel, candidates in (("fwd", tune.CANDIDATES), ("bwd", tune.BACKWARD_CANDIDATES)):
+            (result,) = tune.tune([(2, 32, None)], [torch.float32], [strategy], [kernel], T=3, timing=False,
+                                  candidates=candidates[-1:], say=lambda line: None)  # fmt: skip
+            assert [t["status"] for t in result["trials"]] == [status], (strategy, kernel)
+
+
+def test_tuner_prefetch_candidates_command(tmp_path):
+    log = tmp_path / "trials.json"
+    assert tune.main(["--check", "--candidates", "prefetch", "--strategies", "persistent", "--log", str(log)]) == 0
+    results = json.loads(log.read_text())
+    assert [(r["kernel"], [t["config"] for t in r["trials"]], [t["status"] for t in r["trials"]]) for r in results] == [
+        ("fwd", [{"PREFETCH_GX": False}], ["ok"]), ("bwd", [{"PREFETCH_OWN_TILES": False}], ["ok"])]  # fmt: skip
+
+
 def test_tuner_tries_the_backward_dh_splits():
-    assert tune.BACKWARD_CANDIDATES[-4:] == [{"DH_SPLIT": split} for split in (1, 2, 4, 8)]
+    assert tune.BACKWARD_CANDIDATES[-5:-1] == [{"DH_SPLIT": split} for split in (1, 2, 4, 8)]
     (result,) = tune.tune([(2, 32, None)], [torch.float32], ["per-step"], ["bwd"], T=3, timing=False,
                           candidates=[{"DH_SPLIT": split} for split in (1, 2, 4)], say=lambda line: None)  # fmt: skip
     # K = 4H = 128 in chunks of 32: split 4 ways, a chunk a slice; each agrees with the unsplit default
