@@ -2,6 +2,8 @@
 ``rnn_layers``, ``gru_layers``), every cell through one stack driver (``recurrent_layers``) and one backend
 rule (``use_kernels``, ``uses_torch_cpu``)."""
 
+import functools
+
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -438,3 +440,29 @@ def autocast_enabled(device_type):
     if torch.compiler.is_compiling():
         return device_type not in _NO_AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type)
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def torch_lstm_fails_under_cpu_autocast(input_dtype, weight_dtype):
+    """Whether torch's CPU LSTM op (``torch.nn.LSTM``'s, padded input, no projection) raises
+    under the CPU autocast now in force. With fp32 input aten's ``lstm`` takes oneDNN's fused
+    LSTM, and autocast casts that op to bf16 (fp16) without asking whether the CPU can run it:
+    on a CPU without oneDNN's bf16 (fp16) support (AVX2 only) torch.nn.LSTM fails with "could
+    not create a primitive descriptor" (torch 2.13). False when autocast is off for CPU."""
+    if not autocast_enabled("cpu"):
+        return False
+    autocast_dtype = torch.get_autocast_dtype("cpu")
+    return not _torch_lstm_runs_under_cpu_autocast(input_dtype, weight_dtype, autocast_dtype, torch.backends.mkldnn.enabled)
+
+
+@functools.cache
+def _torch_lstm_runs_under_cpu_autocast(input_dtype, weight_dtype, autocast_dtype, onednn_enabled):
+    """One tiny call of torch's op, once per process and key: the CPU's ability is what decides."""
+    del onednn_enabled  # a key only: the call runs under the flag in force
+    x = torch.zeros(1, 1, 1, dtype=input_dtype)
+    weights = [torch.zeros(4, 1, dtype=weight_dtype), torch.zeros(4, 1, dtype=weight_dtype)]
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=autocast_dtype):
+            torch._VF.lstm(x, (x, x), weights, False, 1, 0.0, False, False, False)
+    except RuntimeError:
+        return False
+    return True

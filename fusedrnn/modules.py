@@ -79,7 +79,7 @@ class LSTM(WithBackend, nn.RNNBase):
         batched input (not with a PackedSequence); the output is zero past each length and
         ``h_n, c_n`` are each sequence's own last step."""
         device = (input.data if isinstance(input, PackedSequence) else input).device
-        if lengths is None and F.uses_torch_cpu(device, self.backend):
+        if lengths is None and F.uses_torch_cpu(device, self.backend) and not self._torch_op_fails_here(input):
             if self._can_call_torch_op_directly(input, hx):
                 # What torch.nn.LSTM.forward calls, once its checks would pass: checked here
                 # in a few comparisons instead (its checks are a tenth of a T = 16, B = 1 call).
@@ -136,6 +136,16 @@ class LSTM(WithBackend, nn.RNNBase):
         zeros = dict(dtype=input.dtype, device=input.device)
         c0 = torch.zeros(c_shape, **zeros)
         return (c0 if h_shape == c_shape else torch.zeros(h_shape, **zeros)), c0
+
+    def _torch_op_fails_here(self, input):
+        """Whether torch.nn.LSTM would raise on this input under CPU autocast for want of
+        oneDNN's bf16 (fp16) LSTM on this CPU (``F.torch_lstm_fails_under_cpu_autocast``).
+        Then the layers run as with ``lengths=``: torch's op on copies in the autocast dtype,
+        with autocast off, so the module works where torch's does not. Packed input and
+        projections take other paths in torch, which run."""
+        if isinstance(input, PackedSequence) or self.proj_size or not isinstance(input, torch.Tensor):
+            return False
+        return F.torch_lstm_fails_under_cpu_autocast(input.dtype, self.weight_ih_l0.dtype)
 
     def _can_call_torch_op_directly(self, input, hx):
         """Whether every check of torch.nn.LSTM.forward would pass and leave the input as it
