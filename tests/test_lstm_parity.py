@@ -68,15 +68,33 @@ def random_hx(num_layers, bidirectional, proj_size, batched=True, batch_size=B):
 
 
 CONFIGS = list(itertools.product([1, 2, 3], [False, True], [0, P], [True, False], [False, True]))
-CONFIG_IDS = [
-    f"L{n}-{'bi' if bi else 'uni'}-proj{p}-{'bias' if b else 'nobias'}-{'bf' if bf else 'tm'}"
-    for n, bi, p, b, bf in CONFIGS
-]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("num_layers, bidirectional, proj_size, bias, batch_first", CONFIGS, ids=CONFIG_IDS)
-def test_every_configuration_matches_torch(backend, num_layers, bidirectional, proj_size, bias, batch_first):
+def config_id(num_layers, bidirectional, proj_size, bias, batch_first):
+    return f"L{num_layers}-{'bi' if bidirectional else 'uni'}-proj{proj_size}-{'bias' if bias else 'nobias'}-{'bf' if batch_first else 'tm'}"
+
+
+def flags(bits):
+    """(bidirectional, proj_size, bias, batch_first) from four bits (1: bi, P, no bias, batch first)."""
+    bi, proj, no_bias, bf = (bit == "1" for bit in bits)
+    return bi, P if proj else 0, not no_bias, bf
+
+
+# The kernels under the interpreter are slow, so on CPU they run a pairwise cover of the 48
+# configurations instead of all of them (the reference path, and CUDA, run all): per layer
+# count a row and its complement, so each layer count meets both values of every flag, and the
+# three base rows give every pair of flags both equal and different values, i.e. all four
+# combinations; plus the largest configuration.
+PAIRWISE = [(n, *flags(bits)) for n, base in ((1, "0000"), (2, "0011"), (3, "0101"))
+            for bits in (base, "".join("1" if b == "0" else "0" for b in base))]  # fmt: skip
+PAIRWISE.append((3, True, P, True, True))
+KERNEL_CONFIGS = CONFIGS if DEVICE == "cuda" else PAIRWISE
+BACKEND_CONFIGS = [("reference", c) for c in CONFIGS] + [("triton", c) for c in KERNEL_CONFIGS]
+
+
+@pytest.mark.parametrize("backend, config", BACKEND_CONFIGS, ids=[f"{config_id(*c)}-{b}" for b, c in BACKEND_CONFIGS])
+def test_every_configuration_matches_torch(backend, config):
+    num_layers, bidirectional, proj_size, bias, batch_first = config
     kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, proj_size=proj_size, bias=bias, batch_first=batch_first)
     ours, theirs = make_pair(backend, **kwargs)
     x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=torch.float64)
@@ -322,3 +340,11 @@ def test_one_tensor_holding_both_states_runs_where_torch_runs_it(form):
 def _flat_outputs(result):
     output, (h_n, c_n) = result
     return [output.data if isinstance(output, torch.nn.utils.rnn.PackedSequence) else output, h_n, c_n]
+
+
+def test_kernel_configurations_cover_every_pair_of_settings():
+    """The pairwise cover above: every pair of settings (layers and the four flags) occurs."""
+    values = [sorted(set(column)) for column in zip(*CONFIGS)]
+    for i, j in itertools.combinations(range(5), 2):
+        want = set(itertools.product(values[i], values[j]))
+        assert {(c[i], c[j]) for c in PAIRWISE} == want, (i, j)
