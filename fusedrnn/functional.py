@@ -448,7 +448,7 @@ def torch_lstm_fails_under_cpu_autocast(input_dtype, weight_dtype):
     LSTM, and autocast casts that op to bf16 (fp16) without asking whether the CPU can run it:
     on a CPU without oneDNN's bf16 (fp16) support (AVX2 only) torch.nn.LSTM fails with "could
     not create a primitive descriptor" (torch 2.13). False when autocast is off for CPU."""
-    if not autocast_enabled("cpu"):
+    if not torch.is_autocast_enabled("cpu"):  # (CPU always has autocast: no need to ask, at 2 us a call)
         return False
     autocast_dtype = torch.get_autocast_dtype("cpu")
     return not _torch_lstm_runs_under_cpu_autocast(input_dtype, weight_dtype, autocast_dtype, torch.backends.mkldnn.enabled)

@@ -143,8 +143,8 @@ class LSTM(WithBackend, nn.RNNBase):
         Then the layers run as with ``lengths=``: torch's op on copies in the autocast dtype,
         with autocast off, so the module works where torch's does not. Packed input and
         projections take other paths in torch, which run."""
-        if isinstance(input, PackedSequence) or self.proj_size or not isinstance(input, torch.Tensor):
-            return False
+        if isinstance(input, PackedSequence) or self.proj_size or not torch.is_autocast_enabled("cpu"):
+            return False  # (autocast asked first: the common case, without reading a parameter, 1 us)
         return F.torch_lstm_fails_under_cpu_autocast(input.dtype, self.weight_ih_l0.dtype)
 
     def _can_call_torch_op_directly(self, input, hx):
