@@ -137,8 +137,6 @@ def _dh_partials(p_dg_rows, mask_b, p_w_hh, stride_w, p_part_rows, stride_part, 
         tl.store(p_out, part, mask=mask_b[:, None] & mask_ps[None, :])
 
 
-# B, H and P stay specialised (divisible by 16 or not): that vectorises the masked loads,
-# and a model has few sizes. The step range and T change per call: never specialised.
 @triton.jit
 def _dy_tile(s, T, p_dy, stride_dyt, stride_dyb, stride_dyh, rows_b, mask_b, offs_p, mask_p, length,
              VARLEN: tl.constexpr, REVERSE: tl.constexpr):  # fmt: skip
@@ -199,6 +197,8 @@ def _cell_tiles(s, T, p_gates, stride_gt, stride_gb, p_c, stride_ct, p_c0, strid
     return pre, c, c_prev, hn, h_prev
 
 
+# B, H and P stay specialised (divisible by 16 or not): that vectorises the masked loads,
+# and a model has few sizes. The step range and T change per call: never specialised.
 @triton.jit(do_not_specialize=["s_start", "s_end", "T", "max_spins"])
 def _recurrence_fwd_kernel(
     p_gates,  # (T, B, GATES*H) view: Gx on entry, the gates' pre-activations on exit
