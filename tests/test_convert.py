@@ -125,7 +125,7 @@ def test_converted_model_gives_the_same_outputs_and_trains(backend):
     ours = fusedrnn.convert(ours, backend=backend)
     optimizer_theirs = torch.optim.Adam(theirs.parameters(), lr=1e-2)
     losses = []
-    for _ in range(5):
+    for _ in range(5 if backend == "reference" or DEVICE == "cuda" else 3):  # interpreted: 3 steps
         for model, opt, dtype, device in ((ours, optimizer, torch.float32, DEVICE),
                                           (theirs, optimizer_theirs, torch.float64, "cpu")):  # fmt: skip
             opt.zero_grad()
@@ -136,4 +136,4 @@ def test_converted_model_gives_the_same_outputs_and_trains(backend):
                 losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
-        assert_close(a, b, rel=1e-4, name=name)  # five Adam steps in fp32 against float64
+        assert_close(a, b, rel=1e-4, name=name)  # Adam steps in fp32 against float64
