@@ -31,7 +31,10 @@ stopped at its cap still leaves the rows it finished:
 
 Output (at most 8 files, what the device tool returns): OUT_DIR/gpu-smoke.tar.gz (every
 section's JSON lines, logs and files, packed after each section), OUT_DIR/gpu-smoke.log
-(the console), OUT_DIR/summary.json (per section: status, seconds, rows, failures).
+(the console), OUT_DIR/summary.json (per section: status, seconds, rows, failures, and the
+kernels its processes built and found in Triton's cache). Each section's builds are logged in
+compiles-<section>.jsonl (kernels/aot.py), from which bench/prebuild_cache.py fills a Triton
+cache on a CPU for the next GPU run.
 Unpack with ``tar -xzf gpu-smoke.tar.gz -C bench/results/<gpu>-<date>-smoke/``.
 
 ``--tiny`` (CPU, TRITON_INTERPRET=1; bench/test_gpu_smoke.py in CI) runs every section on
@@ -131,6 +134,7 @@ def section_env(args, emit):
         cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), triton=triton.__version__,
         numpy=numpy.__version__, fusedrnn=fusedrnn.__version__, cpus=os.cpu_count(),
         interpreted=os.environ.get("TRITON_INTERPRET") == "1", date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        compile_log=os.environ.get(COMPILE_LOG_ENV), triton_cache=os.environ.get("TRITON_CACHE_DIR"),
     )  # fmt: skip
     if _cuda():
         props = torch.cuda.get_device_properties(0)
@@ -569,7 +573,32 @@ def run_section_process(args, name, part=(1, 1), resume_after=-1, cap=None):
         command.append("--tiny")
     command += [f"--select={section}={expr}" for section, expr in args.select.items()]
     log = open(work / f"{name}{suffix}.log", "a")
-    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # Every process of the section (pytest's included) logs each kernel it builds, for
+    # bench/prebuild_cache.py and for the summary's compile seconds.
+    env = {**os.environ, COMPILE_LOG_ENV: str(compile_log(work, name))}
+    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+COMPILE_LOG_ENV = "FUSEDRNN_COMPILE_LOG"  # fusedrnn.kernels.aot.COMPILE_LOG_ENV (not imported: the driver imports no torch)
+
+
+def compile_log(work, name):
+    return Path(work) / f"compiles-{name}.jsonl"
+
+
+def compile_stats(path):
+    """Kernels a section built (and their seconds), and found in Triton's cache, from its log."""
+    built = cached = unlogged = 0
+    seconds = 0.0
+    for row in read_rows(path):
+        if "hash" not in row:
+            unlogged += 1
+        elif row["cache_hit"]:
+            cached += 1
+        else:
+            built += 1
+            seconds += row["seconds"]
+    return dict(built=built, compile_seconds=round(seconds, 1), from_cache=cached, unlogged=unlogged)
 
 
 def stop(proc):
@@ -619,7 +648,7 @@ def section_rows(work, name):
     return rows
 
 
-def summarise(name, status, seconds, rows, restarts):
+def summarise(name, status, seconds, rows, restarts, compiles):
     checked = [r for r in rows if "ok" in r]
     failures = [r for r in checked if r["ok"] is False]
     if status == "ok" and failures:
@@ -627,7 +656,7 @@ def summarise(name, status, seconds, rows, restarts):
     if name != "env" and not checked and status == "ok":
         status = "no results"
     return dict(status=status, seconds=round(seconds, 1), rows=len(rows), checked=len(checked), failed=len(failures),
-                restarts=restarts, failures=[_failure_name(r) for r in failures][:40])  # fmt: skip
+                restarts=restarts, compiles=compiles, failures=[_failure_name(r) for r in failures][:40])  # fmt: skip
 
 
 def _failure_name(row):
@@ -677,10 +706,13 @@ def main_driver(args):
     for name in args.sections:
         cap = args.caps[name]
         status, seconds, restarts = drive_section(args, name, cap)
-        summary["sections"][name] = summarise(name, status, seconds, section_rows(work, name), restarts)
+        compiles = compile_stats(compile_log(work, name))
+        summary["sections"][name] = summarise(name, status, seconds, section_rows(work, name), restarts, compiles)
         s = summary["sections"][name]
         say(f"{name:<8} {s['status']:<10} {s['seconds']:>6.1f} s  {s['checked']} checked, {s['failed']} failed"
-            + (f", {restarts} restarts" if restarts else ""))  # fmt: skip
+            + (f", {restarts} restarts" if restarts else "")
+            + f"; kernels: {compiles['built']} built in {compiles['compile_seconds']} s (all processes),"
+            + f" {compiles['from_cache']} from the cache")  # fmt: skip
         for failure in s["failures"][:10]:
             say(f"    {failure}")
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -37,7 +37,23 @@ def test_every_section_runs_and_passes(tiny_run):
     assert list(summary["sections"]) == list(gpu_smoke.SECTIONS)
     for name, section in summary["sections"].items():
         assert section["status"] == "ok", (name, section)
+        # interpreted: nothing is compiled, and nothing fails to be logged
+        assert section["compiles"] == dict(built=0, compile_seconds=0.0, from_cache=0, unlogged=0), name
     assert summary["commit"] == "test-commit"
+    (env,) = gpu_smoke.section_rows(out / "gpu-smoke", "env")
+    assert env["compile_log"] == str(gpu_smoke.compile_log(out / "gpu-smoke", "env"))  # each section logs its builds
+
+
+def test_compile_stats_count_builds_and_cache_hits(tmp_path):
+    from fusedrnn.kernels import aot
+
+    assert gpu_smoke.COMPILE_LOG_ENV == aot.COMPILE_LOG_ENV
+    log = tmp_path / "compiles-correct.jsonl"
+    rows = [dict(hash="a", cache_hit=False, seconds=0.5), dict(hash="b", cache_hit=False, seconds=1.25),
+            dict(hash="a", cache_hit=True, seconds=0.01), dict(error="KeyError: 'x'", name="k")]  # fmt: skip
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"hash": "cut')  # a line cut by a kill
+    assert gpu_smoke.compile_stats(log) == dict(built=2, compile_seconds=1.8, from_cache=1, unlogged=1)
+    assert gpu_smoke.compile_stats(tmp_path / "none.jsonl") == dict(built=0, compile_seconds=0.0, from_cache=0, unlogged=0)
 
 
 def test_correct_checks_every_strategy_of_every_case_against_both_oracles(tiny_run):

@@ -9,6 +9,12 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from .aot import log_compiles_from_environment
+
+# Every kernel module imports this one: a process started with FUSEDRNN_COMPILE_LOG logs each
+# build from its first launch on (kernels/aot.py).
+log_compiles_from_environment()
+
 
 @triton.jit
 def sigmoid(x):

@@ -1,7 +1,20 @@
 """Building a recurrence kernel ahead of time, without a GPU, exactly as a launch would build
 it: the sm_90 compile test (tests/kernels/test_compile.py) and the resource tables
 (bench/kernel_resources.py) read registers, spills and shared memory off these builds.
+
+The compile log: with ``FUSEDRNN_COMPILE_LOG=path`` in its environment, a process appends one
+JSON line to ``path`` for every kernel Triton builds or finds in its cache (what was built,
+for which target and options, its cache hash, the seconds it took). ``rebuild`` builds a
+logged kernel again on any machine, a CPU one included, and ``bench/prebuild_cache.py`` fills
+a Triton cache with a GPU run's kernels: where the rebuilt hash equals the logged one, the
+next run on that GPU finds them there instead of compiling.
 """
+
+import hashlib
+import importlib
+import json
+import os
+import warnings
 
 def compile_spec(kernel, dtype_name, int_args):
     """``(signature, constants, attrs)`` for ``triton.compile(ASTSource(kernel, signature,
@@ -41,3 +54,143 @@ def split_launch_options(config):
     constexprs = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
     return constexprs, {k: v for k, v in config.items() if k in LAUNCH_OPTIONS}
 
+
+
+COMPILE_LOG_ENV = "FUSEDRNN_COMPILE_LOG"
+
+
+def log_compiles_from_environment():
+    """Install the compile log if ``FUSEDRNN_COMPILE_LOG`` names a file (the kernel modules call
+    this when they are imported)."""
+    path = os.environ.get(COMPILE_LOG_ENV)
+    if path:
+        log_compiles(path)
+
+
+def log_compiles(path):
+    """Append a line to ``path`` for each kernel this process builds or loads from Triton's
+    cache (a launch builds each variant once per process). Keeps any listener already set."""
+    import triton
+
+    if getattr(triton.knobs.compilation.listener, "fusedrnn_log", None) == path:
+        return
+    before = triton.knobs.compilation.listener
+
+    def listener(*, src, metadata, metadata_group, times, cache_hit):
+        if before is not None:
+            before(src=src, metadata=metadata, metadata_group=metadata_group, times=times, cache_hit=cache_hit)
+        try:
+            line = json.dumps(compile_record(src, metadata, times, cache_hit)) + "\n"
+        except Exception as err:  # a log must never fail the launch it describes
+            line = json.dumps({"error": f"{type(err).__name__}: {err}", "name": getattr(src, "name", None)}) + "\n"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode())  # one write: processes logging to one file do not interleave lines
+            finally:
+                os.close(fd)
+        except OSError as err:
+            warnings.warn(f"{COMPILE_LOG_ENV}={path}: {err}", RuntimeWarning, stacklevel=2)
+
+    listener.fusedrnn_log = path
+    triton.knobs.compilation.listener = listener
+
+
+def compile_record(src, metadata, times, cache_hit):
+    """What ``rebuild`` needs to build a kernel again, and its hash to check the rebuild by."""
+    import triton
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+
+    target = metadata["target"]
+    if isinstance(target, dict):  # as a cache hit's metadata may hold it
+        target = GPUTarget(**target)
+    option_names = make_backend(target).parse_options({}).__dict__.keys() - {"extern_libs"}  # a path: its file is hashed
+    fn = src.fn.fn
+    record = {
+        "kernel": f"{fn.__module__}:{fn.__qualname__}",
+        "signature": dict(src.signature),
+        "constants": [[list(path), _encode_constant(value)] for path, value in src.constants.items()],
+        "attrs": [[list(path), value] for path, value in src.attrs.items()],
+        "options": {k: metadata[k] for k in sorted(option_names) if k in metadata},
+        "env_vars": dict(get_cache_invalidating_env_vars()),
+        "target": [target.backend, target.arch, target.warp_size],
+        "hash": metadata["hash"],
+        "key_parts": None,  # below: from the options as logged
+        "triton": triton.__version__,
+        "cache_hit": cache_hit,
+        "seconds": round(times.total / 1e6, 4),
+        "pid": os.getpid(),
+    }
+    record["key_parts"] = key_parts(src, target, _options(record))
+    return record
+
+
+def key_parts(source, target, options):
+    """Hashes of the parts of a build's cache key: the kernel's source and specialisation, the
+    compiler backend (its ptxas version and the architecture), the compiler's options, the
+    Triton installation (its files, its library included)."""
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.cache import triton_key
+
+    backend = make_backend(target)
+    return {"src": source.hash(), "backend": backend.hash(), "options": backend.parse_options(options).hash(),
+            "triton": hashlib.sha256(triton_key().encode()).hexdigest()}  # fmt: skip
+
+
+def _encode_constant(value):
+    import triton.language as tl
+
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, tl.dtype):
+        return {"tl.dtype": value.name}
+    return {"repr": repr(value)}  # not rebuilt: rebuild raises on it
+
+
+def _decode_constant(value):
+    import triton.language as tl
+
+    if not isinstance(value, dict):
+        return value
+    if "tl.dtype" in value:
+        return tl.dtype(value["tl.dtype"])
+    raise ValueError(f"a constant the compile log could not record: {value['repr']}")
+
+
+def _options(record):
+    return {k: _tuples(v) for k, v in record["options"].items()}
+
+
+def _tuples(value):
+    """JSON's lists back to the tuples Triton's options hold (their hash is of their str)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def logged_source(record):
+    """The ``(ASTSource, GPUTarget)`` of a compile-log record, as the logged build had them."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    module, _, name = record["kernel"].partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    constants = {tuple(path): _decode_constant(value) for path, value in record["constants"]}
+    attrs = {tuple(path): value for path, value in record["attrs"]}
+    return ASTSource(fn, dict(record["signature"]), constants, attrs), GPUTarget(*record["target"])
+
+
+def rebuild(record):
+    """Build the kernel of one compile-log record again, for the target, options and
+    specialisation the logged build had, into Triton's cache (``triton.knobs.cache.dir``).
+    Returns the CompiledKernel: its ``hash`` equals ``record["hash"]`` exactly where a launch
+    with that record's Triton, target and environment finds the kernel in this cache."""
+    import triton
+
+    source, target = logged_source(record)
+    return triton.compile(source, target=target, options=_options(record), _env_vars=record["env_vars"])
+
+
+def rebuilt_key_parts(record):
+    """``key_parts`` of the build ``rebuild`` makes of ``record`` on this machine."""
+    return key_parts(*logged_source(record), _options(record))

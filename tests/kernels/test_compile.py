@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -115,3 +117,72 @@ def test_kernels_compile_for_sm90_within_shared_memory():
     assert {r["strategy"] for r in split} == {"per-step", "persistent"}
     too_big = [r for r in results if r["shared"] > SM90_MAX_SHARED_BYTES]
     assert not too_big, too_big
+
+
+LOG_AND_REBUILD = r"""
+import json, os, sys
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fusedrnn.kernels import aot, planner, recurrence
+from fusedrnn.kernels.cells import CELLS
+
+log, first_cache, second_cache = sys.argv[1:4]
+triton.knobs.cache.dir = first_cache
+aot.log_compiles(log)
+cell = CELLS["gru"]  # constants of every kind: ints, bools, a str, a tl.dtype
+kernel = recurrence._recurrence_fwd_kernel
+constexprs, options = aot.split_launch_options(
+    planner.kernel_config(1, 32, torch.bfloat16, "one-launch", cell=cell, backward=False))
+constexprs.update(planner.all_phase_flags(planner.kernel_phases(False, False, 1)), REVERSE=True, VARLEN=True,
+                  **recurrence.cell_constexprs(cell))
+signature, constants, attrs = aot.compile_spec(kernel, "bf16", dict(B=1, H=32, P=32))  # B = 1: a constant
+source = ASTSource(kernel, signature, {**constexprs, **constants}, attrs)
+built = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+(record,) = [json.loads(line) for line in open(log)]
+triton.knobs.cache.dir = second_cache
+triton.knobs.compilation.store_binary_only = True
+rebuilt = aot.rebuild(record)
+again = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+print(json.dumps(dict(built=built.hash, rebuilt=rebuilt.hash, again=again.hash,
+                      log=[json.loads(line) for line in open(log)],
+                      files=sorted(p for _, _, names in os.walk(second_cache) for p in names))))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Triton's CUDA compiler ships for Linux only")
+def test_a_logged_build_rebuilds_with_its_hash_into_a_cache_the_launch_then_hits(tmp_path):
+    """The compile log (FUSEDRNN_COMPILE_LOG, kernels/aot.py) records a build so exactly that
+    `aot.rebuild` gets the same cache hash in another cache folder, where the same build is
+    then a cache hit; `bench/prebuild_cache.py` checks a log so and reports it."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    log, first, second = tmp_path / "compiles.jsonl", tmp_path / "first", tmp_path / "second"
+    done = subprocess.run([sys.executable, "-c", LOG_AND_REBUILD, str(log), str(first), str(second)],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["built"] == result["rebuilt"] == result["again"]
+    assert [(row["hash"], row["cache_hit"]) for row in result["log"]] == [(result["built"], False)] * 2 + [
+        (result["built"], True)
+    ]
+    assert result["log"][0]["kernel"] == "fusedrnn.kernels.recurrence:_recurrence_fwd_kernel"
+    assert {"tl.dtype": "bf16"} in [value for _, value in result["log"][0]["constants"]]
+    assert not [name for name in result["files"] if name.endswith((".ptx", ".ttgir", ".llir"))]  # binary only
+
+    # The script over the log: one kernel (three lines), rebuilt with its hash.
+    tool = Path(__file__).resolve().parents[2] / "bench" / "prebuild_cache.py"
+    done = subprocess.run([sys.executable, str(tool), str(log), "--cache", str(tmp_path / "third"), "--jobs", "1"],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "1 kernels logged" in done.stdout and "1 with the logged hash, 0 with another, 0 failed" in done.stdout
+
+    # A record that is not what was built (another num_warps) rebuilds with another hash: the
+    # script says so, and which part of the key differs.
+    record = result["log"][0]
+    record["options"]["num_warps"] *= 2
+    (tmp_path / "edited.jsonl").write_text(json.dumps(record) + "\n")
+    done = subprocess.run([sys.executable, str(tool), str(tmp_path / "edited.jsonl"), "--cache", str(tmp_path / "fourth"),
+                           "--jobs", "1"], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 1 and "0 with the logged hash, 1 with another" in done.stdout, done.stdout
+    assert "key parts that differ: options in 1" in done.stdout, done.stdout
