@@ -156,7 +156,7 @@ def test_a_logged_build_rebuilds_with_its_hash_into_a_cache_the_launch_then_hits
     """The compile log (FUSEDRNN_COMPILE_LOG, kernels/aot.py) records a build so exactly that
     `aot.rebuild` gets the same cache hash in another cache folder, where the same build is
     then a cache hit; `bench/prebuild_cache.py` checks a log so and reports it."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FUSEDRNN_COMPILE_LOG")}
     log, first, second = tmp_path / "compiles.jsonl", tmp_path / "first", tmp_path / "second"
     done = subprocess.run([sys.executable, "-c", LOG_AND_REBUILD, str(log), str(first), str(second)],
                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -170,12 +170,15 @@ def test_a_logged_build_rebuilds_with_its_hash_into_a_cache_the_launch_then_hits
     assert {"tl.dtype": "bf16"} in [value for _, value in result["log"][0]["constants"]]
     assert not [name for name in result["files"] if name.endswith((".ptx", ".ttgir", ".llir"))]  # binary only
 
-    # The script over the log: one kernel (three lines), rebuilt with its hash.
+    # The script over the log and a line of another library's: one kernel (three lines),
+    # rebuilt with its hash.
+    with open(log, "a") as f:
+        f.write(json.dumps(dict(result["log"][0], kernel="torch._inductor.generated:triton_poi_fused_add_0")) + "\n")
     tool = Path(__file__).resolve().parents[2] / "bench" / "prebuild_cache.py"
     done = subprocess.run([sys.executable, str(tool), str(log), "--cache", str(tmp_path / "third"), "--jobs", "1"],
                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    assert "1 kernels logged" in done.stdout and "1 with the logged hash, 0 with another, 0 failed" in done.stdout
+    assert "1 kernels logged (1 log lines left out" in done.stdout and "1 with the logged hash, 0 with another, 0 failed" in done.stdout
 
     # A record that is not what was built (another num_warps) rebuilds with another hash: the
     # script says so, and which part of the key differs.
