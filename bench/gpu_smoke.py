@@ -579,7 +579,8 @@ def run_section_process(args, name, part=(1, 1), resume_after=-1, cap=None):
     return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
-COMPILE_LOG_ENV = "FUSEDRNN_COMPILE_LOG"  # fusedrnn.kernels.aot.COMPILE_LOG_ENV (not imported: the driver imports no torch)
+# fusedrnn.kernels.aot.COMPILE_LOG_ENV, not imported: the driver imports no torch
+COMPILE_LOG_ENV = "FUSEDRNN_COMPILE_LOG"
 
 
 def compile_log(work, name):

@@ -106,7 +106,8 @@ def compile_record(src, metadata, times, cache_hit):
     target = metadata["target"]
     if isinstance(target, dict):  # as a cache hit's metadata may hold it
         target = GPUTarget(**target)
-    option_names = make_backend(target).parse_options({}).__dict__.keys() - {"extern_libs"}  # a path: its file is hashed
+    # extern_libs holds a path, which differs between machines: the key hashes its file
+    option_names = make_backend(target).parse_options({}).__dict__.keys() - {"extern_libs"}
     fn = src.fn.fn
     record = {
         "kernel": f"{fn.__module__}:{fn.__qualname__}",
