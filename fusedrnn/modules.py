@@ -253,7 +253,11 @@ class _HOnlyRecurrent(WithBackend, nn.RNNBase):
         )
 
     def _layers(self, input, hx, lengths, batch_first):
-        layers = F.gru_layers if self.mode == "GRU" else functools.partial(F.rnn_layers, nonlinearity=self.nonlinearity)
+        if self.mode == "GRU":
+            layers = F.gru_layers
+        else:  # torch.nn.RNN.forward picks its op by mode: an edited nonlinearity attribute changes nothing
+            nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
+            layers = functools.partial(F.rnn_layers, nonlinearity=nonlinearity)
         return layers(
             input, hx, self._flat_weights, num_layers=self.num_layers, bidirectional=self.bidirectional,
             dropout=self.dropout, training=self.training, batch_first=batch_first, lengths=lengths,

@@ -212,6 +212,19 @@ def test_double_backward_on_the_reference_path_and_a_clear_error_on_the_kernels(
     assert "double backward" in DOUBLE_BACKWARD_ERROR
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_the_op_follows_mode_as_torch_s_not_an_edited_nonlinearity(backend):
+    """torch.nn.RNN.forward picks tanh or relu by ``mode``, set once by the constructor."""
+    torch.manual_seed(0)
+    theirs = nn.RNN(I, H)
+    ours = fusedrnn.RNN(I, H, backend=backend)
+    ours.load_state_dict(theirs.state_dict())
+    theirs.nonlinearity = ours.nonlinearity = "relu"
+    x = torch.randn(4, 2, I)
+    assert (theirs(x)[0] < 0).any()  # still tanh
+    assert_close(ours(x)[0], theirs(x)[0], rel=1e-6, name="output")
+
+
 def test_constructor_init_state_dict_and_repr_are_torch_s():
     for args, kwargs in [((I, H), {}), ((I, H, 2, "relu", False, True, 0.5, True), {}),
                          ((I, H), dict(nonlinearity="relu", num_layers=3, bidirectional=True))]:  # fmt: skip
