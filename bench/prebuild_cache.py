@@ -48,23 +48,22 @@ def read_records(paths):
 
 
 def _rebuild_one(record, cache_dir):
-    """(hash, rebuilt hash or None, the key parts that differ, error or None, seconds)."""
+    """(rebuilt hash or None, the key parts that differ, error or None) of one record."""
     import triton
 
     from fusedrnn.kernels import aot
 
     triton.knobs.cache.dir = cache_dir
     triton.knobs.compilation.store_binary_only = True
-    start = time.monotonic()
     try:
         compiled = aot.rebuild(record)
     except Exception as err:
-        return record["hash"], None, [], f"{type(err).__name__}: {err}", time.monotonic() - start
+        return None, [], f"{type(err).__name__}: {err}"
     differs = []
     if compiled.hash != record["hash"]:
         here = aot.rebuilt_key_parts(record)
         differs = [part for part, value in here.items() if value != record["key_parts"][part]]
-    return record["hash"], compiled.hash, differs, None, time.monotonic() - start
+    return compiled.hash, differs, None
 
 
 def main(argv=None):
@@ -82,21 +81,21 @@ def main(argv=None):
     start = time.monotonic()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(_rebuild_one, records, [cache_dir] * len(records)))
-    matched = [r for r in results if r[1] == r[0]]
-    failed = [r for r in results if r[3] is not None]
-    differ = [r for r in results if r[1] is not None and r[1] != r[0]]
+    matched = [rec for rec, (rebuilt, _, _) in zip(records, results) if rebuilt == rec["hash"]]
+    failed = [(rec["hash"], error) for rec, (_, _, error) in zip(records, results) if error is not None]
+    differ = [differs for rec, (rebuilt, differs, _) in zip(records, results) if rebuilt not in (None, rec["hash"])]
     logged = sum(rec.get("seconds", 0) for rec in records if not rec.get("cache_hit"))
     print(f"{len(records)} kernels logged ({left_out} log lines left out: not fusedrnn's, or not a build), "
           f"{logged:.0f} s of compiling where they were built")  # fmt: skip
     print(f"rebuilt in {time.monotonic() - start:.0f} s: {len(matched)} with the logged hash, "
           f"{len(differ)} with another, {len(failed)} failed")  # fmt: skip
     parts = {}
-    for _, _, differs, _, _ in differ:
+    for differs in differ:
         for part in differs:
             parts[part] = parts.get(part, 0) + 1
     if parts:
         print("  key parts that differ: " + ", ".join(f"{k} in {v}" for k, v in sorted(parts.items())))
-    for logged_hash, _, _, error, _ in failed[:10]:
+    for logged_hash, error in failed[:10]:
         print(f"  {logged_hash[:12]}: {error}")
     size = sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file())
     print(f"cache {cache_dir}: {size / 2**20:.1f} MiB")

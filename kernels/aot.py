@@ -16,6 +16,7 @@ import json
 import os
 import warnings
 
+
 def compile_spec(kernel, dtype_name, int_args):
     """``(signature, constants, attrs)`` for ``triton.compile(ASTSource(kernel, signature,
     {**constexprs, **constants}, attrs))``: ``kernel`` built ahead of time as a launch with
@@ -53,7 +54,6 @@ def split_launch_options(config):
     ``triton.compile``, which takes them apart, unlike a launch)."""
     constexprs = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
     return constexprs, {k: v for k, v in config.items() if k in LAUNCH_OPTIONS}
-
 
 
 COMPILE_LOG_ENV = "FUSEDRNN_COMPILE_LOG"
@@ -108,24 +108,23 @@ def compile_record(src, metadata, times, cache_hit):
         target = GPUTarget(**target)
     # extern_libs holds a path, which differs between machines: the key hashes its file
     option_names = make_backend(target).parse_options({}).__dict__.keys() - {"extern_libs"}
+    options = {k: metadata[k] for k in sorted(option_names) if k in metadata}
     fn = src.fn.fn
-    record = {
+    return {
         "kernel": f"{fn.__module__}:{fn.__qualname__}",
         "signature": dict(src.signature),
         "constants": [[list(path), _encode_constant(value)] for path, value in src.constants.items()],
         "attrs": [[list(path), value] for path, value in src.attrs.items()],
-        "options": {k: metadata[k] for k in sorted(option_names) if k in metadata},
+        "options": options,
         "env_vars": dict(get_cache_invalidating_env_vars()),
         "target": [target.backend, target.arch, target.warp_size],
         "hash": metadata["hash"],
-        "key_parts": None,  # below: from the options as logged
+        "key_parts": key_parts(src, target, _tuples(options)),
         "triton": triton.__version__,
         "cache_hit": cache_hit,
         "seconds": round(times.total / 1e6, 4),
         "pid": os.getpid(),
     }
-    record["key_parts"] = key_parts(src, target, _options(record))
-    return record
 
 
 def key_parts(source, target, options):
@@ -160,13 +159,13 @@ def _decode_constant(value):
     raise ValueError(f"a constant the compile log could not record: {value['repr']}")
 
 
-def _options(record):
-    return {k: _tuples(v) for k, v in record["options"].items()}
-
-
-def _tuples(value):
+def _tuples(options):
     """JSON's lists back to the tuples Triton's options hold (their hash is of their str)."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+    def tuples(value):
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+    return {k: tuples(v) for k, v in options.items()}
 
 
 def logged_source(record):
@@ -189,9 +188,9 @@ def rebuild(record):
     import triton
 
     source, target = logged_source(record)
-    return triton.compile(source, target=target, options=_options(record), _env_vars=record["env_vars"])
+    return triton.compile(source, target=target, options=_tuples(record["options"]), _env_vars=record["env_vars"])
 
 
 def rebuilt_key_parts(record):
     """``key_parts`` of the build ``rebuild`` makes of ``record`` on this machine."""
-    return key_parts(*logged_source(record), _options(record))
+    return key_parts(*logged_source(record), _tuples(record["options"]))
