@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
@@ -186,7 +185,8 @@ def test_a_logged_build_rebuilds_with_its_hash_into_a_cache_the_launch_then_hits
     record = result["log"][0]
     record["options"]["num_warps"] *= 2
     (tmp_path / "edited.jsonl").write_text(json.dumps(record) + "\n")
-    command = [sys.executable, str(tool), str(tmp_path / "edited.jsonl"), "--cache", str(tmp_path / "fourth"), "--jobs", "1"]
+    command = [sys.executable, str(tool), str(tmp_path / "edited.jsonl"), "--cache", str(tmp_path / "fourth"),
+               "--jobs", "1"]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1 and "0 with the logged hash, 1 with another" in done.stdout, done.stdout
     assert "key parts that differ: options in 1" in done.stdout, done.stdout
