@@ -3,7 +3,9 @@ fusedrnn's inside a model, and back.
 
 The new module is built on the meta device (no allocation) and then takes the old module's
 ``Parameter`` objects themselves: no copy, so an optimizer built before the swap keeps
-updating the same tensors, and its state stays valid.
+updating the same tensors, and its state stays valid. It takes the old module's hooks too
+(forward, backward, state_dict): a hook that logs or clips would otherwise stop running,
+silently.
 """
 
 import warnings
@@ -84,16 +86,23 @@ def _swap(model, make):
     replacement = _adopt(model, make)
     if replacement is not None:
         return replacement
+    swapped = {}  # id(old) -> new: a module shared by two parents stays one module
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            new = _adopt(child, make)
-            if new is not None:
-                setattr(parent, name, new)
+            if id(child) not in swapped:
+                swapped[id(child)] = _adopt(child, make)
+            if swapped[id(child)] is not None:
+                setattr(parent, name, swapped[id(child)])
     return model
 
 
+# nn.Module's hook registries (forward, backward, state_dict, load_state_dict), read from a
+# fresh module so that a torch release adding one is followed.
+_HOOK_ATTRIBUTES = tuple(name for name in vars(nn.Module()) if "hook" in name)
+
+
 def _adopt(old, make):
-    """``make(old)`` with old's parameters, buffers and train/eval mode, or None."""
+    """``make(old)`` with old's parameters, buffers, hooks and train/eval mode, or None."""
     new = make(old)
     if new is None:
         return None
@@ -105,5 +114,8 @@ def _adopt(old, make):
         new._buffers[name] = buffer
     if hasattr(new, "_init_flat_weights"):  # RNNBase caches its parameter list
         new._init_flat_weights()
+    for name in _HOOK_ATTRIBUTES:  # the same dicts: the handles a user holds still remove them
+        if name in vars(old):
+            vars(new)[name] = vars(old)[name]
     new.train(old.training)
     return new

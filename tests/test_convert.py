@@ -137,3 +137,32 @@ def test_converted_model_gives_the_same_outputs_and_trains(backend):
     assert losses[-1] < losses[0]
     for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
         assert_close(a, b, rel=1e-4, name=name)  # Adam steps in fp32 against float64
+
+
+def test_convert_and_revert_keep_the_hooks_and_one_module_shared_by_two_parents():
+    """A forward or backward hook on nn.LSTM (logging, gradient clipping) still runs after the
+    swap, the handle the user holds still removes it, and an LSTM reached from two parents
+    (tied encoders) becomes one fusedrnn.LSTM, not two."""
+    lstm = nn.LSTM(3, 4)
+    model = nn.ModuleDict(dict(left=nn.Sequential(lstm), right=nn.Sequential(lstm)))
+    calls = []
+    forward = lstm.register_forward_hook(lambda module, args, output: calls.append(("forward", type(module))))
+    lstm.register_full_backward_hook(lambda module, grad_in, grad_out: calls.append(("backward", type(module))))
+
+    def drop_bias_hh(module, state, prefix, local_metadata):
+        del state[prefix + "bias_hh_l0"]
+
+    lstm.register_state_dict_post_hook(drop_bias_hh)
+
+    fusedrnn.convert(model, backend="reference")
+    assert model["left"][0] is model["right"][0] and type(model["left"][0]) is fusedrnn.LSTM
+    model["left"](torch.randn(2, 3, 3, requires_grad=True))[0].sum().backward()
+    assert calls == [("forward", fusedrnn.LSTM), ("backward", fusedrnn.LSTM)]
+    assert "left.0.bias_hh_l0" not in model.state_dict() and "left.0.bias_ih_l0" in model.state_dict()
+
+    forward.remove()
+    fusedrnn.revert(model)
+    assert model["left"][0] is model["right"][0] and type(model["left"][0]) is nn.LSTM
+    calls.clear()
+    model["right"](torch.randn(2, 3, 3, requires_grad=True))[0].sum().backward()
+    assert calls == [("backward", nn.LSTM)]
