@@ -10,6 +10,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from helpers import TEST_STRATEGIES  # noqa: E402
 
 # Every @triton.jit module now, while TRITON_INTERPRET is what this process started with: a
 # kernel module first imported inside a test that set it (`check`/`trace --device cpu` do,
@@ -57,7 +58,7 @@ def ieee_fp32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-@pytest.fixture(params=["one-launch", "per-step", "persistent", "persistent-streamed"])
+@pytest.fixture(params=TEST_STRATEGIES)
 def strategy(request):
     """Every launch strategy of the recurrence kernels, forced with launch_strategy, within
     planner limits lowered for small test shapes (kernels/planner.py override_limits).

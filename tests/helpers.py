@@ -5,6 +5,8 @@ import torch
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"  # where the kernels run: natively, or interpreted on CPU
+# the launch strategies the `strategy` fixture (conftest.py) forces, each within test limits
+TEST_STRATEGIES = ["one-launch", "per-step", "persistent", "persistent-streamed"]
 
 
 def NEEDS_CUDA(test):

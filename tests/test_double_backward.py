@@ -8,7 +8,7 @@ are bitwise reproducible: every reduction is a GEMM or a sum, no atomics.
 
 import pytest
 import torch
-from helpers import DEVICE
+from helpers import DEVICE, TEST_STRATEGIES
 
 import fusedrnn
 from fusedrnn import functional as F
@@ -136,9 +136,7 @@ def test_cell_double_backward_works_or_says_how(backend):
 # two runs can differ only through the host code around the launches: one strategy checks
 # that (persistent-streamed, whose backward splits its dh loop over K). All four repeat on
 # CUDA, where the order of programs varies.
-REPEAT_STRATEGIES = ["one-launch", "per-step", "persistent", "persistent-streamed"] if DEVICE == "cuda" else [
-    "persistent-streamed"
-]
+REPEAT_STRATEGIES = TEST_STRATEGIES if DEVICE == "cuda" else ["persistent-streamed"]
 
 
 @pytest.mark.parametrize("strategy", REPEAT_STRATEGIES, indirect=True)
