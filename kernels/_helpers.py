@@ -39,6 +39,14 @@ def tanh(x):
 
 
 @triton.jit
+def mask_while(mask, condition):
+    """``mask`` where the scalar ``condition`` holds, else all off: ``mask & condition`` as a
+    select, because Triton 3.9's interpreter broadcasts a scalar comparison to int32 data and
+    then refuses the result as a load mask (compiled, both are one predicate)."""
+    return tl.where(condition, mask, False)
+
+
+@triton.jit
 def load_gate_tiles(p_g, H, mask, GATES: tl.constexpr):
     """The GATES (rows, units) tiles at p_g, p_g + H, ... (a step's gates, in the cell's gate
     order), in fp32, as a tuple."""

@@ -58,6 +58,7 @@ from ._helpers import (
     gates_matmul,
     load_gate_tiles,
     load_weight_tiles,
+    mask_while,
     store_gate_tiles,
     tf32_rounded,
     weight_operand,
@@ -398,7 +399,7 @@ def _recurrence_fwd_kernel(
             # step (sm_90 PTX, bench/NOTES.md v1.14). Masked off after the last step.
             t_next, _ = _step_time(s + 1, T, REVERSE)
             p_g_next = p_gates + t_next * stride_gt + rows_b[:, None] * stride_gb + offs_h[None, :]
-            gx_next = load_gate_tiles(p_g_next, H, mask_bh & (s + 1 < s_end), GATES)
+            gx_next = load_gate_tiles(p_g_next, H, mask_while(mask_bh, s + 1 < s_end), GATES)
         # h_t must be visible before step t+1 reads it.
         n_synced, spins_left = sync_step(p_sync, n_synced, spins_left, GRID_SYNC)
     report_timeout(p_sync, spins_left, GRID_SYNC)
@@ -610,7 +611,7 @@ def _recurrence_bwd_kernel(
             # The next step's own tiles, issued before the barrier so that their round trips
             # overlap its wait (bench/NOTES.md v1.15): none of them is written by another
             # program. Masked off past the launch's last step.
-            more = mask_b & (s - 1 >= s_start)
+            more = mask_while(mask_b, s - 1 >= s_start)
             if DO_DH:
                 dy_next = _dy_tile(s - 1, T, p_dy, stride_dyt, stride_dyb, stride_dyh, rows_b, more, offs_p, mask_p,
                                    length, VARLEN, REVERSE)  # fmt: skip
