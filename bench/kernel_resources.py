@@ -132,23 +132,11 @@ def plan(dtype_name, B, H, P, kernel_key, strategy="persistent"):
     options["launch_cooperative_grid"] = config["GRID_SYNC"]
     phases = planner.kernel_phases(P is not None, backward, config.get("DH_SPLIT", 1))
     launches = phases if strategy == "per-step" else [planner.all_phase_flags(phases)]
-    int_args = layer_int_args(B, H, P if P is not None else H)
+    int_args = tuple(sorted(aot.layer_int_args(CELL.gates, B, H, P if P is not None else H).items()))
     constexprs = dict(REVERSE=False, VARLEN=False, **recurrence.cell_constexprs(CELL))
     jobs = [(flags, (kernel_key, dtype_name, dict(config, **flags, **constexprs), options, int_args))
             for flags in launches]  # fmt: skip
     return dict(config, **options), jobs
-
-
-def layer_int_args(B, H, P):
-    """The integer arguments of the layer's launches that Triton specialises on (multiples of
-    16): sizes and the strides of time-major (T, B, *) tensors; P = H without a projection
-    (W_hh is G*H x P for the cell's G gates, W_hr P x H, h and its gradients P wide, c H wide)."""
-    G = CELL.gates
-    return tuple(sorted(dict(
-        B=B, H=H, P=P, stride_gt=B * G * H, stride_gb=G * H, stride_dgt=B * G * H, stride_dgb=G * H,
-        stride_ot=B * P, stride_ob=P, stride_dyt=B * P, stride_dyb=P, stride_dyh=1, stride_w=P, stride_hr=H,
-        stride_h0b=P, stride_c0b=H, stride_dhnb=P,
-    ).items()))  # fmt: skip
 
 
 def launch_name(kernel_key, flags):

@@ -47,6 +47,17 @@ def mask_while(mask, condition):
 
 
 @triton.jit
+def row_tiles(condition, p_rows_if, p_rows_else, offs_cols):
+    """(rows, cols) pointers ``p_rows[:, None] + offs_cols[None, :]``, each row taken from
+    p_rows_if where ``condition`` holds (a scalar, or one per row as (rows, 1)), else from
+    p_rows_else. Selected on the 2-D pointers, not on the row pointers: Triton 3.8 and 3.9 lose
+    the alignment of a select between two vectors of row pointers, and the load then is not
+    vectorised, one 2-byte load and a 64-bit address an element (sm_90 persistent forward: 176
+    registers to 255 and spills, bench/NOTES.md v1.17)."""
+    return tl.where(condition, p_rows_if[:, None] + offs_cols[None, :], p_rows_else[:, None] + offs_cols[None, :])
+
+
+@triton.jit
 def load_gate_tiles(p_g, H, mask, GATES: tl.constexpr):
     """The GATES (rows, units) tiles at p_g, p_g + H, ... (a step's gates, in the cell's gate
     order), in fp32, as a tuple."""
@@ -132,7 +143,8 @@ def zero_gate_tiles(BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, GATES: tl.cons
 def gates_matmul(acc, p_a, mask_a, p_w, stride_w, mask_u, H, K, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
                  INPUT_PRECISION: tl.constexpr, GATES: tl.constexpr, W_ROUNDED: tl.constexpr):  # fmt: skip
     """acc[gate] += A @ W[gate*H + units, :K]^T for every gate (acc: a tuple of GATES fp32
-    tiles). p_a: pointers to the rows of A (element k at +k); p_w: pointers to the rows of W
+    tiles). p_a: (rows, BLOCK_K) pointers to A's first K chunk (``row_tiles``, or rows of A
+    plus tl.arange(0, BLOCK_K)), element k of a row at +k; p_w: pointers to the rows of W
     of the first gate's units (element k at +k). A's chunk is loaded once for every gate; each
     gate's W tile is loaded just before its dot, so one is live at a time. W_ROUNDED: W comes
     rounded for the dot from the launcher (the recurrence, which reads W every step), else it
@@ -145,8 +157,7 @@ def gates_matmul(acc, p_a, mask_a, p_w, stride_w, mask_u, H, K, BLOCK_K: tl.cons
         mask_k = offs_kk < K
         # A may be h_{t-1}, written by other programs of a persistent launch: visible through
         # the barrier's acquire; .cg keeps it out of L1, where it is never reused.
-        b_a = tl.load(p_a[:, None] + offs_kk[None, :], mask=mask_a[:, None] & mask_k[None, :], other=0.0,
-                      cache_modifier=".cg")
+        b_a = tl.load(p_a + k0, mask=mask_a[:, None] & mask_k[None, :], other=0.0, cache_modifier=".cg")
         b_a = dot_operand(b_a, DOT_DTYPE, INPUT_PRECISION)
         # W tile transposed to (BLOCK_K, units): element [k, u] = W[gate*H + u, k].
         p_wk = p_w[None, :] + offs_kk[:, None]

@@ -46,6 +46,18 @@ def compile_spec(kernel, dtype_name, int_args):
     return signature, constants, attrs
 
 
+def layer_int_args(gates, B, H, P):
+    """The integer arguments of a layer's launches that Triton specialises on (multiples of 16,
+    ones), for ``compile_spec``: sizes and the strides of contiguous time-major (T, B, *)
+    tensors; P = H without a projection (W_hh is gates*H x P, W_hr P x H, h and its gradients
+    P wide, c H wide)."""
+    return dict(
+        B=B, H=H, P=P, stride_gt=B * gates * H, stride_gb=gates * H, stride_dgt=B * gates * H, stride_dgb=gates * H,
+        stride_ot=B * P, stride_ob=P, stride_dyt=B * P, stride_dyb=P, stride_dyh=1, stride_w=P, stride_hr=H,
+        stride_h0b=P, stride_c0b=H, stride_dhnb=P,
+    )  # fmt: skip
+
+
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 
 

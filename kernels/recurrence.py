@@ -59,6 +59,7 @@ from ._helpers import (
     load_gate_tiles,
     load_weight_tiles,
     mask_while,
+    row_tiles,
     store_gate_tiles,
     tf32_rounded,
     weight_operand,
@@ -181,9 +182,10 @@ def _cell_tiles(s, T, p_gates, stride_gt, stride_gb, p_c, stride_ct, p_c0, strid
         # h_{t-1}: h0 at a row's first step (as in the forward), else the output before.
         from_h0 = s == 0
         if VARLEN:
-            from_h0 = from_h0 | (t_prev >= length)
-        p_hprev = tl.where(from_h0, p_h0 + rows_b * stride_h0b, p_out + t_prev * stride_ot + rows_b * stride_ob)
-        h_prev = tl.load(p_hprev[:, None] + offs_h[None, :], mask=mask_bh, other=0.0).to(tl.float32)
+            from_h0 = from_h0 | (t_prev >= length)[:, None]
+        p_hprev = row_tiles(from_h0, p_h0 + rows_b * stride_h0b, p_out + t_prev * stride_ot + rows_b * stride_ob,
+                            offs_h)  # fmt: skip
+        h_prev = tl.load(p_hprev, mask=mask_bh, other=0.0).to(tl.float32)
     elif HAS_C:
         c = tl.load(p_c + t * stride_ct + offs_c, mask=mask_bh, other=0.0)
         # c_{t-1}: c0 at the first step; the forward stored c at every step, carried through
@@ -276,10 +278,10 @@ def _recurrence_fwd_kernel(
         _, t_start_prev = _step_time(s_start, T, REVERSE)
         start_from_h0 = s_start == 0
         if VARLEN:
-            start_from_h0 = start_from_h0 | (t_start_prev >= length)
-        p_h_start = tl.where(start_from_h0, p_h0 + rows_b * stride_h0b,
-                             p_out + t_start_prev * stride_ot + rows_b * stride_ob)  # fmt: skip
-        h_own = tl.load(p_h_start[:, None] + offs_h[None, :], mask=mask_bh, other=0.0).to(tl.float32)
+            start_from_h0 = start_from_h0 | (t_start_prev >= length)[:, None]
+        p_h_start = row_tiles(start_from_h0, p_h0 + rows_b * stride_h0b,
+                              p_out + t_start_prev * stride_ot + rows_b * stride_ob, offs_h)  # fmt: skip
+        h_own = tl.load(p_h_start, mask=mask_bh, other=0.0).to(tl.float32)
 
     if W_RESIDENT:
         # The program's slice of W_hh, loaded once: a (K, BLOCK_H) tile per gate over the whole
@@ -316,12 +318,13 @@ def _recurrence_fwd_kernel(
             # step was inactive: its state is still h0 there, while its output reads zero.
             from_h0 = s == 0
             if VARLEN:
-                from_h0 = from_h0 | (t_prev >= length)
-            p_hprev = tl.where(from_h0, p_h0 + rows_b * stride_h0b, p_out + t_prev * stride_ot + rows_b * stride_ob)
+                from_h0 = from_h0 | (t_prev >= length)[:, None]
+            # (rows, BLOCK_K) pointers to h_{t-1}'s first K chunk (with W held: all of it)
+            p_hprev = row_tiles(from_h0, p_h0 + rows_b * stride_h0b, p_out + t_prev * stride_ot + rows_b * stride_ob,
+                                tl.arange(0, BLOCK_K))  # fmt: skip
             if W_RESIDENT:
                 # All of h_{t-1} (other programs wrote it: from L2, .cg) against the held W.
-                p_hk = p_hprev[:, None] + offs_kw[None, :]
-                b_h = tl.load(p_hk, mask=mask_b[:, None] & mask_kw[None, :], other=0.0, cache_modifier=".cg")
+                b_h = tl.load(p_hprev, mask=mask_b[:, None] & mask_kw[None, :], other=0.0, cache_modifier=".cg")
                 b_h = dot_operand(b_h, DOT_DTYPE, INPUT_PRECISION)
                 summed = ()
                 if PREFETCH_GX:

@@ -62,7 +62,8 @@ def compile_kernel(kernel, dtype, config, options, sizes):
     source = ASTSource(kernel, signature, {**config, **constants}, attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     assert compiled.asm.get("cubin"), "no cubin"
-    return compiled.metadata.shared
+    # .cg loads of 16 bits one element at a time: h_{t-1}'s tile not vectorised (bench/NOTES.md v1.17)
+    return compiled.metadata.shared, compiled.asm["ptx"].count("ld.global.cg.b16")
 
 
 for dtype in NAMES:
@@ -86,11 +87,12 @@ for dtype in NAMES:
                     for reverse, varlen in variants:
                         constexprs = dict(config, **flags, REVERSE=reverse, VARLEN=varlen,
                                           **recurrence.cell_constexprs(cell))
-                        shared = compile_kernel(kernel, dtype, constexprs, options, dict(B=B, H=H, P=P or H))
+                        shared, scalar_cg_loads = compile_kernel(kernel, dtype, constexprs, options, aot.layer_int_args(cell.gates, B, H, P or H))
                         results.append({"cell": cell_name, "kernel": kernel.fn.__name__, "dtype": NAMES[dtype], "B": B, "H": H, "P": P,
                                         "strategy": strategy, "w_resident": config.get("W_RESIDENT", False),
                                         "flags": flags, "reverse": reverse, "varlen": varlen,
-                                        "precision": config["INPUT_PRECISION"], "shared": shared})
+                                        "precision": config["INPUT_PRECISION"], "shared": shared,
+                                        "scalar_cg_loads": scalar_cg_loads})
 print(json.dumps(results))
 """
 
@@ -116,6 +118,14 @@ def test_kernels_compile_for_sm90_within_shared_memory():
     assert {r["strategy"] for r in split} == {"per-step", "persistent"}
     too_big = [r for r in results if r["shared"] > SM90_MAX_SHARED_BYTES]
     assert not too_big, too_big
+    # The forward reads h_{t-1} (its only .cg load) in 16-byte vectors wherever the sizes allow
+    # (multiples of 16): Triton 3.8 loaded it one element at a time behind a select of row
+    # pointers, and spilled (bench/NOTES.md v1.17). The GPU image's Triton 3.6 vectorised both.
+    aligned = [r for r in results if r["kernel"] == "_recurrence_fwd_kernel" and r["dtype"] != "fp32"
+               and r["H"] % 16 == 0 and (r["P"] or r["H"]) % 16 == 0]  # fmt: skip
+    scalar = [(r["cell"], r["dtype"], r["B"], r["H"], r["P"], r["strategy"], r["reverse"], r["varlen"], r["scalar_cg_loads"])
+              for r in aligned if r["scalar_cg_loads"]]  # fmt: skip
+    assert aligned and not scalar, scalar
 
 
 LOG_AND_REBUILD = r"""
