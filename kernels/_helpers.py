@@ -47,17 +47,6 @@ def mask_while(mask, condition):
 
 
 @triton.jit
-def row_tiles(condition, p_rows_if, p_rows_else, offs_cols):
-    """(rows, cols) pointers ``p_rows[:, None] + offs_cols[None, :]``, each row taken from
-    p_rows_if where ``condition`` holds (a scalar, or one per row as (rows, 1)), else from
-    p_rows_else. Selected on the 2-D pointers, not on the row pointers: Triton 3.8 and 3.9 lose
-    the alignment of a select between two vectors of row pointers, and the load then is not
-    vectorised, one 2-byte load and a 64-bit address an element (sm_90 persistent forward: 176
-    registers to 255 and spills, bench/NOTES.md v1.17)."""
-    return tl.where(condition, p_rows_if[:, None] + offs_cols[None, :], p_rows_else[:, None] + offs_cols[None, :])
-
-
-@triton.jit
 def load_gate_tiles(p_g, H, mask, GATES: tl.constexpr):
     """The GATES (rows, units) tiles at p_g, p_g + H, ... (a step's gates, in the cell's gate
     order), in fp32, as a tuple."""
@@ -143,8 +132,9 @@ def zero_gate_tiles(BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, GATES: tl.cons
 def gates_matmul(acc, p_a, mask_a, p_w, stride_w, mask_u, H, K, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
                  INPUT_PRECISION: tl.constexpr, GATES: tl.constexpr, W_ROUNDED: tl.constexpr):  # fmt: skip
     """acc[gate] += A @ W[gate*H + units, :K]^T for every gate (acc: a tuple of GATES fp32
-    tiles). p_a: (rows, BLOCK_K) pointers to A's first K chunk (``row_tiles``, or rows of A
-    plus tl.arange(0, BLOCK_K)), element k of a row at +k; p_w: pointers to the rows of W
+    tiles). p_a: (rows, BLOCK_K) pointers to A's first K chunk, element k of a row at +k
+    (2-D, so that a caller choosing each row's source selects whole tiles, which stay aligned:
+    ``recurrence._h_prev_tiles``); p_w: pointers to the rows of W
     of the first gate's units (element k at +k). A's chunk is loaded once for every gate; each
     gate's W tile is loaded just before its dot, so one is live at a time. W_ROUNDED: W comes
     rounded for the dot from the launcher (the recurrence, which reads W every step), else it

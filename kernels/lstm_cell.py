@@ -92,13 +92,15 @@ def _lstm_cell_fwd_kernel(
         for gate in tl.static_range(4):
             biased = biased + (acc[gate] + _bias(p_b_ih + gate * H, p_b_hh + gate * H, offs_h, mask_h),)
         acc = biased
+    p_x_tile = (p_x + rows_b * stride_xb)[:, None] + tl.arange(0, BLOCK_KI)[None, :]
     acc = gates_matmul(
-        acc, (p_x + rows_b * stride_xb)[:, None] + tl.arange(0, BLOCK_KI)[None, :], mask_b, p_w_ih + units * stride_w_ih, stride_w_ih, mask_h, H, I, BLOCK_KI,
+        acc, p_x_tile, mask_b, p_w_ih + units * stride_w_ih, stride_w_ih, mask_h, H, I, BLOCK_KI,
         DOT_DTYPE, INPUT_PRECISION, 4, False,
     )  # fmt: skip
     if HAS_STATE:
+        p_h_tile = (p_h + rows_b * stride_hb)[:, None] + tl.arange(0, BLOCK_KH)[None, :]
         acc = gates_matmul(
-            acc, (p_h + rows_b * stride_hb)[:, None] + tl.arange(0, BLOCK_KH)[None, :], mask_b, p_w_hh + units * stride_w_hh, stride_w_hh, mask_h, H, H, BLOCK_KH,
+            acc, p_h_tile, mask_b, p_w_hh + units * stride_w_hh, stride_w_hh, mask_h, H, H, BLOCK_KH,
             DOT_DTYPE, INPUT_PRECISION, 4, False,
         )  # fmt: skip
         p_c_tile = p_c + rows_b[:, None] * stride_cb + units[None, :] * stride_ch

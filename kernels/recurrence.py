@@ -59,7 +59,6 @@ from ._helpers import (
     load_gate_tiles,
     load_weight_tiles,
     mask_while,
-    row_tiles,
     store_gate_tiles,
     tf32_rounded,
     weight_operand,
@@ -153,6 +152,23 @@ def _dy_tile(s, T, p_dy, stride_dyt, stride_dyb, stride_dyh, rows_b, mask_b, off
 
 
 @triton.jit
+def _h_prev_tiles(s, t_prev, p_h0, stride_h0b, p_out, stride_ot, stride_ob, rows_b, offs_cols, length,
+                  VARLEN: tl.constexpr):  # fmt: skip
+    """(rows, cols) pointers to h_{t-1} of step s, columns offs_cols: h0 at a row's first step,
+    and (reverse, VARLEN) where the row's previous step was inactive (its state is still h0
+    there, while its output reads zero); else out[t_prev]. The select is made on the 2-D
+    pointers, not on the two vectors of row pointers: from Triton 3.8 on, such a select loses
+    the pointers' alignment, and the load is then not vectorised (one 2-byte load and a 64-bit
+    address an element; sm_90 persistent forward 176 -> 255 registers and spills, NOTES v1.17)."""
+    from_h0 = s == 0
+    if VARLEN:
+        from_h0 = from_h0 | (t_prev >= length)[:, None]
+    p_from_h0 = (p_h0 + rows_b * stride_h0b)[:, None] + offs_cols[None, :]
+    p_from_out = (p_out + t_prev * stride_ot + rows_b * stride_ob)[:, None] + offs_cols[None, :]
+    return tl.where(from_h0, p_from_h0, p_from_out)
+
+
+@triton.jit
 def _cell_tiles(s, T, p_gates, stride_gt, stride_gb, p_c, stride_ct, p_c0, stride_c0b, p_hn, p_out, stride_ot,
                 stride_ob, p_h0, stride_h0b, rows_b, mask_b, offs_h, mask_h, offs_c, H, length, BLOCK_B: tl.constexpr,
                 BLOCK_H: tl.constexpr, VARLEN: tl.constexpr, REVERSE: tl.constexpr, CELL: tl.constexpr,
@@ -179,12 +195,9 @@ def _cell_tiles(s, T, p_gates, stride_gt, stride_gb, p_c, stride_ct, p_c0, strid
     h_prev = c
     if CELL == "gru":
         hn = tl.load(p_hn + t * stride_ct + offs_c, mask=mask_bh, other=0.0).to(tl.float32)
-        # h_{t-1}: h0 at a row's first step (as in the forward), else the output before.
-        from_h0 = s == 0
-        if VARLEN:
-            from_h0 = from_h0 | (t_prev >= length)[:, None]
-        p_hprev = row_tiles(from_h0, p_h0 + rows_b * stride_h0b, p_out + t_prev * stride_ot + rows_b * stride_ob,
-                            offs_h)  # fmt: skip
+        # h_{t-1}, as the forward read it
+        p_hprev = _h_prev_tiles(s, t_prev, p_h0, stride_h0b, p_out, stride_ot, stride_ob, rows_b, offs_h, length,
+                                VARLEN)  # fmt: skip
         h_prev = tl.load(p_hprev, mask=mask_bh, other=0.0).to(tl.float32)
     elif HAS_C:
         c = tl.load(p_c + t * stride_ct + offs_c, mask=mask_bh, other=0.0)
@@ -256,6 +269,8 @@ def _recurrence_fwd_kernel(
     stride_ct = tl.cast(B, tl.int64) * H  # one (B, H) plane of p_c
     if VARLEN:
         length = tl.load(p_lengths + rows_b, mask=mask_b, other=0)
+    else:
+        length = 0  # unused
 
     if DO_CELL and HAS_C:
         # The cell state of the program's own units stays in registers across its steps.
@@ -276,11 +291,8 @@ def _recurrence_fwd_kernel(
         # from 144 registers to 255 and 880 B of spills). A launch that starts later reads it
         # as the step's h_{t-1} would be read: h0 where the row has not started, else out.
         _, t_start_prev = _step_time(s_start, T, REVERSE)
-        start_from_h0 = s_start == 0
-        if VARLEN:
-            start_from_h0 = start_from_h0 | (t_start_prev >= length)[:, None]
-        p_h_start = row_tiles(start_from_h0, p_h0 + rows_b * stride_h0b,
-                              p_out + t_start_prev * stride_ot + rows_b * stride_ob, offs_h)  # fmt: skip
+        p_h_start = _h_prev_tiles(s_start, t_start_prev, p_h0, stride_h0b, p_out, stride_ot, stride_ob, rows_b,
+                                  offs_h, length, VARLEN)  # fmt: skip
         h_own = tl.load(p_h_start, mask=mask_bh, other=0.0).to(tl.float32)
 
     if W_RESIDENT:
@@ -314,14 +326,9 @@ def _recurrence_fwd_kernel(
                 # Gx_n stays apart: the reset gate multiplies W_hn h + b_hn, not Gx_n.
                 gx_n = acc[2]
                 acc = (acc[0], acc[1], tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32))
-            # h_{t-1} is h0 at the first step, and (reverse, VARLEN) for a row whose previous
-            # step was inactive: its state is still h0 there, while its output reads zero.
-            from_h0 = s == 0
-            if VARLEN:
-                from_h0 = from_h0 | (t_prev >= length)[:, None]
             # (rows, BLOCK_K) pointers to h_{t-1}'s first K chunk (with W held: all of it)
-            p_hprev = row_tiles(from_h0, p_h0 + rows_b * stride_h0b, p_out + t_prev * stride_ot + rows_b * stride_ob,
-                                tl.arange(0, BLOCK_K))  # fmt: skip
+            p_hprev = _h_prev_tiles(s, t_prev, p_h0, stride_h0b, p_out, stride_ot, stride_ob, rows_b,
+                                    tl.arange(0, BLOCK_K), length, VARLEN)  # fmt: skip
             if W_RESIDENT:
                 # All of h_{t-1} (other programs wrote it: from L2, .cg) against the held W.
                 b_h = tl.load(p_hprev, mask=mask_b[:, None] & mask_kw[None, :], other=0.0, cache_modifier=".cg")

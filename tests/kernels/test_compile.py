@@ -87,7 +87,8 @@ for dtype in NAMES:
                     for reverse, varlen in variants:
                         constexprs = dict(config, **flags, REVERSE=reverse, VARLEN=varlen,
                                           **recurrence.cell_constexprs(cell))
-                        shared, scalar_cg_loads = compile_kernel(kernel, dtype, constexprs, options, aot.layer_int_args(cell.gates, B, H, P or H))
+                        int_args = aot.layer_int_args(cell.gates, B, H, P or H)  # as a contiguous layer launches
+                        shared, scalar_cg_loads = compile_kernel(kernel, dtype, constexprs, options, int_args)
                         results.append({"cell": cell_name, "kernel": kernel.fn.__name__, "dtype": NAMES[dtype], "B": B, "H": H, "P": P,
                                         "strategy": strategy, "w_resident": config.get("W_RESIDENT", False),
                                         "flags": flags, "reverse": reverse, "varlen": varlen,
